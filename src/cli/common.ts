@@ -1,0 +1,104 @@
+// What every command shares: option parsing (host, port, output mode), turning errors
+// into one sentence and an exit code, and stopping on Ctrl-C.
+
+import { InvalidArgumentError } from "commander";
+import { ExitCode, KeepwatchError } from "../errors.js";
+import { DEFAULT_PORT } from "../server/server.js";
+import { chooseMode, createPrinter } from "../ui/index.js";
+import type { Reporter } from "../ui/events.js";
+
+export { DEFAULT_PORT };
+
+export const DEFAULT_HOST = "127.0.0.1";
+
+export interface OutputOptions {
+  json?: boolean;
+  quiet?: boolean;
+}
+
+export const EXIT_CODES_HELP = `
+Exit codes:
+  0  success
+  1  failure (something could not be backed up, or an unexpected error)
+  2  usage error (unknown command or option, bad value)
+  3  a local folder or file problem (missing source, destination not writable, ...)
+  4  network problem (server unreachable, port in use, connection lost, time-out)
+  5  refused by the peer (protocol version mismatch, not a keepwatch peer, bad name)`;
+
+/** "localhost" means the IPv4 loopback address, as in the prototype. */
+export function resolveHost(host: string | undefined): string {
+  if (!host || host === "localhost") return DEFAULT_HOST;
+  return host;
+}
+
+export function parsePort(value: string): number {
+  const port = Number(value);
+  if (!/^\d+$/.test(value) || !Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new InvalidArgumentError("a port is a whole number from 0 to 65535.");
+  }
+  return port;
+}
+
+export function parseMillis(value: string): number {
+  const ms = Number(value);
+  if (!/^\d+$/.test(value) || ms > 600_000) {
+    throw new InvalidArgumentError("give a whole number of milliseconds from 0 to 600000.");
+  }
+  return ms;
+}
+
+export interface Output {
+  reporter: Reporter;
+  close(): void;
+  json: boolean;
+}
+
+export function openOutput(options: OutputOptions, side: "client" | "server"): Output {
+  const mode = chooseMode({
+    json: options.json ?? false,
+    quiet: options.quiet ?? false,
+    isTTY: Boolean(process.stdout.isTTY),
+  });
+  const printer = createPrinter({ mode, side });
+  return { reporter: printer.reporter, close: () => printer.close(), json: mode === "json" };
+}
+
+/**
+ * Run a command body: a KeepwatchError becomes one sentence on stderr and its exit
+ * code; anything else is a bug, reported briefly (the stack only with KEEPWATCH_DEBUG=1).
+ */
+export async function runCommand(output: Output | null, body: () => Promise<number>): Promise<never> {
+  let code: number;
+  try {
+    code = await body();
+  } catch (error) {
+    if (error instanceof KeepwatchError) {
+      output?.reporter.emit({ kind: "error", code: error.code, message: error.message });
+      output?.close();
+      if (!output?.json) process.stderr.write(`keepwatch: ${error.message}\n`);
+      process.exit(error.exitCode);
+    }
+    output?.close();
+    const detail = error instanceof Error ? error.message : String(error);
+    process.stderr.write(
+      `keepwatch: an unexpected error stopped the program (${detail}); please report it with the command you ran.\n`,
+    );
+    if (process.env.KEEPWATCH_DEBUG && error instanceof Error) process.stderr.write(`${error.stack}\n`);
+    process.exit(ExitCode.failure);
+  }
+  output?.close();
+  process.exit(code);
+}
+
+/** An AbortSignal that fires on the first SIGINT or SIGTERM. */
+export function stopSignal(): AbortSignal {
+  const controller = new AbortController();
+  const stop = () => controller.abort();
+  process.once("SIGINT", stop);
+  process.once("SIGTERM", stop);
+  return controller.signal;
+}
+
+export function usageError(message: string): KeepwatchError {
+  return new KeepwatchError("KW_USAGE", message);
+}

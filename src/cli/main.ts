@@ -1,0 +1,36 @@
+#!/usr/bin/env node
+// The keepwatch executable: parses the command line and hands over to one command.
+
+import { Command, CommanderError } from "commander";
+import { ExitCode } from "../errors.js";
+import { registerClient } from "./client.js";
+import { EXIT_CODES_HELP } from "./common.js";
+import { registerPush } from "./push.js";
+import { registerServer } from "./server.js";
+
+const program = new Command();
+program
+  .name("keepwatch")
+  .description("Continuous file backup: a watching client streams every change to a server that keeps a mirror.")
+  .version("0.1.0")
+  .showSuggestionAfterError(true)
+  .exitOverride()
+  .configureOutput({
+    // commander's own messages ("error: unknown command 'x'") become our one-sentence form.
+    outputError: (message, write) => write(`keepwatch: ${message.replace(/^error: /, "").trim()}; see "keepwatch --help".\n`),
+  })
+  .addHelpText("after", EXIT_CODES_HELP);
+
+registerServer(program);
+registerClient(program);
+registerPush(program);
+
+try {
+  await program.parseAsync(process.argv);
+} catch (error) {
+  if (error instanceof CommanderError) {
+    const ok = error.code === "commander.helpDisplayed" || error.code === "commander.version" || error.exitCode === 0;
+    process.exit(ok ? ExitCode.ok : ExitCode.usage);
+  }
+  throw error;
+}

@@ -1,0 +1,237 @@
+// The client's end of a connection: connects, performs the handshake, numbers requests
+// and matches each ACK or ERROR to the request that is waiting for it.
+
+import { connect as netConnect } from "node:net";
+import { KeepwatchError, ProtocolError, RemoteError, errnoCode } from "../errors.js";
+import { Connection } from "../protocol/connection.js";
+import type { Frame } from "../protocol/frame.js";
+import {
+  MIN_PROTOCOL_VERSION,
+  MessageType,
+  PROTOCOL_VERSION,
+  type Welcome,
+  decode,
+  encode,
+  messageTypeName,
+} from "../protocol/messages.js";
+
+export interface LinkOptions {
+  host: string;
+  port: number;
+  set: string;
+  clientName: string;
+  /** How long to wait for the TCP connection and the WELCOME. */
+  connectTimeoutMs?: number;
+}
+
+interface Waiter {
+  resolve: () => void;
+  reject: (error: KeepwatchError) => void;
+}
+
+export class ServerLink {
+  private readonly waiters = new Map<number, Waiter>();
+  private nextRequestId = 1;
+  private lostError: KeepwatchError | null = null;
+  private readonly lostListeners: ((error: KeepwatchError) => void)[] = [];
+  private byeResolve: (() => void) | null = null;
+
+  private constructor(
+    readonly conn: Connection,
+    readonly welcome: Welcome,
+  ) {
+    conn.setHandler((frame) => this.onFrame(frame));
+    conn.on("close", (error) => {
+      this.markLost(
+        error ??
+          new KeepwatchError("KW_CONNECTION_LOST", "The server closed the connection; it will be retried."),
+      );
+    });
+  }
+
+  static async connect(options: LinkOptions): Promise<ServerLink> {
+    const timeoutMs = options.connectTimeoutMs ?? 10_000;
+    const where = `${options.host}:${options.port}`;
+    const socket = netConnect({ host: options.host, port: options.port });
+    const conn = new Connection(socket, { idleTimeoutMs: timeoutMs, keepaliveMs: timeoutMs });
+    return new Promise<ServerLink>((resolve, reject) => {
+      let settled = false;
+      const settle = (error: KeepwatchError | null, link?: ServerLink) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        socket.off("error", onSocketError);
+        if (error) {
+          conn.destroy(error);
+          reject(error);
+        } else resolve(link as ServerLink);
+      };
+      const timer = setTimeout(
+        () =>
+          settle(
+            new KeepwatchError(
+              "KW_UNREACHABLE",
+              `The server at ${where} did not answer within ${Math.round(timeoutMs / 1000)} s; check that it is running and reachable.`,
+            ),
+          ),
+        timeoutMs,
+      );
+      const onSocketError = (error: Error) => settle(unreachable(where, error));
+      socket.on("error", onSocketError);
+      socket.once("connect", () => {
+        conn.send(
+          MessageType.HELLO,
+          0,
+          encode.hello({
+            minVersion: MIN_PROTOCOL_VERSION,
+            maxVersion: PROTOCOL_VERSION,
+            clientName: options.clientName,
+            setName: options.set,
+            token: Buffer.alloc(0),
+          }),
+        );
+      });
+      conn.once("close", (error) => {
+        settle(
+          error?.code === "KW_BAD_MAGIC"
+            ? new KeepwatchError(
+                "KW_NOT_KEEPWATCH",
+                `The program at ${where} is not a keepwatch server; check the host and --port.`,
+              )
+            : (error ??
+                new KeepwatchError(
+                  "KW_CONNECTION_LOST",
+                  `The server at ${where} closed the connection during the handshake; check its log.`,
+                )),
+        );
+      });
+      conn.setHandler((frame) => {
+        if (frame.type === MessageType.ERROR) {
+          const remote = decode.error(frame.payload);
+          settle(new RemoteError(remote.code, remote.message));
+          return;
+        }
+        if (frame.type !== MessageType.WELCOME) {
+          throw new ProtocolError(
+            "KW_UNEXPECTED_MESSAGE",
+            `The server answered HELLO with ${messageTypeName(frame.type)} instead of WELCOME.`,
+          );
+        }
+        const welcome = decode.welcome(frame.payload);
+        conn.setTiming({ idleTimeoutMs: welcome.idleTimeoutMs, keepaliveMs: Math.floor(welcome.idleTimeoutMs / 3) });
+        conn.removeAllListeners("close");
+        settle(null, new ServerLink(conn, welcome));
+      });
+    });
+  }
+
+  get isLost(): boolean {
+    return this.lostError !== null;
+  }
+
+  onLost(listener: (error: KeepwatchError) => void): void {
+    if (this.lostError) listener(this.lostError);
+    else this.lostListeners.push(listener);
+  }
+
+  /** Reserve a request id and a promise that settles with the server's answer. */
+  open(): { id: number; answer: Promise<void> } {
+    const id = this.nextRequestId;
+    this.nextRequestId = this.nextRequestId >= 0xffffffff ? 1 : this.nextRequestId + 1;
+    const answer = new Promise<void>((resolve, reject) => {
+      if (this.lostError) reject(this.lostError);
+      else this.waiters.set(id, { resolve, reject });
+    });
+    // A caller that stops waiting (the link was lost) must not cause an unhandled rejection.
+    answer.catch(() => {});
+    return { id, answer };
+  }
+
+  /** Say goodbye after everything is answered; resolves when the server has closed. */
+  async goodbye(): Promise<void> {
+    if (this.lostError) return;
+    const closed = new Promise<void>((resolve) => {
+      this.byeResolve = resolve;
+      this.conn.once("close", () => resolve());
+    });
+    this.conn.send(MessageType.BYE, 0);
+    const timer = setTimeout(() => this.conn.end(), 5000);
+    await closed;
+    clearTimeout(timer);
+  }
+
+  close(): void {
+    this.conn.destroy();
+  }
+
+  private onFrame(frame: Frame): void {
+    switch (frame.type) {
+      case MessageType.ACK: {
+        decode.empty(frame.payload, "ACK");
+        const waiter = this.waiters.get(frame.requestId);
+        if (!waiter) {
+          throw new ProtocolError("KW_UNKNOWN_REQUEST", `The server acknowledged unknown request ${frame.requestId}.`);
+        }
+        this.waiters.delete(frame.requestId);
+        waiter.resolve();
+        return;
+      }
+      case MessageType.ERROR: {
+        const remote = decode.error(frame.payload);
+        const error = new RemoteError(remote.code, remote.message);
+        if (frame.requestId === 0) {
+          this.markLost(error);
+          this.conn.end();
+          return;
+        }
+        const waiter = this.waiters.get(frame.requestId);
+        if (!waiter) {
+          throw new ProtocolError("KW_UNKNOWN_REQUEST", `The server reported an error for unknown request ${frame.requestId}.`);
+        }
+        this.waiters.delete(frame.requestId);
+        waiter.reject(error);
+        return;
+      }
+      case MessageType.BYE:
+        decode.empty(frame.payload, "BYE");
+        if (this.byeResolve) {
+          this.conn.end();
+          this.byeResolve();
+          return;
+        }
+        this.markLost(new KeepwatchError("KW_SHUTTING_DOWN", "The server is shutting down; it will be retried."));
+        this.conn.end();
+        return;
+      default:
+        throw new ProtocolError(
+          "KW_UNEXPECTED_MESSAGE",
+          `The server sent ${messageTypeName(frame.type)}, which a server may not send here.`,
+        );
+    }
+  }
+
+  private markLost(error: KeepwatchError): void {
+    if (this.lostError) return;
+    this.lostError = error;
+    for (const waiter of this.waiters.values()) waiter.reject(error);
+    this.waiters.clear();
+    for (const listener of this.lostListeners.splice(0)) listener(error);
+  }
+}
+
+function unreachable(where: string, error: Error): KeepwatchError {
+  const code = errnoCode(error);
+  if (code === "ECONNREFUSED") {
+    return new KeepwatchError(
+      "KW_UNREACHABLE",
+      `No keepwatch server is listening at ${where}; start one with "keepwatch server DEST" or check the host and --port.`,
+    );
+  }
+  if (code === "ENOTFOUND" || code === "EAI_AGAIN") {
+    return new KeepwatchError("KW_UNREACHABLE", `The host name in ${where} cannot be resolved; check its spelling.`);
+  }
+  return new KeepwatchError(
+    "KW_UNREACHABLE",
+    `The server at ${where} cannot be reached (${code ?? error.message}); check that it is running and reachable.`,
+  );
+}

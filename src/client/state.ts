@@ -1,0 +1,182 @@
+// The client's record of what the server has acknowledged, kept in the user's state
+// folder (never inside SRC): for each path its kind, size, mtime, mode, inode and SHA-256.
+// A file whose record matches the disk is not sent again, also across restarts.
+
+import { createHash } from "node:crypto";
+import { mkdirSync } from "node:fs";
+import { homedir } from "node:os";
+import { join } from "node:path";
+import Database from "better-sqlite3";
+import { KeepwatchError } from "../errors.js";
+
+/** Bump with a migration below whenever the schema changes. */
+const SCHEMA_VERSION = 1;
+
+export interface FileRecord {
+  kind: "file";
+  size: number;
+  mtimeMs: number;
+  mode: number;
+  ino: number;
+  sha256: Buffer;
+}
+
+export interface FolderRecord {
+  kind: "dir";
+  mode: number;
+}
+
+export type EntryRecord = FileRecord | FolderRecord;
+
+interface Row {
+  path: string;
+  kind: "file" | "dir";
+  size: number;
+  mtime_ms: number;
+  mode: number;
+  ino: number;
+  sha256: Buffer | null;
+}
+
+/** The default state folder: $KEEPWATCH_STATE_DIR, else $XDG_STATE_HOME/keepwatch, else ~/.local/state/keepwatch. */
+export function defaultStateDir(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.KEEPWATCH_STATE_DIR) return env.KEEPWATCH_STATE_DIR;
+  const base = env.XDG_STATE_HOME || join(homedir(), ".local", "state");
+  return join(base, "keepwatch");
+}
+
+export class ClientState {
+  private readonly db: Database.Database;
+  private readonly stmts;
+
+  private constructor(db: Database.Database) {
+    this.db = db;
+    this.stmts = {
+      get: db.prepare<[string], Row>("SELECT * FROM entries WHERE path = ?"),
+      all: db.prepare<[], Row>("SELECT * FROM entries"),
+      below: db.prepare<[string, string], Row>("SELECT * FROM entries WHERE path >= ? AND path < ?"),
+      upsert: db.prepare(
+        "INSERT OR REPLACE INTO entries (path, kind, size, mtime_ms, mode, ino, sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
+      ),
+      remove: db.prepare<[string]>("DELETE FROM entries WHERE path = ?"),
+      removeBelow: db.prepare<[string, string]>("DELETE FROM entries WHERE path >= ? AND path < ?"),
+      clear: db.prepare("DELETE FROM entries"),
+    };
+  }
+
+  /**
+   * Open the state of SRC `source` backed up as `set` on the server whose store id is
+   * `storeId`. A different server (or a wiped one) has another store id, so nothing is
+   * assumed to be there.
+   */
+  static open(stateDir: string, storeId: string, set: string, source: string): ClientState {
+    const key = createHash("sha256").update(`${storeId}\0${set}\0${source}`).digest("hex").slice(0, 24);
+    const file = join(stateDir, `${key}.db`);
+    let db: Database.Database;
+    try {
+      mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+      db = new Database(file);
+      db.pragma("journal_mode = WAL");
+      db.pragma("synchronous = NORMAL");
+      migrate(db);
+      db.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?), (?, ?), (?, ?)").run(
+        "store_id",
+        storeId,
+        "set",
+        set,
+        "source",
+        source,
+      );
+    } catch (error) {
+      throw new KeepwatchError(
+        "KW_STATE_UNUSABLE",
+        `The client's state folder ${stateDir} cannot be used (${error instanceof Error ? error.message : String(error)}); fix its permissions or set KEEPWATCH_STATE_DIR to another folder.`,
+        { cause: error },
+      );
+    }
+    return new ClientState(db);
+  }
+
+  get(path: string): EntryRecord | undefined {
+    const row = this.stmts.get.get(path);
+    return row ? toRecord(row) : undefined;
+  }
+
+  /** Every record at `path` or below it ("" means all). */
+  below(path: string): Map<string, EntryRecord> {
+    const rows = path === "" ? this.stmts.all.all() : this.rowsBelow(path);
+    return new Map(rows.map((row) => [row.path, toRecord(row)]));
+  }
+
+  recordFile(path: string, record: Omit<FileRecord, "kind">): void {
+    this.db.transaction(() => {
+      this.removeChildren(path);
+      this.stmts.upsert.run(path, "file", record.size, record.mtimeMs, record.mode, record.ino, record.sha256);
+    })();
+  }
+
+  recordFolder(path: string, mode: number): void {
+    this.stmts.upsert.run(path, "dir", 0, 0, mode, 0, null);
+  }
+
+  /** Forget `path` and everything below it. */
+  removeTree(path: string): void {
+    this.db.transaction(() => {
+      this.stmts.remove.run(path);
+      this.removeChildren(path);
+    })();
+  }
+
+  clear(): void {
+    this.stmts.clear.run();
+  }
+
+  close(): void {
+    this.db.close();
+  }
+
+  private rowsBelow(path: string): Row[] {
+    const self = this.stmts.get.get(path);
+    const children = this.stmts.below.all(`${path}/`, `${path}0`);
+    return self ? [self, ...children] : children;
+  }
+
+  private removeChildren(path: string): void {
+    // "0" is the character after "/", so the range holds exactly the paths below `path/`.
+    this.stmts.removeBelow.run(`${path}/`, `${path}0`);
+  }
+}
+
+function toRecord(row: Row): EntryRecord {
+  if (row.kind === "dir") return { kind: "dir", mode: row.mode };
+  return {
+    kind: "file",
+    size: row.size,
+    mtimeMs: row.mtime_ms,
+    mode: row.mode,
+    ino: row.ino,
+    sha256: row.sha256 ?? Buffer.alloc(0),
+  };
+}
+
+function migrate(db: Database.Database): void {
+  const version = db.pragma("user_version", { simple: true }) as number;
+  if (version > SCHEMA_VERSION) {
+    throw new Error(`the state was written by a newer keepwatch (schema ${version})`);
+  }
+  if (version < 1) {
+    db.exec(`
+      CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+      CREATE TABLE IF NOT EXISTS entries (
+        path TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('file', 'dir')),
+        size INTEGER NOT NULL,
+        mtime_ms REAL NOT NULL,
+        mode INTEGER NOT NULL,
+        ino INTEGER NOT NULL,
+        sha256 BLOB
+      ) WITHOUT ROWID;
+    `);
+    db.pragma(`user_version = ${SCHEMA_VERSION}`);
+  }
+}

@@ -1,0 +1,199 @@
+// Everything a client does over one live connection: turns "look at this path" into
+// operations (by comparing disk and state), runs them with at most `window` in flight
+// and never two on overlapping paths, and records each acknowledgement in the state.
+
+import { lstat } from "node:fs/promises";
+import { join } from "node:path";
+import { KeepwatchError, RemoteError, errnoCode } from "../errors.js";
+import type { Reporter } from "../ui/events.js";
+import type { ServerLink } from "./link.js";
+import { PathLocks } from "./path-locks.js";
+import { type Operation, type ScanResult, diskEntry, isUnchanged, scan } from "./scanner.js";
+import type { ClientState } from "./state.js";
+import { type FileTransfer, WholeFileTransfer } from "./transfer.js";
+
+export interface WorkerHooks {
+  /** A file changed while it was read (or the server refused it for now): look again later. */
+  retryLater(path: string, reason: string): void;
+  /** A problem with one path that will not go away by itself; reported once by the caller. */
+  problem(path: string, reason: string): void;
+}
+
+export interface WorkerTotals {
+  files: number;
+  bytes: number;
+  failures: number;
+}
+
+export class Worker {
+  private readonly transfer: FileTransfer;
+  private readonly locks = new PathLocks();
+  private readonly queue: Operation[] = [];
+  private running = 0;
+  private reconciling = 0;
+  private idleWaiters: (() => void)[] = [];
+  readonly totals: WorkerTotals = { files: 0, bytes: 0, failures: 0 };
+
+  constructor(
+    private readonly root: string,
+    readonly link: ServerLink,
+    private readonly state: ClientState,
+    private readonly reporter: Reporter,
+    private readonly hooks: WorkerHooks,
+  ) {
+    this.transfer = new WholeFileTransfer(root, link, reporter);
+  }
+
+  get isIdle(): boolean {
+    return this.queue.length === 0 && this.running === 0 && this.reconciling === 0;
+  }
+
+  /** Resolves when nothing is queued, running or being compared. */
+  whenIdle(): Promise<void> {
+    if (this.isIdle || this.link.isLost) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /** Compare all of SRC with the state and queue what differs. */
+  async fullScan(force = false): Promise<ScanResult> {
+    this.reporter.emit({ kind: "scan-start", root: this.root });
+    const result = await this.reconcile("", force);
+    const changed = result.operations.filter((op) => op.op === "put");
+    this.reporter.emit({
+      kind: "scan-done",
+      files: result.files,
+      bytes: result.bytes,
+      changedFiles: changed.length,
+      changedBytes: changed.reduce((sum, op) => sum + (op.op === "put" ? op.size : 0), 0),
+    });
+    return result;
+  }
+
+  /**
+   * Look at `path` (and below it) once every operation already running there is
+   * answered, so that the comparison sees the state those operations recorded.
+   */
+  async reconcile(path: string, force = false): Promise<ScanResult> {
+    this.reconciling++;
+    try {
+      const release = await this.locks.acquire(path);
+      let result: ScanResult;
+      try {
+        result = await scan(this.root, path, this.state, force);
+      } finally {
+        release();
+      }
+      for (const problem of result.problems) this.hooks.problem(problem.path, problem.reason);
+      this.enqueue(result.operations);
+      return result;
+    } finally {
+      this.reconciling--;
+      this.checkIdle();
+    }
+  }
+
+  private enqueue(operations: Operation[]): void {
+    if (operations.length === 0) return;
+    const puts = operations.filter((op) => op.op === "put");
+    if (puts.length > 0) {
+      this.reporter.emit({
+        kind: "queued",
+        files: puts.length,
+        bytes: puts.reduce((sum, op) => sum + (op.op === "put" ? op.size : 0), 0),
+      });
+    }
+    this.queue.push(...operations);
+    this.pump();
+  }
+
+  private pump(): void {
+    while (!this.link.isLost && this.running < this.link.welcome.window && this.queue.length > 0) {
+      const op = this.queue.shift() as Operation;
+      this.running++;
+      void this.execute(op).finally(() => {
+        this.running--;
+        this.pump();
+        this.checkIdle();
+      });
+    }
+    if (this.link.isLost) this.queue.length = 0;
+  }
+
+  private checkIdle(): void {
+    if (!this.isIdle && !this.link.isLost) return;
+    for (const resolve of this.idleWaiters.splice(0)) resolve();
+  }
+
+  private async execute(op: Operation): Promise<void> {
+    const release = await this.locks.acquire(op.path);
+    try {
+      if (this.link.isLost) return;
+      if (op.op === "put") await this.put(op.path, op.force);
+      else if (op.op === "mkdir") await this.mkdir(op.path);
+      else await this.delete(op.path);
+    } catch (error) {
+      this.onFailure(op, error);
+    } finally {
+      release();
+    }
+  }
+
+  private async put(path: string, force: boolean): Promise<void> {
+    const outcome = await this.transfer.put(path, (entry) => !force && isUnchanged(entry, this.state.get(path)));
+    if (outcome.status === "stored") {
+      const { entry, sha256 } = outcome;
+      this.state.recordFile(path, { size: entry.size, mtimeMs: entry.mtimeMs, mode: entry.mode, ino: entry.ino, sha256 });
+      this.totals.files++;
+      this.totals.bytes += entry.size;
+      this.reporter.emit({ kind: "file-done", path, op: "put", size: entry.size });
+    } else if (outcome.status === "changed") {
+      this.hooks.retryLater(path, "it changed while it was read");
+    }
+  }
+
+  private async mkdir(path: string): Promise<void> {
+    const st = await lstatOrNull(join(this.root, path));
+    const entry = st ? diskEntry(path, st) : null;
+    // Gone or no longer a folder: the event that changed it brings the right operation.
+    if (!entry || entry.kind !== "dir" || isUnchanged(entry, this.state.get(path))) return;
+    await this.transfer.mkdir(path, entry.mode);
+    this.state.recordFolder(path, entry.mode);
+    this.reporter.emit({ kind: "file-done", path, op: "mkdir", size: 0 });
+  }
+
+  private async delete(path: string): Promise<void> {
+    // Something new stands there again: its own event sends it, and the server replaces.
+    if (await lstatOrNull(join(this.root, path))) return;
+    await this.transfer.delete(path);
+    this.state.removeTree(path);
+    this.reporter.emit({ kind: "file-done", path, op: "delete", size: 0 });
+  }
+
+  private onFailure(op: Operation, error: unknown): void {
+    if (this.link.isLost) return; // the whole connection failed; a rescan follows
+    this.totals.failures++;
+    if (error instanceof RemoteError) {
+      // Refusals that depend on the server's condition may pass later; others will not.
+      const transient = error.code === "KW_DISK_FULL" || error.code === "KW_SERVER_IO";
+      if (transient) this.hooks.retryLater(op.path, error.message);
+      else this.hooks.problem(op.path, error.message);
+      return;
+    }
+    if (error instanceof KeepwatchError) {
+      this.hooks.problem(op.path, error.message);
+      return;
+    }
+    const code = errnoCode(error);
+    this.hooks.problem(op.path, `it cannot be read (${code ?? String(error)})`);
+  }
+}
+
+async function lstatOrNull(path: string) {
+  try {
+    return await lstat(path);
+  } catch (error) {
+    const code = errnoCode(error);
+    if (code === "ENOENT" || code === "ENOTDIR") return null;
+    throw error;
+  }
+}

@@ -1,0 +1,242 @@
+// One keepwatch connection over a byte stream (TCP now, TLS later): sends the preamble,
+// decodes frames, hands them one at a time to an async handler (pausing the socket while
+// the handler is behind, which is the protocol's flow control), keeps the link alive with
+// PING/PONG and closes it with a typed error when the peer breaks the rules or goes silent.
+
+import { EventEmitter } from "node:events";
+import type { Socket } from "node:net";
+import { KeepwatchError, ProtocolError } from "../errors.js";
+import { encodeFrame, type Frame, FrameDecoder, MAGIC, MAX_FRAME_PAYLOAD } from "./frame.js";
+import { decode, encode, MessageType } from "./messages.js";
+
+export interface ConnectionOptions {
+  /** Close the connection when nothing arrives for this long (ms). */
+  idleTimeoutMs: number;
+  /** Send a PING when nothing was sent for this long (ms). */
+  keepaliveMs: number;
+  /** Largest payload accepted from the peer. */
+  maxPayload?: number;
+}
+
+export type FrameHandler = (frame: Frame) => void | Promise<void>;
+
+/** Frames decoded but not yet handled before the socket is paused. */
+const QUEUE_HIGH_WATER = 64;
+
+export interface Connection {
+  on(event: "close", listener: (error: KeepwatchError | null) => void): this;
+  once(event: "close", listener: (error: KeepwatchError | null) => void): this;
+}
+
+export class Connection extends EventEmitter {
+  readonly socket: Socket;
+  private readonly decoder: FrameDecoder;
+  private readonly queue: Frame[] = [];
+  private handler: FrameHandler | null = null;
+  private draining = false;
+  private closed = false;
+  private closeError: KeepwatchError | null = null;
+  private lastReceived = Date.now();
+  private lastSent = Date.now();
+  private timer: NodeJS.Timeout;
+  private bytesIn = 0;
+  private bytesOut = 0;
+
+  constructor(
+    socket: Socket,
+    private options: ConnectionOptions,
+  ) {
+    super();
+    this.socket = socket;
+    this.decoder = new FrameDecoder(options.maxPayload ?? MAX_FRAME_PAYLOAD);
+    socket.setNoDelay(true);
+    socket.on("data", (chunk: Buffer) => this.onData(chunk));
+    socket.on("end", () => {
+      if (!this.closed) {
+        const clean = this.decoder.atBoundary;
+        this.finish(
+          clean
+            ? null
+            : new ProtocolError("KW_BAD_FRAME", "The peer closed the connection in the middle of a frame."),
+        );
+      }
+    });
+    socket.on("error", (error: Error) => {
+      this.finish(new KeepwatchError("KW_CONNECTION_LOST", `The connection failed: ${error.message}.`));
+    });
+    socket.on("close", () => this.finish(this.closeError));
+    this.write(MAGIC);
+    const tick = Math.max(20, Math.min(options.keepaliveMs, options.idleTimeoutMs) / 4);
+    this.timer = setInterval(() => this.onTick(), tick);
+    this.timer.unref();
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  get counters(): { bytesIn: number; bytesOut: number } {
+    return { bytesIn: this.bytesIn, bytesOut: this.bytesOut };
+  }
+
+  /** Change the timing after the handshake negotiated it. */
+  setTiming(options: Pick<ConnectionOptions, "idleTimeoutMs" | "keepaliveMs">): void {
+    this.options = { ...this.options, ...options };
+  }
+
+  /** Start delivering frames; the handler sees them in order, one at a time. */
+  setHandler(handler: FrameHandler): void {
+    this.handler = handler;
+    void this.drain();
+  }
+
+  /** Queue a frame; false means the socket's buffer is full and the caller should wait. */
+  send(type: number, requestId: number, payload?: Buffer): boolean {
+    if (this.closed) return false;
+    return this.write(encodeFrame(type, requestId, payload));
+  }
+
+  /** Send a frame and wait until the socket can take more (the sender's flow control). */
+  async sendAndWait(type: number, requestId: number, payload?: Buffer): Promise<void> {
+    if (this.send(type, requestId, payload) || this.closed) return;
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        this.socket.off("drain", done);
+        this.off("close", done);
+        resolve();
+      };
+      this.socket.on("drain", done);
+      this.once("close", done);
+    });
+  }
+
+  sendError(requestId: number, error: KeepwatchError): void {
+    this.send(MessageType.ERROR, requestId, encode.error({ code: error.code, message: error.message }));
+  }
+
+  /**
+   * Close because of `error`: tell the peer with an ERROR for request 0 when it is a code
+   * the wire knows, then end the stream. No further frame is handled.
+   */
+  fail(error: KeepwatchError): void {
+    if (this.closed) return;
+    this.closeError = error;
+    this.queue.length = 0;
+    this.sendError(0, error);
+    this.socket.end();
+    // A peer that never reads must not keep the socket open forever.
+    setTimeout(() => this.socket.destroy(), 2000).unref();
+    this.finish(error);
+  }
+
+  /** End the connection without an error (after BYE, or on shutdown). */
+  end(): void {
+    if (this.closed) return;
+    this.socket.end();
+    setTimeout(() => this.socket.destroy(), 2000).unref();
+    this.finish(null);
+  }
+
+  destroy(error: KeepwatchError | null = null): void {
+    this.socket.destroy();
+    this.finish(error);
+  }
+
+  private write(bytes: Buffer): boolean {
+    this.lastSent = Date.now();
+    this.bytesOut += bytes.length;
+    return this.socket.write(bytes);
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.closed) return;
+    this.lastReceived = Date.now();
+    this.bytesIn += chunk.length;
+    let frames: Frame[];
+    try {
+      frames = this.decoder.push(chunk);
+    } catch (error) {
+      this.fail(error instanceof KeepwatchError ? error : new ProtocolError("KW_BAD_FRAME", String(error)));
+      return;
+    }
+    for (const frame of frames) {
+      // Keep-alive traffic is answered here so that a busy handler cannot starve it.
+      if (frame.type === MessageType.PING) {
+        if (frame.payload.length !== 0) {
+          this.fail(new ProtocolError("KW_BAD_MESSAGE", "A PING message carried a payload."));
+          return;
+        }
+        this.send(MessageType.PONG, frame.requestId);
+        continue;
+      }
+      if (frame.type === MessageType.PONG) continue;
+      this.queue.push(frame);
+    }
+    if (this.queue.length >= QUEUE_HIGH_WATER) this.socket.pause();
+    void this.drain();
+  }
+
+  private async drain(): Promise<void> {
+    if (this.draining || !this.handler) return;
+    this.draining = true;
+    try {
+      while (!this.closed && this.queue.length > 0) {
+        const frame = this.queue.shift() as Frame;
+        try {
+          await this.handler(frame);
+        } catch (error) {
+          if (error instanceof KeepwatchError) {
+            this.fail(error);
+          } else {
+            this.fail(
+              new KeepwatchError(
+                "KW_SERVER_IO",
+                `An internal error stopped the connection: ${String(error)}.`,
+              ),
+            );
+          }
+          return;
+        }
+        if (this.queue.length < QUEUE_HIGH_WATER / 2 && this.socket.isPaused()) {
+          this.lastReceived = Date.now();
+          this.socket.resume();
+        }
+      }
+    } finally {
+      this.draining = false;
+    }
+  }
+
+  private onTick(): void {
+    if (this.closed) return;
+    const now = Date.now();
+    // While we hold the socket paused, silence is ours, not the peer's.
+    if (this.socket.isPaused()) this.lastReceived = now;
+    if (now - this.lastReceived > this.options.idleTimeoutMs) {
+      this.fail(
+        new KeepwatchError(
+          "KW_TIMEOUT",
+          `The peer sent nothing for ${Math.round(this.options.idleTimeoutMs / 1000)} s, so the connection was closed.`,
+        ),
+      );
+      return;
+    }
+    if (now - this.lastSent >= this.options.keepaliveMs) this.send(MessageType.PING, 0);
+  }
+
+  private finish(error: KeepwatchError | null): void {
+    if (this.closed) {
+      return;
+    }
+    this.closed = true;
+    this.closeError = error;
+    clearInterval(this.timer);
+    this.queue.length = 0;
+    this.emit("close", error);
+  }
+}
+
+/** Decode an ERROR payload into the error the peer reported. */
+export function decodeRemoteError(payload: Buffer): { code: string; message: string } {
+  return decode.error(payload);
+}

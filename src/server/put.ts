@@ -1,0 +1,148 @@
+// The PUT request on the server: receives a file's bytes into a temporary file, checks the
+// size and SHA-256 the client announced, and only then installs it in the mirror and ACKs.
+
+import { type Hash, createHash } from "node:crypto";
+import { KeepwatchError, ProtocolError, errnoCode } from "../errors.js";
+import type { PutBegin, PutEnd } from "../protocol/messages.js";
+import { pathProblem } from "../protocol/paths.js";
+import type { PendingFile } from "../store/mirror.js";
+import type { RequestContext } from "./session.js";
+
+export class PutRequest {
+  private pending: PendingFile | null = null;
+  private readonly hash: Hash = createHash("sha256");
+  private received = 0;
+  /** Set once an ERROR was sent; later frames of this request are swallowed until it ends. */
+  private failed = false;
+
+  constructor(
+    private readonly id: number,
+    private readonly begin: PutBegin,
+    private readonly ctx: RequestContext,
+  ) {
+    const problem = pathProblem(begin.path);
+    if (problem !== null) {
+      this.fail(
+        new KeepwatchError("KW_BAD_PATH", `The path ${JSON.stringify(begin.path)} was refused because ${problem}.`),
+      );
+    }
+  }
+
+  async open(): Promise<void> {
+    if (this.failed) return;
+    try {
+      this.pending = await this.ctx.mirror.createPending();
+      this.ctx.reporter.emit({ kind: "file-start", path: this.begin.path, size: this.begin.size });
+    } catch (error) {
+      this.fail(ioError(error, this.begin.path));
+    }
+  }
+
+  async data(bytes: Buffer): Promise<void> {
+    this.received += bytes.length;
+    // Data beyond the announced size is a protocol violation, whatever state we are in.
+    if (this.received > this.begin.size) {
+      throw new ProtocolError(
+        "KW_SIZE_MISMATCH",
+        `The client sent more than the ${this.begin.size} bytes it announced for ${JSON.stringify(this.begin.path)}.`,
+      );
+    }
+    if (this.failed || !this.pending) return;
+    this.hash.update(bytes);
+    try {
+      await this.pending.handle.write(bytes);
+    } catch (error) {
+      this.fail(ioError(error, this.begin.path));
+      return;
+    }
+    this.ctx.reporter.emit({
+      kind: "file-progress",
+      path: this.begin.path,
+      bytes: this.received,
+      size: this.begin.size,
+    });
+  }
+
+  async end(message: PutEnd): Promise<void> {
+    if (this.failed || !this.pending) {
+      this.ctx.release(this.id);
+      return;
+    }
+    const pending = this.pending;
+    this.pending = null;
+    if (this.received !== this.begin.size) {
+      await this.ctx.mirror.discard(pending);
+      this.ctx.reject(
+        this.id,
+        new KeepwatchError(
+          "KW_SIZE_MISMATCH",
+          `Only ${this.received} of the ${this.begin.size} bytes announced for ${JSON.stringify(this.begin.path)} arrived.`,
+        ),
+      );
+      return;
+    }
+    // The server MUST NOT install content whose hash differs from the one announced.
+    if (!this.hash.digest().equals(message.sha256)) {
+      await this.ctx.mirror.discard(pending);
+      this.ctx.reject(
+        this.id,
+        new KeepwatchError(
+          "KW_HASH_MISMATCH",
+          `The content received for ${JSON.stringify(this.begin.path)} does not match its SHA-256; it was not stored.`,
+        ),
+      );
+      return;
+    }
+    try {
+      await this.ctx.mirror.install(pending, this.begin.path, { mtimeMs: this.begin.mtimeMs, mode: this.begin.mode });
+    } catch (error) {
+      await this.ctx.mirror.discard(pending);
+      this.ctx.reject(this.id, ioError(error, this.begin.path));
+      return;
+    }
+    this.ctx.reporter.emit({
+      kind: "file-done",
+      path: this.begin.path,
+      op: "put",
+      size: this.begin.size,
+      set: this.ctx.set,
+    });
+    this.ctx.ack(this.id);
+  }
+
+  async abort(): Promise<void> {
+    await this.discard();
+    if (this.failed) this.ctx.release(this.id);
+    else this.ctx.ack(this.id);
+  }
+
+  /** Drop the temporary file (connection closed or request aborted). */
+  async discard(): Promise<void> {
+    const pending = this.pending;
+    this.pending = null;
+    if (pending) await this.ctx.mirror.discard(pending);
+  }
+
+  private fail(error: KeepwatchError): void {
+    this.failed = true;
+    const pending = this.pending;
+    this.pending = null;
+    if (pending) void this.ctx.mirror.discard(pending);
+    this.ctx.reject(this.id, error, true);
+  }
+}
+
+/** Turn a filesystem failure while storing `path` into an error for the client. */
+export function ioError(error: unknown, path: string): KeepwatchError {
+  if (error instanceof KeepwatchError) return error;
+  if (errnoCode(error) === "ENOSPC" || errnoCode(error) === "EDQUOT") {
+    return new KeepwatchError(
+      "KW_DISK_FULL",
+      `The server's disk is full, so ${JSON.stringify(path)} was not stored; free space on the server and it will be sent again.`,
+    );
+  }
+  return new KeepwatchError(
+    "KW_SERVER_IO",
+    `The server could not store ${JSON.stringify(path)}: ${error instanceof Error ? error.message : String(error)}.`,
+  );
+}

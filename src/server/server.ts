@@ -1,0 +1,129 @@
+// The listener: accepts connections on one address, enforces the connection limit, starts
+// a Session for each, and shuts everything down cleanly.
+
+import { type Server as NetServer, type Socket, createServer } from "node:net";
+import { KeepwatchError, errnoCode } from "../errors.js";
+import { Connection } from "../protocol/connection.js";
+import { MAX_FRAME_PAYLOAD } from "../protocol/frame.js";
+import type { Reporter } from "../ui/events.js";
+import { Destination } from "./destination.js";
+import { Session, type SessionLimits } from "./session.js";
+
+export const DEFAULT_PORT = 7468;
+
+export interface ServerOptions {
+  dest: string;
+  host: string;
+  port: number;
+  reporter: Reporter;
+  maxConnections?: number;
+  limits?: Partial<SessionLimits>;
+}
+
+const DEFAULT_LIMITS: SessionLimits = {
+  window: 64,
+  idleTimeoutMs: 30_000,
+  helloTimeoutMs: 10_000,
+  maxFrame: MAX_FRAME_PAYLOAD,
+};
+
+export class KeepwatchServer {
+  private readonly sessions = new Set<Session>();
+  private readonly sockets = new Set<Socket>();
+  private closing = false;
+
+  private constructor(
+    private readonly net: NetServer,
+    readonly destination: Destination,
+    readonly host: string,
+    readonly port: number,
+  ) {}
+
+  static async start(options: ServerOptions): Promise<KeepwatchServer> {
+    const destination = await Destination.open(options.dest);
+    const limits = { ...DEFAULT_LIMITS, ...options.limits };
+    const maxConnections = options.maxConnections ?? 256;
+    const net = createServer();
+    const port = await listen(net, options.host, options.port);
+    const server = new KeepwatchServer(net, destination, options.host, port);
+    net.on("connection", (socket) => server.accept(socket, limits, maxConnections, options.reporter));
+    options.reporter.emit({ kind: "listening", host: options.host, port, dest: destination.root });
+    return server;
+  }
+
+  private accept(socket: Socket, limits: SessionLimits, maxConnections: number, reporter: Reporter): void {
+    const peer = `${socket.remoteAddress}:${socket.remotePort}`;
+    const conn = new Connection(socket, {
+      idleTimeoutMs: limits.idleTimeoutMs,
+      keepaliveMs: Math.floor(limits.idleTimeoutMs / 3),
+      maxPayload: limits.maxFrame,
+    });
+    if (this.closing) {
+      conn.fail(new KeepwatchError("KW_SHUTTING_DOWN", "The server is shutting down; try again later."));
+      return;
+    }
+    if (this.sockets.size >= maxConnections) {
+      conn.fail(
+        new KeepwatchError(
+          "KW_TOO_MANY_CONNECTIONS",
+          `The server already has ${maxConnections} connections; try again later.`,
+        ),
+      );
+      return;
+    }
+    this.sockets.add(socket);
+    const session = new Session(conn, this.destination, limits, reporter, peer);
+    this.sessions.add(session);
+    conn.on("close", () => {
+      this.sockets.delete(socket);
+      this.sessions.delete(session);
+    });
+  }
+
+  /** Stop accepting, say goodbye to every client, wait for started commits, close. */
+  async close(): Promise<void> {
+    this.closing = true;
+    const stopped = new Promise<void>((resolve) => this.net.close(() => resolve()));
+    await Promise.allSettled([...this.sessions].map((s) => s.shutdown()));
+    for (const socket of this.sockets) socket.destroy();
+    await stopped;
+  }
+}
+
+function listen(net: NetServer, host: string, port: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const onError = (error: Error) => {
+      const code = errnoCode(error);
+      if (code === "EADDRINUSE") {
+        reject(
+          new KeepwatchError(
+            "KW_PORT_IN_USE",
+            `Port ${port} on ${host} is already in use (another keepwatch server?); stop that program or choose another port with --port.`,
+          ),
+        );
+      } else if (code === "EADDRNOTAVAIL" || code === "ENOTFOUND" || code === "EAI_AGAIN") {
+        reject(
+          new KeepwatchError(
+            "KW_ADDRESS_UNAVAILABLE",
+            `The address ${host} is not one of this machine's; give a local address such as 127.0.0.1.`,
+          ),
+        );
+      } else if (code === "EACCES") {
+        reject(
+          new KeepwatchError(
+            "KW_PORT_IN_USE",
+            `Port ${port} needs privileges this user does not have; choose a port above 1023 with --port.`,
+          ),
+        );
+      } else {
+        reject(error);
+      }
+    };
+    net.once("error", onError);
+    net.listen({ host, port }, () => {
+      net.off("error", onError);
+      const address = net.address();
+      resolve(typeof address === "object" && address ? address.port : port);
+    });
+  });
+}

@@ -1,0 +1,227 @@
+// The mirror of one set: the latest version of every file as a plain file under
+// DEST/<set>/. Every change is atomic (temporary file, fsync, rename, fsync of the folder)
+// and no operation ever follows a symbolic link, so a path can never reach outside the
+// set's folder whatever the mirror holds.
+
+import { randomBytes } from "node:crypto";
+import { constants } from "node:fs";
+import { type FileHandle, lstat, mkdir, open, rename, rm, unlink } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { errnoCode } from "../errors.js";
+import { assertValidPath } from "../protocol/paths.js";
+
+/** Metadata kept with each file. */
+export interface FileAttributes {
+  mtimeMs: number;
+  /** Permission bits (masked to 0o7777). */
+  mode: number;
+}
+
+/** Coalesces fsyncs of the same folder: callers that arrive while one runs share the next. */
+class FolderSyncer {
+  private running = new Map<string, Promise<void>>();
+  private queued = new Map<string, Promise<void>>();
+
+  sync(folder: string): Promise<void> {
+    const waiting = this.queued.get(folder);
+    if (waiting) return waiting;
+    const current = this.running.get(folder);
+    if (!current) return this.start(folder);
+    const next = current.then(
+      () => {
+        this.queued.delete(folder);
+        return this.start(folder);
+      },
+      () => {
+        this.queued.delete(folder);
+        return this.start(folder);
+      },
+    );
+    this.queued.set(folder, next);
+    return next;
+  }
+
+  private start(folder: string): Promise<void> {
+    const run = (async () => {
+      const handle = await open(folder, constants.O_RDONLY | constants.O_DIRECTORY);
+      try {
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+    })();
+    const tracked = run.finally(() => {
+      if (this.running.get(folder) === tracked) this.running.delete(folder);
+    });
+    this.running.set(folder, tracked);
+    return tracked;
+  }
+}
+
+/** A file being written in the temporary folder, to be installed into the mirror. */
+export interface PendingFile {
+  readonly tempPath: string;
+  readonly handle: FileHandle;
+}
+
+export class Mirror {
+  private readonly syncer = new FolderSyncer();
+  /** Folders (set-relative) known to be real directories; cleared below a deleted path. */
+  private readonly knownFolders = new Set<string>([""]);
+
+  constructor(
+    /** Absolute path of DEST/<set>. */
+    readonly root: string,
+    /** Absolute path of the temporary folder, on the same filesystem as root. */
+    private readonly tempDir: string,
+  ) {}
+
+  /** Open a new temporary file for a version of a file that is on its way. */
+  async createPending(): Promise<PendingFile> {
+    const tempPath = join(this.tempDir, `put-${randomBytes(12).toString("hex")}`);
+    const handle = await open(tempPath, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
+    return { tempPath, handle };
+  }
+
+  /** Throw the pending file away (aborted or failed transfer). */
+  async discard(pending: PendingFile): Promise<void> {
+    await pending.handle.close().catch(() => {});
+    await unlink(pending.tempPath).catch(() => {});
+  }
+
+  /**
+   * Make the pending file durable with its attributes and put it at `path`, replacing
+   * whatever was there (a file, a link, or a folder that the source turned into a file).
+   */
+  async install(pending: PendingFile, path: string, attrs: FileAttributes): Promise<void> {
+    assertValidPath(path);
+    try {
+      await pending.handle.chmod(attrs.mode & 0o7777);
+      const mtime = attrs.mtimeMs / 1000;
+      await pending.handle.utimes(mtime, mtime);
+      await pending.handle.sync();
+    } finally {
+      await pending.handle.close();
+    }
+    const parent = parentOf(path);
+    const target = join(this.root, path);
+    await this.ensureFolder(parent);
+    try {
+      await this.clearFolderAt(path);
+      await rename(pending.tempPath, target);
+    } catch (error) {
+      if (errnoCode(error) !== "ENOENT") throw error;
+      // A folder we remembered was removed meanwhile (by another session): check again.
+      this.forget(parent);
+      await this.ensureFolder(parent);
+      await rename(pending.tempPath, target);
+    }
+    await this.syncer.sync(dirname(target));
+  }
+
+  /** Create the folder at `path` (and its parents) if missing, with the given mode. */
+  async makeFolder(path: string, mode: number): Promise<void> {
+    assertValidPath(path);
+    await this.ensureFolder(path, mode & 0o7777);
+    await this.syncer.sync(dirname(join(this.root, path)));
+  }
+
+  /** Remove the file or folder at `path`; absent is fine. Never follows a link. */
+  async remove(path: string): Promise<void> {
+    assertValidPath(path);
+    if (!(await this.parentsAreFolders(path))) return;
+    const target = join(this.root, path);
+    await rm(target, { recursive: true, force: true });
+    this.forget(path);
+    await this.syncer.sync(dirname(target));
+  }
+
+  /** True when every folder above `path` is a real directory (not a link, not a file). */
+  private async parentsAreFolders(path: string): Promise<boolean> {
+    const parts = path.split("/");
+    let rel = "";
+    for (let i = 0; i < parts.length - 1; i++) {
+      rel = rel === "" ? (parts[i] as string) : `${rel}/${parts[i]}`;
+      if (this.knownFolders.has(rel)) continue;
+      try {
+        const st = await lstat(join(this.root, rel));
+        if (!st.isDirectory()) return false;
+      } catch (error) {
+        if (errnoCode(error) === "ENOENT") return false;
+        throw error;
+      }
+    }
+    return true;
+  }
+
+  /**
+   * Make every component of `path` a real directory, replacing a file or link that stands
+   * where the source now has a folder. `mode` applies to the last component only.
+   */
+  private async ensureFolder(path: string, mode?: number): Promise<void> {
+    if (path === "") return;
+    if (this.knownFolders.has(path) && mode === undefined) return;
+    const parts = path.split("/");
+    let rel = "";
+    for (let i = 0; i < parts.length; i++) {
+      rel = rel === "" ? (parts[i] as string) : `${rel}/${parts[i]}`;
+      const last = i === parts.length - 1;
+      if (this.knownFolders.has(rel) && !last) continue;
+      const abs = join(this.root, rel);
+      let st: Awaited<ReturnType<typeof lstat>> | null = null;
+      try {
+        st = await lstat(abs);
+      } catch (error) {
+        if (errnoCode(error) !== "ENOENT") throw error;
+      }
+      if (st && !st.isDirectory()) {
+        await unlink(abs);
+        st = null;
+      }
+      if (!st) {
+        try {
+          await mkdir(abs, { mode: last && mode !== undefined ? mode : 0o755 });
+        } catch (error) {
+          if (errnoCode(error) !== "EEXIST") throw error;
+          const again = await lstat(abs);
+          if (!again.isDirectory()) throw error;
+        }
+        await this.syncer.sync(dirname(abs));
+      }
+      if (last && mode !== undefined) {
+        const handle = await open(abs, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
+        try {
+          await handle.chmod(mode);
+        } finally {
+          await handle.close();
+        }
+      }
+      this.knownFolders.add(rel);
+    }
+  }
+
+  /** If a real folder stands at `path`, remove it so a file can take its place. */
+  private async clearFolderAt(path: string): Promise<void> {
+    const abs = join(this.root, path);
+    try {
+      const st = await lstat(abs);
+      if (st.isDirectory()) {
+        await rm(abs, { recursive: true, force: true });
+        this.forget(path);
+      }
+    } catch (error) {
+      if (errnoCode(error) !== "ENOENT") throw error;
+    }
+  }
+
+  private forget(path: string): void {
+    for (const known of this.knownFolders) {
+      if (known === path || known.startsWith(`${path}/`)) this.knownFolders.delete(known);
+    }
+  }
+}
+
+function parentOf(path: string): string {
+  const i = path.lastIndexOf("/");
+  return i < 0 ? "" : path.slice(0, i);
+}
