@@ -32,7 +32,10 @@ export function registerClient(program: Command): void {
     .option("-p, --port <port>", "server port", parsePort, DEFAULT_PORT)
     .option("-n, --name <set>", "name of the backup set on the server (default: SRC's folder name)")
     .option("--quiet-ms <ms>", "send a changed file once it has been quiet this long", parseMillis, 30)
-    .option("--state-dir <dir>", "where the client records what the server has (default: the user's state folder)")
+    .option(
+      "--state-dir <dir>",
+      "where the client records what the server has (default: the user's state folder)",
+    )
     .option("--json", "print one JSON object per event")
     .option("-q, --quiet", "print only warnings and errors")
     .addHelpText("after", `\nExample:\n  keepwatch client data/source localhost\n${EXIT_CODES_HELP}`)

@@ -4,8 +4,8 @@
 import { InvalidArgumentError } from "commander";
 import { ExitCode, KeepwatchError } from "../errors.js";
 import { DEFAULT_PORT } from "../server/server.js";
-import { chooseMode, createPrinter } from "../ui/index.js";
 import type { Reporter } from "../ui/events.js";
+import { chooseMode, createPrinter } from "../ui/index.js";
 
 export { DEFAULT_PORT };
 

@@ -11,13 +11,16 @@ import { registerServer } from "./server.js";
 const program = new Command();
 program
   .name("keepwatch")
-  .description("Continuous file backup: a watching client streams every change to a server that keeps a mirror.")
+  .description(
+    "Continuous file backup: a watching client streams every change to a server that keeps a mirror.",
+  )
   .version("0.1.0")
   .showSuggestionAfterError(true)
   .exitOverride()
   .configureOutput({
     // commander's own messages ("error: unknown command 'x'") become our one-sentence form.
-    outputError: (message, write) => write(`keepwatch: ${message.replace(/^error: /, "").trim()}; see "keepwatch --help".\n`),
+    outputError: (message, write) =>
+      write(`keepwatch: ${message.replace(/^error: /, "").trim()}; see "keepwatch --help".\n`),
   })
   .addHelpText("after", EXIT_CODES_HELP);
 
@@ -29,7 +32,8 @@ try {
   await program.parseAsync(process.argv);
 } catch (error) {
   if (error instanceof CommanderError) {
-    const ok = error.code === "commander.helpDisplayed" || error.code === "commander.version" || error.exitCode === 0;
+    const ok =
+      error.code === "commander.helpDisplayed" || error.code === "commander.version" || error.exitCode === 0;
     process.exit(ok ? ExitCode.ok : ExitCode.usage);
   }
   throw error;

@@ -24,10 +24,16 @@ export function registerPush(program: Command): void {
     .option("-p, --port <port>", "server port", parsePort, DEFAULT_PORT)
     .option("-n, --name <set>", "name of the backup set on the server (default: SRC's folder name)")
     .option("-f, --force", "send every file again, even those the server already has")
-    .option("--state-dir <dir>", "where the client records what the server has (default: the user's state folder)")
+    .option(
+      "--state-dir <dir>",
+      "where the client records what the server has (default: the user's state folder)",
+    )
     .option("--json", "print one JSON object per event")
     .option("-q, --quiet", "print only warnings and errors")
-    .addHelpText("after", `\nExamples:\n  keepwatch push data/source localhost\n  keepwatch push --force data/source\n${EXIT_CODES_HELP}`)
+    .addHelpText(
+      "after",
+      `\nExamples:\n  keepwatch push data/source localhost\n  keepwatch push --force data/source\n${EXIT_CODES_HELP}`,
+    )
     .action(async (src: string, host: string | undefined, flags: PushFlags) => {
       const output = openOutput(flags, "client");
       await runCommand(output, async () => {

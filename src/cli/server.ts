@@ -2,7 +2,15 @@
 
 import type { Command } from "commander";
 import { KeepwatchServer } from "../server/server.js";
-import { DEFAULT_PORT, EXIT_CODES_HELP, openOutput, parsePort, resolveHost, runCommand, stopSignal } from "./common.js";
+import {
+  DEFAULT_PORT,
+  EXIT_CODES_HELP,
+  openOutput,
+  parsePort,
+  resolveHost,
+  runCommand,
+  stopSignal,
+} from "./common.js";
 
 interface ServerFlags {
   port: number;
@@ -33,7 +41,9 @@ export function registerServer(program: Command): void {
           reporter: output.reporter,
           maxConnections: flags.maxConnections,
         });
-        await new Promise<void>((resolve) => signal.addEventListener("abort", () => resolve(), { once: true }));
+        await new Promise<void>((resolve) =>
+          signal.addEventListener("abort", () => resolve(), { once: true }),
+        );
         output.reporter.emit({ kind: "info", message: "Stopping: finishing started writes, then closing." });
         await server.close();
         return 0;

@@ -11,7 +11,10 @@ export interface SourceSetup {
   stateDir: string;
 }
 
-export async function resolveSource(src: string, flags: { name?: string; stateDir?: string }): Promise<SourceSetup> {
+export async function resolveSource(
+  src: string,
+  flags: { name?: string; stateDir?: string },
+): Promise<SourceSetup> {
   const root = resolve(src);
   await checkSource(root);
   const set = flags.name ?? basename(root);

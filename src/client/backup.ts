@@ -4,7 +4,7 @@
 
 import { stat } from "node:fs/promises";
 import { hostname, userInfo } from "node:os";
-import { KeepwatchError, errnoCode } from "../errors.js";
+import { errnoCode, KeepwatchError } from "../errors.js";
 import type { Reporter } from "../ui/events.js";
 import { Debouncer } from "./debouncer.js";
 import { ServerLink } from "./link.js";
@@ -42,13 +42,19 @@ export async function checkSource(root: string): Promise<void> {
   try {
     const st = await stat(root);
     if (!st.isDirectory()) {
-      throw new KeepwatchError("KW_SOURCE_NOT_DIR", `The source ${root} is not a folder; give the folder to back up.`);
+      throw new KeepwatchError(
+        "KW_SOURCE_NOT_DIR",
+        `The source ${root} is not a folder; give the folder to back up.`,
+      );
     }
   } catch (error) {
     if (error instanceof KeepwatchError) throw error;
     const code = errnoCode(error);
     if (code === "ENOENT" || code === "ENOTDIR") {
-      throw new KeepwatchError("KW_SOURCE_MISSING", `The source folder ${root} does not exist; check the path.`);
+      throw new KeepwatchError(
+        "KW_SOURCE_MISSING",
+        `The source folder ${root} does not exist; check the path.`,
+      );
     }
     throw new KeepwatchError(
       "KW_SOURCE_UNREADABLE",
@@ -85,15 +91,15 @@ export class BackupClient {
     }
     reporter.emit({ kind: "connected", host, port, set });
     return new Worker(root, link, this.state, reporter, {
-      retryLater: (path, reason) => this.onRetry(path, reason),
+      retryLater: (path, reason, soon) => this.onRetry(path, reason, soon),
       problem: (path, reason) => this.onProblem(path, reason),
     });
   }
 
-  private retryHandler: ((path: string) => void) | null = null;
+  private retryHandler: ((path: string, reason: string, soon: boolean) => void) | null = null;
 
-  private onRetry(path: string, reason: string): void {
-    if (this.retryHandler) this.retryHandler(path);
+  private onRetry(path: string, reason: string, soon: boolean): void {
+    if (this.retryHandler) this.retryHandler(path, reason, soon);
     else this.problems.set(path, reason);
   }
 
@@ -110,13 +116,13 @@ export class BackupClient {
   async push(force: boolean): Promise<PushSummary> {
     await checkSource(this.options.root);
     const worker = await this.connect();
-    const pending = new Set<string>();
-    this.retryHandler = (path) => pending.add(path);
+    const pending = new Map<string, string>();
+    this.retryHandler = (path, reason) => pending.set(path, reason);
     try {
       await worker.fullScan(force);
       await worker.whenIdle();
       for (let attempt = 1; attempt < PUSH_ATTEMPTS_FOR_CHANGING_FILES && pending.size > 0; attempt++) {
-        const paths = [...pending];
+        const paths = [...pending.keys()];
         pending.clear();
         await new Promise((resolve) => setTimeout(resolve, 100 * attempt));
         await Promise.all(paths.map((path) => worker.reconcile(path, force)));
@@ -128,7 +134,7 @@ export class BackupClient {
           "The connection to the server was lost before everything was acknowledged; run the push again.",
         );
       }
-      for (const path of pending) this.problems.set(path, "it kept changing while it was read");
+      for (const [path, reason] of pending) this.onProblem(path, reason);
       await worker.link.goodbye();
       return {
         files: worker.totals.files,
@@ -147,7 +153,6 @@ export class BackupClient {
     await checkSource(root);
     let worker: Worker | null = null;
     const retry = new Set<string>();
-    this.retryHandler = (path) => retry.add(path);
     const debouncer = new Debouncer({
       quietMs: this.options.quietMs ?? 30,
       maxWaitMs: this.options.maxWaitMs ?? 2000,
@@ -156,6 +161,8 @@ export class BackupClient {
         for (const path of collapse(paths)) void worker.reconcile(path).catch((e) => this.onTrouble(e));
       },
     });
+    // A file that changed while read is looked at again once quiet; a server refusal later.
+    this.retryHandler = (path, _reason, soon) => (soon ? debouncer.touch(path) : retry.add(path));
     let watch: WatchHandle | null = null;
     let pollTimer: NodeJS.Timeout | null = null;
     const rescan = () => {
@@ -167,7 +174,10 @@ export class BackupClient {
           for (const path of paths) debouncer.touch(path);
         },
         onTrouble: (message) => {
-          reporter.emit({ kind: "warning", message: `The file watcher reported a problem (${message}); rescanning.` });
+          reporter.emit({
+            kind: "warning",
+            message: `The file watcher reported a problem (${message}); rescanning.`,
+          });
           rescan();
         },
       });
@@ -270,14 +280,13 @@ function isFatalRefusal(code: string): boolean {
 
 /** Drop paths that lie below another path in the list (the ancestor's scan covers them). */
 function collapse(paths: string[]): string[] {
-  const sorted = [...new Set(paths)].sort();
-  const out: string[] = [];
-  for (const path of sorted) {
-    const last = out[out.length - 1];
-    if (last !== undefined && path.startsWith(`${last}/`)) continue;
-    out.push(path);
-  }
-  return out;
+  const unique = new Set(paths);
+  return [...unique].filter((path) => {
+    for (let i = path.indexOf("/"); i >= 0; i = path.indexOf("/", i + 1)) {
+      if (unique.has(path.slice(0, i))) return false;
+    }
+    return true;
+  });
 }
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {

@@ -2,17 +2,17 @@
 // and matches each ACK or ERROR to the request that is waiting for it.
 
 import { connect as netConnect } from "node:net";
-import { KeepwatchError, ProtocolError, RemoteError, errnoCode } from "../errors.js";
+import { errnoCode, KeepwatchError, ProtocolError, RemoteError } from "../errors.js";
 import { Connection } from "../protocol/connection.js";
 import type { Frame } from "../protocol/frame.js";
 import {
-  MIN_PROTOCOL_VERSION,
-  MessageType,
-  PROTOCOL_VERSION,
-  type Welcome,
   decode,
   encode,
+  MessageType,
+  MIN_PROTOCOL_VERSION,
   messageTypeName,
+  PROTOCOL_VERSION,
+  type Welcome,
 } from "../protocol/messages.js";
 
 export interface LinkOptions {
@@ -118,7 +118,10 @@ export class ServerLink {
           );
         }
         const welcome = decode.welcome(frame.payload);
-        conn.setTiming({ idleTimeoutMs: welcome.idleTimeoutMs, keepaliveMs: Math.floor(welcome.idleTimeoutMs / 3) });
+        conn.setTiming({
+          idleTimeoutMs: welcome.idleTimeoutMs,
+          keepaliveMs: Math.floor(welcome.idleTimeoutMs / 3),
+        });
         conn.removeAllListeners("close");
         settle(null, new ServerLink(conn, welcome));
       });
@@ -170,7 +173,10 @@ export class ServerLink {
         decode.empty(frame.payload, "ACK");
         const waiter = this.waiters.get(frame.requestId);
         if (!waiter) {
-          throw new ProtocolError("KW_UNKNOWN_REQUEST", `The server acknowledged unknown request ${frame.requestId}.`);
+          throw new ProtocolError(
+            "KW_UNKNOWN_REQUEST",
+            `The server acknowledged unknown request ${frame.requestId}.`,
+          );
         }
         this.waiters.delete(frame.requestId);
         waiter.resolve();
@@ -186,7 +192,10 @@ export class ServerLink {
         }
         const waiter = this.waiters.get(frame.requestId);
         if (!waiter) {
-          throw new ProtocolError("KW_UNKNOWN_REQUEST", `The server reported an error for unknown request ${frame.requestId}.`);
+          throw new ProtocolError(
+            "KW_UNKNOWN_REQUEST",
+            `The server reported an error for unknown request ${frame.requestId}.`,
+          );
         }
         this.waiters.delete(frame.requestId);
         waiter.reject(error);
@@ -199,7 +208,9 @@ export class ServerLink {
           this.byeResolve();
           return;
         }
-        this.markLost(new KeepwatchError("KW_SHUTTING_DOWN", "The server is shutting down; it will be retried."));
+        this.markLost(
+          new KeepwatchError("KW_SHUTTING_DOWN", "The server is shutting down; it will be retried."),
+        );
         this.conn.end();
         return;
       default:
@@ -228,7 +239,10 @@ function unreachable(where: string, error: Error): KeepwatchError {
     );
   }
   if (code === "ENOTFOUND" || code === "EAI_AGAIN") {
-    return new KeepwatchError("KW_UNREACHABLE", `The host name in ${where} cannot be resolved; check its spelling.`);
+    return new KeepwatchError(
+      "KW_UNREACHABLE",
+      `The host name in ${where} cannot be resolved; check its spelling.`,
+    );
   }
   return new KeepwatchError(
     "KW_UNREACHABLE",

@@ -41,7 +41,8 @@ export class PathLocks {
     for (let i = 0; i < this.waiting.length; ) {
       const waiter = this.waiting[i] as Waiter;
       const blocked =
-        this.held.some((p) => overlaps(p, waiter.path)) || blockedBefore.some((p) => overlaps(p, waiter.path));
+        this.held.some((p) => overlaps(p, waiter.path)) ||
+        blockedBefore.some((p) => overlaps(p, waiter.path));
       if (blocked) {
         blockedBefore.push(waiter.path);
         i++;

@@ -4,7 +4,7 @@
 import type { Stats } from "node:fs";
 import { lstat, readdir } from "node:fs/promises";
 import { join } from "node:path";
-import { KeepwatchError, errnoCode } from "../errors.js";
+import { errnoCode, KeepwatchError } from "../errors.js";
 import { pathProblem } from "../protocol/paths.js";
 import type { ClientState, EntryRecord } from "./state.js";
 
@@ -39,7 +39,8 @@ export function diskEntry(path: string, st: Stats): DiskEntry | null {
   if (st.isFile()) {
     return { path, kind: "file", size: st.size, mtimeMs: st.mtimeMs, mode: st.mode & 0o7777, ino: st.ino };
   }
-  if (st.isDirectory()) return { path, kind: "dir", size: 0, mtimeMs: st.mtimeMs, mode: st.mode & 0o7777, ino: st.ino };
+  if (st.isDirectory())
+    return { path, kind: "dir", size: 0, mtimeMs: st.mtimeMs, mode: st.mode & 0o7777, ino: st.ino };
   return null;
 }
 
@@ -63,7 +64,12 @@ function joinRel(parent: string, name: string): string {
  * Compare `start` (a set-relative path, "" for all of SRC) on disk with the state.
  * `force` sends every file whatever the state says.
  */
-export async function scan(root: string, start: string, state: ClientState, force = false): Promise<ScanResult> {
+export async function scan(
+  root: string,
+  start: string,
+  state: ClientState,
+  force = false,
+): Promise<ScanResult> {
   const known = state.below(start);
   const seen = new Set<string>();
   const result: ScanResult = { files: 0, bytes: 0, operations: [], problems: [] };
@@ -74,7 +80,9 @@ export async function scan(root: string, start: string, state: ClientState, forc
     if (!entry) {
       result.problems.push({
         path,
-        reason: st.isSymbolicLink() ? "symbolic links are not backed up" : "it is not a regular file or folder",
+        reason: st.isSymbolicLink()
+          ? "symbolic links are not backed up"
+          : "it is not a regular file or folder",
       });
       return;
     }
@@ -95,7 +103,10 @@ export async function scan(root: string, start: string, state: ClientState, forc
     } catch (error) {
       // Keep what the server has below an unreadable folder rather than deleting it.
       for (const p of known.keys()) if (p.startsWith(`${path}/`)) seen.add(p);
-      result.problems.push({ path, reason: `the folder cannot be read (${errnoCode(error) ?? String(error)})` });
+      result.problems.push({
+        path,
+        reason: `the folder cannot be read (${errnoCode(error) ?? String(error)})`,
+      });
       return;
     }
     names.sort();
@@ -111,7 +122,10 @@ export async function scan(root: string, start: string, state: ClientState, forc
         childStat = await lstat(join(root, child));
       } catch (error) {
         if (errnoCode(error) === "ENOENT") continue; // gone since readdir; its delete event follows
-        result.problems.push({ path: child, reason: `it cannot be read (${errnoCode(error) ?? String(error)})` });
+        result.problems.push({
+          path: child,
+          reason: `it cannot be read (${errnoCode(error) ?? String(error)})`,
+        });
         continue;
       }
       await visit(child, childStat);

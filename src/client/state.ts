@@ -111,7 +111,15 @@ export class ClientState {
   recordFile(path: string, record: Omit<FileRecord, "kind">): void {
     this.db.transaction(() => {
       this.removeChildren(path);
-      this.stmts.upsert.run(path, "file", record.size, record.mtimeMs, record.mode, record.ino, record.sha256);
+      this.stmts.upsert.run(
+        path,
+        "file",
+        record.size,
+        record.mtimeMs,
+        record.mode,
+        record.ino,
+        record.sha256,
+      );
     })();
   }
 

@@ -6,7 +6,7 @@ import { constants, type Stats } from "node:fs";
 import { open } from "node:fs/promises";
 import { join } from "node:path";
 import type { KeepwatchError } from "../errors.js";
-import { MessageType, encode } from "../protocol/messages.js";
+import { encode, MessageType } from "../protocol/messages.js";
 import type { Reporter } from "../ui/events.js";
 import type { ServerLink } from "./link.js";
 import { type DiskEntry, diskEntry } from "./scanner.js";
@@ -71,7 +71,7 @@ export class WholeFileTransfer implements FileTransfer {
       await previous;
       const before = await handle.stat();
       const found = diskEntry(path, before);
-      if (!found || found.kind !== "file") return { status: "vanished" };
+      if (found?.kind !== "file") return { status: "vanished" };
       entry = found;
       if (skipIf(entry)) return { status: "unchanged" };
       const request = this.link.open();
@@ -107,7 +107,11 @@ export class WholeFileTransfer implements FileTransfer {
       if (early === null && !this.link.isLost) {
         if (!torn) torn = !sameFile(before, await handle.stat());
         if (torn) {
-          conn.send(MessageType.PUT_ABORT, request.id, encode.putAbort({ reason: "the file changed while it was read" }));
+          conn.send(
+            MessageType.PUT_ABORT,
+            request.id,
+            encode.putAbort({ reason: "the file changed while it was read" }),
+          );
           outcome = { status: "changed" };
         } else {
           sha256 = hash.digest();

@@ -4,17 +4,20 @@
 
 import { lstat } from "node:fs/promises";
 import { join } from "node:path";
-import { KeepwatchError, RemoteError, errnoCode } from "../errors.js";
+import { errnoCode, KeepwatchError, RemoteError } from "../errors.js";
 import type { Reporter } from "../ui/events.js";
 import type { ServerLink } from "./link.js";
 import { PathLocks } from "./path-locks.js";
-import { type Operation, type ScanResult, diskEntry, isUnchanged, scan } from "./scanner.js";
+import { diskEntry, isUnchanged, type Operation, type ScanResult, scan } from "./scanner.js";
 import type { ClientState } from "./state.js";
 import { type FileTransfer, WholeFileTransfer } from "./transfer.js";
 
 export interface WorkerHooks {
-  /** A file changed while it was read (or the server refused it for now): look again later. */
-  retryLater(path: string, reason: string): void;
+  /**
+   * Look at `path` again later: `soon` when it changed while it was read, otherwise
+   * (the server refused it for now, e.g. a full disk) after the retry interval.
+   */
+  retryLater(path: string, reason: string, soon: boolean): void;
   /** A problem with one path that will not go away by itself; reported once by the caller. */
   problem(path: string, reason: string): void;
 }
@@ -139,15 +142,24 @@ export class Worker {
   }
 
   private async put(path: string, force: boolean): Promise<void> {
-    const outcome = await this.transfer.put(path, (entry) => !force && isUnchanged(entry, this.state.get(path)));
+    const outcome = await this.transfer.put(
+      path,
+      (entry) => !force && isUnchanged(entry, this.state.get(path)),
+    );
     if (outcome.status === "stored") {
       const { entry, sha256 } = outcome;
-      this.state.recordFile(path, { size: entry.size, mtimeMs: entry.mtimeMs, mode: entry.mode, ino: entry.ino, sha256 });
+      this.state.recordFile(path, {
+        size: entry.size,
+        mtimeMs: entry.mtimeMs,
+        mode: entry.mode,
+        ino: entry.ino,
+        sha256,
+      });
       this.totals.files++;
       this.totals.bytes += entry.size;
       this.reporter.emit({ kind: "file-done", path, op: "put", size: entry.size });
     } else if (outcome.status === "changed") {
-      this.hooks.retryLater(path, "it changed while it was read");
+      this.hooks.retryLater(path, "it changed while it was read", true);
     }
   }
 
@@ -155,7 +167,7 @@ export class Worker {
     const st = await lstatOrNull(join(this.root, path));
     const entry = st ? diskEntry(path, st) : null;
     // Gone or no longer a folder: the event that changed it brings the right operation.
-    if (!entry || entry.kind !== "dir" || isUnchanged(entry, this.state.get(path))) return;
+    if (entry?.kind !== "dir" || isUnchanged(entry, this.state.get(path))) return;
     await this.transfer.mkdir(path, entry.mode);
     this.state.recordFolder(path, entry.mode);
     this.reporter.emit({ kind: "file-done", path, op: "mkdir", size: 0 });
@@ -175,7 +187,7 @@ export class Worker {
     if (error instanceof RemoteError) {
       // Refusals that depend on the server's condition may pass later; others will not.
       const transient = error.code === "KW_DISK_FULL" || error.code === "KW_SERVER_IO";
-      if (transient) this.hooks.retryLater(op.path, error.message);
+      if (transient) this.hooks.retryLater(op.path, error.message, false);
       else this.hooks.problem(op.path, error.message);
       return;
     }

@@ -23,11 +23,13 @@ export type FrameHandler = (frame: Frame) => void | Promise<void>;
 /** Frames decoded but not yet handled before the socket is paused. */
 const QUEUE_HIGH_WATER = 64;
 
+// Typed "close" listeners; the class below implements them through EventEmitter.
 export interface Connection {
   on(event: "close", listener: (error: KeepwatchError | null) => void): this;
   once(event: "close", listener: (error: KeepwatchError | null) => void): this;
 }
 
+// biome-ignore lint/suspicious/noUnsafeDeclarationMerging: see the interface above
 export class Connection extends EventEmitter {
   readonly socket: Socket;
   private readonly decoder: FrameDecoder;

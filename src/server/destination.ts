@@ -6,7 +6,7 @@ import { randomUUID } from "node:crypto";
 import { constants } from "node:fs";
 import { access, lstat, mkdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import { KeepwatchError, errnoCode } from "../errors.js";
+import { errnoCode, KeepwatchError } from "../errors.js";
 import { assertValidSetName } from "../protocol/paths.js";
 import { Mirror } from "../store/mirror.js";
 

@@ -1,8 +1,8 @@
 // The PUT request on the server: receives a file's bytes into a temporary file, checks the
 // size and SHA-256 the client announced, and only then installs it in the mirror and ACKs.
 
-import { type Hash, createHash } from "node:crypto";
-import { KeepwatchError, ProtocolError, errnoCode } from "../errors.js";
+import { createHash, type Hash } from "node:crypto";
+import { errnoCode, KeepwatchError, ProtocolError } from "../errors.js";
 import type { PutBegin, PutEnd } from "../protocol/messages.js";
 import { pathProblem } from "../protocol/paths.js";
 import type { PendingFile } from "../store/mirror.js";
@@ -23,7 +23,10 @@ export class PutRequest {
     const problem = pathProblem(begin.path);
     if (problem !== null) {
       this.fail(
-        new KeepwatchError("KW_BAD_PATH", `The path ${JSON.stringify(begin.path)} was refused because ${problem}.`),
+        new KeepwatchError(
+          "KW_BAD_PATH",
+          `The path ${JSON.stringify(begin.path)} was refused because ${problem}.`,
+        ),
       );
     }
   }
@@ -94,7 +97,10 @@ export class PutRequest {
       return;
     }
     try {
-      await this.ctx.mirror.install(pending, this.begin.path, { mtimeMs: this.begin.mtimeMs, mode: this.begin.mode });
+      await this.ctx.mirror.install(pending, this.begin.path, {
+        mtimeMs: this.begin.mtimeMs,
+        mode: this.begin.mode,
+      });
     } catch (error) {
       await this.ctx.mirror.discard(pending);
       this.ctx.reject(this.id, ioError(error, this.begin.path));

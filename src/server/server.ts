@@ -1,8 +1,8 @@
 // The listener: accepts connections on one address, enforces the connection limit, starts
 // a Session for each, and shuts everything down cleanly.
 
-import { type Server as NetServer, type Socket, createServer } from "node:net";
-import { KeepwatchError, errnoCode } from "../errors.js";
+import { createServer, type Server as NetServer, type Socket } from "node:net";
+import { errnoCode, KeepwatchError } from "../errors.js";
 import { Connection } from "../protocol/connection.js";
 import { MAX_FRAME_PAYLOAD } from "../protocol/frame.js";
 import type { Reporter } from "../ui/events.js";

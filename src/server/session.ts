@@ -5,12 +5,12 @@ import { KeepwatchError, ProtocolError } from "../errors.js";
 import type { Connection } from "../protocol/connection.js";
 import type { Frame } from "../protocol/frame.js";
 import {
-  MIN_PROTOCOL_VERSION,
-  MessageType,
-  PROTOCOL_VERSION,
   decode,
   encode,
+  MessageType,
+  MIN_PROTOCOL_VERSION,
   messageTypeName,
+  PROTOCOL_VERSION,
 } from "../protocol/messages.js";
 import { setNameProblem } from "../protocol/paths.js";
 import type { Mirror } from "../store/mirror.js";
@@ -188,7 +188,12 @@ export class Session implements RequestContext {
         serverName: SERVER_NAME,
       }),
     );
-    this.reporter.emit({ kind: "peer-connected", peer: this.peer, client: hello.clientName, set: hello.setName });
+    this.reporter.emit({
+      kind: "peer-connected",
+      peer: this.peer,
+      client: hello.clientName,
+      set: hello.setName,
+    });
   }
 
   /** Start request `id` after checking the id and the window. */
@@ -208,7 +213,7 @@ export class Session implements RequestContext {
 
   private putFor(frame: Frame): PutRequest {
     const entry = this.inFlight.get(frame.requestId);
-    if (!entry || entry.kind !== "put") {
+    if (entry?.kind !== "put") {
       throw new ProtocolError(
         "KW_UNKNOWN_REQUEST",
         `A ${messageTypeName(frame.type)} message names request ${frame.requestId}, which is not an open PUT.`,

@@ -7,7 +7,10 @@ import { ioError } from "./put.js";
 import type { RequestContext } from "./session.js";
 
 function badPath(path: string, problem: string): KeepwatchError {
-  return new KeepwatchError("KW_BAD_PATH", `The path ${JSON.stringify(path)} was refused because ${problem}.`);
+  return new KeepwatchError(
+    "KW_BAD_PATH",
+    `The path ${JSON.stringify(path)} was refused because ${problem}.`,
+  );
 }
 
 export async function handleMkdir(id: number, message: Mkdir, ctx: RequestContext): Promise<void> {
