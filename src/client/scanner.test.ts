@@ -1,0 +1,100 @@
+import assert from "node:assert/strict";
+import { lstat, mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, test } from "node:test";
+import { diskEntry, type Operation, scan } from "./scanner.js";
+import { ClientState } from "./state.js";
+
+let base: string;
+let src: string;
+let state: ClientState;
+
+before(async () => {
+  base = await mkdtemp(join(tmpdir(), "kw-scan-"));
+  src = join(base, "src");
+  await mkdir(join(src, "dir/sub"), { recursive: true });
+  await writeFile(join(src, "a.txt"), "a");
+  await writeFile(join(src, "dir/b.txt"), "bb");
+  await writeFile(join(src, "dir/sub/c.txt"), "ccc");
+  await symlink("/etc/passwd", join(src, "link"));
+  state = ClientState.open(join(base, "state"), "store-1", "src", src);
+});
+
+after(async () => {
+  state.close();
+  await rm(base, { recursive: true, force: true });
+});
+
+/** Record every operation as acknowledged, as the worker does after each ACK. */
+async function acknowledge(ops: Operation[]): Promise<void> {
+  for (const op of ops) {
+    if (op.op === "delete") state.removeTree(op.path);
+    else if (op.op === "mkdir") state.recordFolder(op.path, op.mode);
+    else {
+      const entry = diskEntry(op.path, await lstat(join(src, op.path)));
+      assert.ok(entry);
+      state.recordFile(op.path, { ...entry, sha256: Buffer.alloc(32) });
+    }
+  }
+}
+
+test("a first scan finds every file and folder and reports the symlink", async () => {
+  const result = await scan(src, "", state);
+  assert.equal(result.files, 3);
+  assert.equal(result.bytes, 6);
+  const summary = result.operations.map((op) => `${op.op} ${op.path}`);
+  assert.deepEqual(summary, [
+    "mkdir dir",
+    "mkdir dir/sub",
+    "put a.txt",
+    "put dir/b.txt",
+    "put dir/sub/c.txt",
+  ]);
+  assert.deepEqual(
+    result.problems.map((p) => p.path),
+    ["link"],
+  );
+  await acknowledge(result.operations);
+});
+
+test("nothing is sent again once acknowledged, unless forced", async () => {
+  assert.deepEqual((await scan(src, "", state)).operations, []);
+  const forced = await scan(src, "", state, true);
+  assert.deepEqual(
+    forced.operations.map((op) => op.path),
+    ["a.txt", "dir/b.txt", "dir/sub/c.txt"],
+  );
+});
+
+test("a changed file and a removed subtree (reported once, at its top)", async () => {
+  await writeFile(join(src, "a.txt"), "changed");
+  await rm(join(src, "dir"), { recursive: true });
+  const result = await scan(src, "", state);
+  assert.deepEqual(
+    result.operations.map((op) => `${op.op} ${op.path}`),
+    ["delete dir", "put a.txt"],
+  );
+  await acknowledge(result.operations);
+  assert.equal(state.get("dir/sub/c.txt"), undefined);
+});
+
+test("a scan of one path looks only there", async () => {
+  await mkdir(join(src, "other"));
+  await writeFile(join(src, "other/x"), "x");
+  await writeFile(join(src, "a.txt"), "changed again");
+  const result = await scan(src, "other", state);
+  assert.deepEqual(
+    result.operations.map((op) => `${op.op} ${op.path}`),
+    ["mkdir other", "put other/x"],
+  );
+});
+
+test("a vanished SRC is an error, never a delete of everything", async () => {
+  const gone = join(base, "gone");
+  const other = ClientState.open(join(base, "state"), "store-1", "gone", gone);
+  other.recordFile("f", { size: 1, mtimeMs: 1, mode: 0o644, ino: 1, sha256: Buffer.alloc(32) });
+  await assert.rejects(scan(gone, "", other), { code: "KW_SOURCE_MISSING" });
+  assert.ok(other.get("f"), "the record was kept");
+  other.close();
+});
