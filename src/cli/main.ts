@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 // The keepwatch executable: parses the command line and hands over to one command.
 
+import "./threadpool.js";
+
 import { Command, CommanderError } from "commander";
 import { ExitCode } from "../errors.js";
 import { registerClient } from "./client.js";

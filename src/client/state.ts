@@ -45,9 +45,13 @@ export function defaultStateDir(env: NodeJS.ProcessEnv = process.env): string {
   return join(base, "keepwatch");
 }
 
+/** Writes are grouped into one transaction committed this often (ms). */
+const COMMIT_INTERVAL_MS = 100;
+
 export class ClientState {
   private readonly db: Database.Database;
   private readonly stmts;
+  private commitTimer: NodeJS.Timeout | null = null;
 
   private constructor(db: Database.Database) {
     this.db = db;
@@ -109,38 +113,53 @@ export class ClientState {
   }
 
   recordFile(path: string, record: Omit<FileRecord, "kind">): void {
-    this.db.transaction(() => {
+    this.write(() => {
       this.removeChildren(path);
-      this.stmts.upsert.run(
-        path,
-        "file",
-        record.size,
-        record.mtimeMs,
-        record.mode,
-        record.ino,
-        record.sha256,
-      );
-    })();
+      const { size, mtimeMs, mode, ino, sha256 } = record;
+      this.stmts.upsert.run(path, "file", size, mtimeMs, mode, ino, sha256);
+    });
   }
 
   recordFolder(path: string, mode: number): void {
-    this.stmts.upsert.run(path, "dir", 0, 0, mode, 0, null);
+    this.write(() => this.stmts.upsert.run(path, "dir", 0, 0, mode, 0, null));
   }
 
   /** Forget `path` and everything below it. */
   removeTree(path: string): void {
-    this.db.transaction(() => {
+    this.write(() => {
       this.stmts.remove.run(path);
       this.removeChildren(path);
-    })();
+    });
   }
 
   clear(): void {
-    this.stmts.clear.run();
+    this.write(() => this.stmts.clear.run());
+  }
+
+  /** Commit what was recorded so far. */
+  flush(): void {
+    if (this.commitTimer) clearTimeout(this.commitTimer);
+    this.commitTimer = null;
+    if (this.db.inTransaction) this.db.exec("COMMIT");
   }
 
   close(): void {
+    this.flush();
     this.db.close();
+  }
+
+  /**
+   * Run a write inside the open group transaction (reads on this connection see it at
+   * once). Grouping saves a commit per file; a crash loses at most the last interval's
+   * records, which only means those files are sent again.
+   */
+  private write(change: () => void): void {
+    if (!this.db.inTransaction) {
+      this.db.exec("BEGIN");
+      this.commitTimer = setTimeout(() => this.flush(), COMMIT_INTERVAL_MS);
+      this.commitTimer.unref();
+    }
+    change();
   }
 
   private rowsBelow(path: string): Row[] {

@@ -2,8 +2,7 @@
 // pieces; the interface is what later transfers (chunk manifests, deltas) implement too.
 
 import { createHash } from "node:crypto";
-import { constants, type Stats } from "node:fs";
-import { open } from "node:fs/promises";
+import { closeSync, constants, fstatSync, openSync, read, readSync, type Stats } from "node:fs";
 import { join } from "node:path";
 import type { KeepwatchError } from "../errors.js";
 import { encode, MessageType } from "../protocol/messages.js";
@@ -38,7 +37,7 @@ function sameFile(a: Stats, b: Stats): boolean {
   return a.size === b.size && a.mtimeMs === b.mtimeMs && a.ctimeMs === b.ctimeMs && a.ino === b.ino;
 }
 
-/** Whole-file transfer over one link; one file's data streams at a time. */
+/** Whole-file transfer over one link; one large file's data streams at a time. */
 export class WholeFileTransfer implements FileTransfer {
   private streaming: Promise<void> = Promise.resolve();
 
@@ -49,19 +48,55 @@ export class WholeFileTransfer implements FileTransfer {
   ) {}
 
   async put(path: string, skipIf: (entry: DiskEntry) => boolean): Promise<PutOutcome> {
-    let handle: Awaited<ReturnType<typeof open>>;
+    // Opening and stat-ing are single quick syscalls: done synchronously, they cost far
+    // less than a round trip through the thread pool, which dominates for small files.
+    let fd: number;
     try {
-      handle = await open(join(this.root, path), constants.O_RDONLY | constants.O_NOFOLLOW);
+      fd = openSync(join(this.root, path), constants.O_RDONLY | constants.O_NOFOLLOW);
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code;
       if (code === "ENOENT" || code === "ELOOP" || code === "ENOTDIR") return { status: "vanished" };
       throw error;
     }
-    let answer: Promise<void>;
     let outcome: PutOutcome;
-    let sha256: Buffer;
-    let entry: DiskEntry;
-    // Wait for our turn to stream; the ACK is awaited outside this turn.
+    let answer: Promise<void> | null = null;
+    try {
+      const before = fstatSync(fd);
+      const entry = diskEntry(path, before);
+      if (!entry || entry.kind !== "file") return { status: "vanished" };
+      if (skipIf(entry)) return { status: "unchanged" };
+      if (entry.size <= PIECE_SIZE) {
+        ({ outcome, answer } = this.sendSmall(fd, entry, before));
+      } else {
+        ({ outcome, answer } = await this.sendLarge(fd, entry, before));
+      }
+    } finally {
+      closeSync(fd);
+    }
+    if (answer) await answer;
+    return outcome;
+  }
+
+  /** A file of at most one piece: read at once, sent as BEGIN, DATA, END. */
+  private sendSmall(fd: number, entry: DiskEntry, before: Stats): Sent {
+    const data = Buffer.allocUnsafe(entry.size);
+    const bytesRead = entry.size > 0 ? readSync(fd, data, 0, entry.size, 0) : 0;
+    if (bytesRead !== entry.size || !sameFile(before, fstatSync(fd))) {
+      return { outcome: { status: "changed" }, answer: null };
+    }
+    const sha256 = createHash("sha256").update(data).digest();
+    const request = this.link.open();
+    const conn = this.link.conn;
+    const { path, size, mtimeMs, mode } = entry;
+    conn.send(MessageType.PUT_BEGIN, request.id, encode.putBegin({ path, size, mtimeMs, mode }));
+    if (size > 0) conn.send(MessageType.PUT_DATA, request.id, data);
+    conn.send(MessageType.PUT_END, request.id, encode.putEnd({ sha256 }));
+    this.reporter.emit({ kind: "file-start", path, size });
+    return { outcome: { status: "stored", entry, sha256 }, answer: request.answer };
+  }
+
+  /** A larger file: streamed in pieces, one such file at a time, with backpressure. */
+  private async sendLarge(fd: number, entry: DiskEntry, before: Stats): Promise<Sent> {
     const previous = this.streaming;
     let done!: () => void;
     this.streaming = new Promise<void>((resolve) => {
@@ -69,31 +104,22 @@ export class WholeFileTransfer implements FileTransfer {
     });
     try {
       await previous;
-      const before = await handle.stat();
-      const found = diskEntry(path, before);
-      if (found?.kind !== "file") return { status: "vanished" };
-      entry = found;
-      if (skipIf(entry)) return { status: "unchanged" };
+      const { path, size, mtimeMs, mode } = entry;
       const request = this.link.open();
-      answer = request.answer;
       let early: KeepwatchError | null = null;
-      answer.catch((error: KeepwatchError) => {
+      request.answer.catch((error: KeepwatchError) => {
         early = error;
       });
       const conn = this.link.conn;
-      conn.send(
-        MessageType.PUT_BEGIN,
-        request.id,
-        encode.putBegin({ path, size: entry.size, mtimeMs: entry.mtimeMs, mode: entry.mode }),
-      );
-      this.reporter.emit({ kind: "file-start", path, size: entry.size });
+      conn.send(MessageType.PUT_BEGIN, request.id, encode.putBegin({ path, size, mtimeMs, mode }));
+      this.reporter.emit({ kind: "file-start", path, size });
       const hash = createHash("sha256");
       let sent = 0;
       let torn = false;
-      while (sent < entry.size && early === null && !this.link.isLost) {
-        const want = Math.min(PIECE_SIZE, entry.size - sent);
+      while (sent < size && early === null && !this.link.isLost) {
+        const want = Math.min(PIECE_SIZE, size - sent);
         const piece = Buffer.allocUnsafe(want);
-        const { bytesRead } = await handle.read(piece, 0, want, sent);
+        const bytesRead = await readAt(fd, piece, sent);
         if (bytesRead === 0) {
           torn = true; // the file shrank under us
           break;
@@ -102,35 +128,28 @@ export class WholeFileTransfer implements FileTransfer {
         hash.update(data);
         await conn.sendAndWait(MessageType.PUT_DATA, request.id, data);
         sent += bytesRead;
-        this.reporter.emit({ kind: "file-progress", path, bytes: sent, size: entry.size });
+        this.reporter.emit({ kind: "file-progress", path, bytes: sent, size });
       }
-      if (early === null && !this.link.isLost) {
-        if (!torn) torn = !sameFile(before, await handle.stat());
-        if (torn) {
-          conn.send(
-            MessageType.PUT_ABORT,
-            request.id,
-            encode.putAbort({ reason: "the file changed while it was read" }),
-          );
-          outcome = { status: "changed" };
-        } else {
-          sha256 = hash.digest();
-          conn.send(MessageType.PUT_END, request.id, encode.putEnd({ sha256 }));
-          outcome = { status: "stored", entry, sha256 };
-        }
-      } else if (early !== null) {
+      if (this.link.isLost) return { outcome: { status: "changed" }, answer: request.answer };
+      if (early !== null) {
         // The server already refused this PUT; end it so the id is released.
         conn.send(MessageType.PUT_ABORT, request.id, encode.putAbort({ reason: "refused by the server" }));
-        outcome = { status: "changed" };
-      } else {
-        outcome = { status: "changed" };
+        return { outcome: { status: "changed" }, answer: request.answer };
       }
+      if (torn || !sameFile(before, fstatSync(fd))) {
+        conn.send(
+          MessageType.PUT_ABORT,
+          request.id,
+          encode.putAbort({ reason: "the file changed while it was read" }),
+        );
+        return { outcome: { status: "changed" }, answer: request.answer };
+      }
+      const sha256 = hash.digest();
+      conn.send(MessageType.PUT_END, request.id, encode.putEnd({ sha256 }));
+      return { outcome: { status: "stored", entry, sha256 }, answer: request.answer };
     } finally {
       done();
-      await handle.close();
     }
-    await answer;
-    return outcome;
   }
 
   async mkdir(path: string, mode: number): Promise<void> {
@@ -144,4 +163,18 @@ export class WholeFileTransfer implements FileTransfer {
     this.link.conn.send(MessageType.DELETE, request.id, encode.delete({ path }));
     await request.answer;
   }
+}
+
+interface Sent {
+  outcome: PutOutcome;
+  /** The server's answer, or null when nothing was sent. */
+  answer: Promise<void> | null;
+}
+
+function readAt(fd: number, buffer: Buffer, position: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    read(fd, buffer, 0, buffer.length, position, (error, bytesRead) =>
+      error ? reject(error) : resolve(bytesRead),
+    );
+  });
 }

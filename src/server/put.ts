@@ -8,8 +8,13 @@ import { pathProblem } from "../protocol/paths.js";
 import type { PendingFile } from "../store/mirror.js";
 import type { RequestContext } from "./session.js";
 
+/** Files up to this size are held in memory until complete (within the server's budget). */
+export const SMALL_FILE_BYTES = 256 * 1024;
+
 export class PutRequest {
   private pending: PendingFile | null = null;
+  /** The bytes of a small file, kept in memory instead of a temporary file. */
+  private held: Buffer[] | null = null;
   private readonly hash: Hash = createHash("sha256");
   private received = 0;
   /** Set once an ERROR was sent; later frames of this request are swallowed until it ends. */
@@ -33,6 +38,11 @@ export class PutRequest {
 
   async open(): Promise<void> {
     if (this.failed) return;
+    if (this.begin.size <= SMALL_FILE_BYTES && this.ctx.budget.take(this.begin.size)) {
+      this.held = [];
+      this.ctx.reporter.emit({ kind: "file-start", path: this.begin.path, size: this.begin.size });
+      return;
+    }
     try {
       this.pending = await this.ctx.mirror.createPending();
       this.ctx.reporter.emit({ kind: "file-start", path: this.begin.path, size: this.begin.size });
@@ -50,8 +60,13 @@ export class PutRequest {
         `The client sent more than the ${this.begin.size} bytes it announced for ${JSON.stringify(this.begin.path)}.`,
       );
     }
-    if (this.failed || !this.pending) return;
+    if (this.failed) return;
     this.hash.update(bytes);
+    if (this.held) {
+      this.held.push(bytes);
+      return;
+    }
+    if (!this.pending) return;
     try {
       await this.pending.handle.write(bytes);
     } catch (error) {
@@ -67,52 +82,43 @@ export class PutRequest {
   }
 
   async end(message: PutEnd): Promise<void> {
-    if (this.failed || !this.pending) {
+    const pending = this.pending;
+    const held = this.held;
+    this.pending = null;
+    this.held = null;
+    if (this.failed || (!pending && !held)) {
+      this.releaseHeld(held);
       this.ctx.release(this.id);
       return;
     }
-    const pending = this.pending;
-    this.pending = null;
-    if (this.received !== this.begin.size) {
-      await this.ctx.mirror.discard(pending);
-      this.ctx.reject(
-        this.id,
-        new KeepwatchError(
-          "KW_SIZE_MISMATCH",
-          `Only ${this.received} of the ${this.begin.size} bytes announced for ${JSON.stringify(this.begin.path)} arrived.`,
-        ),
+    const { path, size, mtimeMs, mode } = this.begin;
+    let problem: KeepwatchError | null = null;
+    if (this.received !== size) {
+      problem = new KeepwatchError(
+        "KW_SIZE_MISMATCH",
+        `Only ${this.received} of the ${size} bytes announced for ${JSON.stringify(path)} arrived.`,
       );
-      return;
-    }
-    // The server MUST NOT install content whose hash differs from the one announced.
-    if (!this.hash.digest().equals(message.sha256)) {
-      await this.ctx.mirror.discard(pending);
-      this.ctx.reject(
-        this.id,
-        new KeepwatchError(
-          "KW_HASH_MISMATCH",
-          `The content received for ${JSON.stringify(this.begin.path)} does not match its SHA-256; it was not stored.`,
-        ),
+    } else if (!this.hash.digest().equals(message.sha256)) {
+      // The server MUST NOT install content whose hash differs from the one announced.
+      problem = new KeepwatchError(
+        "KW_HASH_MISMATCH",
+        `The content received for ${JSON.stringify(path)} does not match its SHA-256; it was not stored.`,
       );
+    } else {
+      try {
+        if (held) await this.ctx.mirror.installBytes(held, path, { mtimeMs, mode });
+        else if (pending) await this.ctx.mirror.install(pending, path, { mtimeMs, mode });
+      } catch (error) {
+        problem = ioError(error, path);
+      }
+    }
+    this.releaseHeld(held);
+    if (problem) {
+      if (pending) await this.ctx.mirror.discard(pending);
+      this.ctx.reject(this.id, problem);
       return;
     }
-    try {
-      await this.ctx.mirror.install(pending, this.begin.path, {
-        mtimeMs: this.begin.mtimeMs,
-        mode: this.begin.mode,
-      });
-    } catch (error) {
-      await this.ctx.mirror.discard(pending);
-      this.ctx.reject(this.id, ioError(error, this.begin.path));
-      return;
-    }
-    this.ctx.reporter.emit({
-      kind: "file-done",
-      path: this.begin.path,
-      op: "put",
-      size: this.begin.size,
-      set: this.ctx.set,
-    });
+    this.ctx.reporter.emit({ kind: "file-done", path, op: "put", size, set: this.ctx.set });
     this.ctx.ack(this.id);
   }
 
@@ -124,13 +130,21 @@ export class PutRequest {
 
   /** Drop the temporary file (connection closed or request aborted). */
   async discard(): Promise<void> {
+    this.releaseHeld(this.held);
+    this.held = null;
     const pending = this.pending;
     this.pending = null;
     if (pending) await this.ctx.mirror.discard(pending);
   }
 
+  private releaseHeld(held: Buffer[] | null): void {
+    if (held) this.ctx.budget.give(this.begin.size);
+  }
+
   private fail(error: KeepwatchError): void {
     this.failed = true;
+    this.releaseHeld(this.held);
+    this.held = null;
     const pending = this.pending;
     this.pending = null;
     if (pending) void this.ctx.mirror.discard(pending);

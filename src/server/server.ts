@@ -6,6 +6,7 @@ import { errnoCode, KeepwatchError } from "../errors.js";
 import { Connection } from "../protocol/connection.js";
 import { MAX_FRAME_PAYLOAD } from "../protocol/frame.js";
 import type { Reporter } from "../ui/events.js";
+import { ByteBudget } from "./budget.js";
 import { Destination } from "./destination.js";
 import { Session, type SessionLimits } from "./session.js";
 
@@ -31,6 +32,8 @@ export class KeepwatchServer {
   private readonly sessions = new Set<Session>();
   private readonly sockets = new Set<Socket>();
   private closing = false;
+  /** Small files in flight are held in memory up to this many bytes in all. */
+  private readonly budget = new ByteBudget(64 * 1024 * 1024);
 
   private constructor(
     private readonly net: NetServer,
@@ -72,7 +75,7 @@ export class KeepwatchServer {
       return;
     }
     this.sockets.add(socket);
-    const session = new Session(conn, this.destination, limits, reporter, peer);
+    const session = new Session(conn, this.destination, limits, reporter, peer, this.budget);
     this.sessions.add(session);
     conn.on("close", () => {
       this.sockets.delete(socket);

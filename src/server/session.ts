@@ -15,6 +15,7 @@ import {
 import { setNameProblem } from "../protocol/paths.js";
 import type { Mirror } from "../store/mirror.js";
 import type { Reporter } from "../ui/events.js";
+import type { ByteBudget } from "./budget.js";
 import type { Destination } from "./destination.js";
 import { PutRequest } from "./put.js";
 import { handleDelete, handleMkdir } from "./tree.js";
@@ -33,6 +34,8 @@ export interface RequestContext {
   readonly mirror: Mirror;
   readonly set: string;
   readonly reporter: Reporter;
+  /** Memory the server allows for small files in flight, shared by all sessions. */
+  readonly budget: ByteBudget;
   /** Answer request `id` with an ACK and forget it. */
   ack(id: number): void;
   /** Answer request `id` with a typed ERROR and forget it (unless `keepOpen`). */
@@ -58,6 +61,7 @@ export class Session implements RequestContext {
     private readonly limits: SessionLimits,
     readonly reporter: Reporter,
     readonly peer: string,
+    readonly budget: ByteBudget,
   ) {
     // The server MUST receive HELLO within helloTimeoutMs.
     this.helloTimer = setTimeout(() => {
