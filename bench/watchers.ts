@@ -77,3 +77,13 @@ await measure("node fs.watch", async (root, onPath) => {
   });
   return async () => w.close();
 });
+await measure("keepwatch TreeWatcher", async (root, onPath) => {
+  const { watchTree } = await import("../src/client/watcher.js");
+  const handle = await watchTree(root, {
+    onPaths: (paths) => {
+      for (const p of paths) onPath(join(root, p));
+    },
+    onTrouble: (message) => console.error(message),
+  });
+  return () => handle.close();
+});

@@ -73,7 +73,8 @@ export async function runCommand(output: Output | null, body: () => Promise<numb
     code = await body();
   } catch (error) {
     if (error instanceof KeepwatchError) {
-      output?.reporter.emit({ kind: "error", code: error.code, message: error.message });
+      // One sentence, once: as a JSON event for scripts, else on stderr.
+      if (output?.json) output.reporter.emit({ kind: "error", code: error.code, message: error.message });
       output?.close();
       if (!output?.json) process.stderr.write(`keepwatch: ${error.message}\n`);
       process.exit(error.exitCode);

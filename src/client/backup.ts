@@ -35,6 +35,7 @@ export interface PushSummary {
 
 const PUSH_ATTEMPTS_FOR_CHANGING_FILES = 5;
 const RETRY_INTERVAL_MS = 5_000;
+const POLL_INTERVAL_MS = 10_000;
 const BACKOFF_FIRST_MS = 250;
 const BACKOFF_MAX_MS = 15_000;
 
@@ -168,25 +169,24 @@ export class BackupClient {
     const rescan = () => {
       if (worker && !worker.link.isLost) void worker.fullScan().catch((e) => this.onTrouble(e));
     };
+    const pollInstead = (message: string) => {
+      if (pollTimer) return;
+      reporter.emit({
+        kind: "warning",
+        message: `Watching is incomplete (${message}); the folder is rescanned every ${POLL_INTERVAL_MS / 1000} s instead.`,
+      });
+      pollTimer = setInterval(rescan, POLL_INTERVAL_MS);
+      rescan();
+    };
     try {
       watch = await watchTree(root, {
         onPaths: (paths) => {
           for (const path of paths) debouncer.touch(path);
         },
-        onTrouble: (message) => {
-          reporter.emit({
-            kind: "warning",
-            message: `The file watcher reported a problem (${message}); rescanning.`,
-          });
-          rescan();
-        },
+        onTrouble: pollInstead,
       });
     } catch (error) {
-      reporter.emit({
-        kind: "warning",
-        message: `The folder cannot be watched (${error instanceof Error ? error.message : String(error)}); it will be rescanned every 10 s instead.`,
-      });
-      pollTimer = setInterval(rescan, 10_000);
+      pollInstead(error instanceof Error ? error.message : String(error));
     }
     const retryTimer = setInterval(() => {
       if (!worker || worker.link.isLost || retry.size === 0) return;

@@ -53,6 +53,10 @@ export class ServerLink {
     const timeoutMs = options.connectTimeoutMs ?? 10_000;
     const where = `${options.host}:${options.port}`;
     const socket = netConnect({ host: options.host, port: options.port });
+    // Registered before the Connection's own listener, so that a refused connection is
+    // reported as "unreachable" rather than as a lost connection.
+    let onSocketError: (error: Error) => void = () => {};
+    socket.on("error", (error) => onSocketError(error));
     const conn = new Connection(socket, { idleTimeoutMs: timeoutMs, keepaliveMs: timeoutMs });
     return new Promise<ServerLink>((resolve, reject) => {
       let settled = false;
@@ -60,7 +64,7 @@ export class ServerLink {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
-        socket.off("error", onSocketError);
+        onSocketError = () => {};
         if (error) {
           conn.destroy(error);
           reject(error);
@@ -76,8 +80,7 @@ export class ServerLink {
           ),
         timeoutMs,
       );
-      const onSocketError = (error: Error) => settle(unreachable(where, error));
-      socket.on("error", onSocketError);
+      onSocketError = (error: Error) => settle(unreachable(where, error));
       socket.once("connect", () => {
         conn.send(
           MessageType.HELLO,

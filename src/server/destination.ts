@@ -24,25 +24,32 @@ export class Destination {
     return join(this.root, CONTROL_DIR, "tmp");
   }
 
+  /**
+   * Check DEST without changing anything: it must be a folder, or missing below an
+   * existing folder. Throws a KeepwatchError a person can act on.
+   */
+  static async check(dest: string): Promise<void> {
+    const root = resolve(dest);
+    try {
+      const st = await stat(root);
+      if (!st.isDirectory()) throw notFolder(root);
+      await access(root, constants.W_OK);
+    } catch (error) {
+      if (error instanceof KeepwatchError) throw error;
+      if (errnoCode(error) === "ENOTDIR") throw belowFile(root);
+      if (errnoCode(error) !== "ENOENT") throw unusable(root, error);
+    }
+  }
+
   /** Open DEST, creating it if missing; throws a KeepwatchError a person can act on. */
   static async open(dest: string): Promise<Destination> {
     const root = resolve(dest);
     try {
       const st = await stat(root);
-      if (!st.isDirectory()) {
-        throw new KeepwatchError(
-          "KW_DEST_NOT_DIR",
-          `The destination ${root} is not a folder; give the path of a folder (it is created if missing).`,
-        );
-      }
+      if (!st.isDirectory()) throw notFolder(root);
     } catch (error) {
       if (error instanceof KeepwatchError) throw error;
-      if (errnoCode(error) === "ENOTDIR") {
-        throw new KeepwatchError(
-          "KW_DEST_NOT_DIR",
-          `The destination ${root} lies below a file, not a folder; give the path of a folder.`,
-        );
-      }
+      if (errnoCode(error) === "ENOTDIR") throw belowFile(root);
       if (errnoCode(error) !== "ENOENT") throw unusable(root, error);
       try {
         await mkdir(root, { recursive: true });
@@ -98,6 +105,20 @@ async function readOrCreateStoreId(file: string): Promise<string> {
   const id = randomUUID();
   await writeFile(file, `${id}\n`, { mode: 0o600 });
   return id;
+}
+
+function notFolder(root: string): KeepwatchError {
+  return new KeepwatchError(
+    "KW_DEST_NOT_DIR",
+    `The destination ${root} is not a folder; give the path of a folder (it is created if missing).`,
+  );
+}
+
+function belowFile(root: string): KeepwatchError {
+  return new KeepwatchError(
+    "KW_DEST_NOT_DIR",
+    `The destination ${root} lies below a file, not a folder; give the path of a folder.`,
+  );
 }
 
 function unusable(root: string, error: unknown): KeepwatchError {

@@ -43,13 +43,30 @@ export class KeepwatchServer {
   ) {}
 
   static async start(options: ServerOptions): Promise<KeepwatchServer> {
-    const destination = await Destination.open(options.dest);
     const limits = { ...DEFAULT_LIMITS, ...options.limits };
     const maxConnections = options.maxConnections ?? 256;
+    // Check DEST without creating anything, take the port, and only then create what the
+    // server needs: a server that cannot start leaves no trace.
+    await Destination.check(options.dest);
     const net = createServer();
+    // Connections that arrive before DEST is ready wait (unread) until it is.
+    let server: KeepwatchServer | null = null;
+    const early: Socket[] = [];
+    net.on("connection", (socket) => {
+      if (server) server.accept(socket, limits, maxConnections, options.reporter);
+      else early.push(socket);
+    });
     const port = await listen(net, options.host, options.port);
-    const server = new KeepwatchServer(net, destination, options.host, port);
-    net.on("connection", (socket) => server.accept(socket, limits, maxConnections, options.reporter));
+    let destination: Destination;
+    try {
+      destination = await Destination.open(options.dest);
+    } catch (error) {
+      for (const socket of early) socket.destroy();
+      await new Promise<void>((resolve) => net.close(() => resolve()));
+      throw error;
+    }
+    server = new KeepwatchServer(net, destination, options.host, port);
+    for (const socket of early.splice(0)) server.accept(socket, limits, maxConnections, options.reporter);
     options.reporter.emit({ kind: "listening", host: options.host, port, dest: destination.root });
     return server;
   }

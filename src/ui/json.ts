@@ -1,0 +1,49 @@
+// The --json printer: one JSON object per line per event, `{"time", "event", ...fields}`,
+// for scripts and log collectors. Per-chunk file-progress is left out so output stays
+// proportional to files, not bytes.
+
+import pino, { type DestinationStream } from "pino";
+import type { ProgressEvent, Reporter } from "./events.js";
+
+export interface JsonPrinterOptions {
+  /** a file descriptor (written synchronously, so no line is lost at exit) or a sink */
+  dest: number | DestinationStream;
+  /** milliseconds since the epoch; injected so tests control time */
+  now?: () => number;
+}
+
+export class JsonPrinter implements Reporter {
+  private readonly logger: pino.Logger;
+  private readonly destination: DestinationStream;
+  private closed = false;
+
+  constructor(options: JsonPrinterOptions) {
+    const now = options.now ?? Date.now;
+    this.destination =
+      typeof options.dest === "number" ? pino.destination({ dest: options.dest, sync: true }) : options.dest;
+    this.logger = pino(
+      {
+        base: null,
+        // pino opens each line with the level; with the level left out, the time must
+        // come first and so without the leading comma pino's own timestamps carry.
+        formatters: { level: () => ({}) },
+        timestamp: () => `"time":"${new Date(now()).toISOString()}"`,
+      },
+      this.destination,
+    );
+  }
+
+  emit(event: ProgressEvent): void {
+    if (this.closed || event.kind === "file-progress") return;
+    const { kind, ...fields } = event;
+    this.logger.info({ event: kind, ...fields });
+  }
+
+  /** Stops printing and flushes whatever the destination still buffers. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    const flushSync = (this.destination as { flushSync?: () => void }).flushSync;
+    flushSync?.call(this.destination);
+  }
+}
