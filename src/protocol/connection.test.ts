@@ -179,6 +179,25 @@ describe("Connection over loopback TCP", () => {
     }
   });
 
+  test("timing set later with setTiming takes effect: a silent peer is dropped after the new idle timeout", {
+    ...limit,
+    todo: "setTiming (connection.ts) keeps the timer period computed in the constructor",
+  }, async () => {
+    // Like the client: built with a long handshake timeout, then told the server's timing.
+    const { client, server } = await socketPair();
+    const conn = new Connection(client, { idleTimeoutMs: 10_000, keepaliveMs: 10_000 });
+    try {
+      conn.setHandler(() => {});
+      server.write(MAGIC); // then silence
+      conn.setTiming({ idleTimeoutMs: 300, keepaliveMs: 100 });
+      // With a period of 2.5 s kept from the constructor, this takes up to 2.5 s instead.
+      assert.equal((await closed(conn, 1500))?.code, "KW_TIMEOUT");
+    } finally {
+      conn.destroy();
+      server.destroy();
+    }
+  });
+
   test("a slow handler pauses the socket; the sender waits, then every frame arrives", limit, async () => {
     const { a, b, closeBoth } = await connectionPair({ idleTimeoutMs: 30_000, keepaliveMs: 60_000 });
     try {

@@ -5,7 +5,7 @@
 
 import { EventEmitter } from "node:events";
 import type { Socket } from "node:net";
-import { KeepwatchError, ProtocolError } from "../errors.js";
+import { ErrorCodes, KeepwatchError, ProtocolError } from "../errors.js";
 import { encodeFrame, type Frame, FrameDecoder, MAGIC, MAX_FRAME_PAYLOAD } from "./frame.js";
 import { decode, encode, MessageType } from "./messages.js";
 
@@ -40,7 +40,7 @@ export class Connection extends EventEmitter {
   private closeError: KeepwatchError | null = null;
   private lastReceived = Date.now();
   private lastSent = Date.now();
-  private timer: NodeJS.Timeout;
+  private timer: NodeJS.Timeout | undefined;
   private bytesIn = 0;
   private bytesOut = 0;
 
@@ -68,9 +68,15 @@ export class Connection extends EventEmitter {
     });
     socket.on("close", () => this.finish(this.closeError));
     this.write(MAGIC);
-    const tick = Math.max(20, Math.min(options.keepaliveMs, options.idleTimeoutMs) / 4);
-    this.timer = setInterval(() => this.onTick(), tick);
-    this.timer.unref();
+    this.timer = this.startTimer();
+  }
+
+  /** The keep-alive and idle check runs four times per the shorter of the two periods. */
+  private startTimer(): NodeJS.Timeout {
+    const tick = Math.max(20, Math.min(this.options.keepaliveMs, this.options.idleTimeoutMs) / 4);
+    const timer = setInterval(() => this.onTick(), tick);
+    timer.unref();
+    return timer;
   }
 
   get isClosed(): boolean {
@@ -84,6 +90,9 @@ export class Connection extends EventEmitter {
   /** Change the timing after the handshake negotiated it. */
   setTiming(options: Pick<ConnectionOptions, "idleTimeoutMs" | "keepaliveMs">): void {
     this.options = { ...this.options, ...options };
+    if (this.closed) return;
+    clearInterval(this.timer);
+    this.timer = this.startTimer();
   }
 
   /** Start delivering frames; the handler sees them in order, one at a time. */
@@ -112,8 +121,14 @@ export class Connection extends EventEmitter {
     });
   }
 
+  /** Report `error` to the peer; a code that is not part of the protocol goes out as KW_SERVER_IO. */
   sendError(requestId: number, error: KeepwatchError): void {
-    this.send(MessageType.ERROR, requestId, encode.error({ code: error.code, message: error.message }));
+    const onWire = ErrorCodes[error.code].wire;
+    this.send(
+      MessageType.ERROR,
+      requestId,
+      encode.error({ code: onWire ? error.code : "KW_SERVER_IO", message: error.message }),
+    );
   }
 
   /**

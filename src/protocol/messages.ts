@@ -91,6 +91,16 @@ export interface Delete {
   path: string;
 }
 
+/** `text` cut to at most `maxBytes` of UTF-8, never inside a character. */
+export function truncateUtf8(text: string, maxBytes: number): string {
+  if (Buffer.byteLength(text, "utf8") <= maxBytes) return text;
+  const ellipsis = "…";
+  const cut = Buffer.from(text, "utf8").subarray(0, maxBytes - Buffer.byteLength(ellipsis));
+  // A character cut in two decodes as U+FFFD at the very end: drop it.
+  const head = cut.toString("utf8").replace(/\uFFFD$/, "");
+  return `${head}${ellipsis}`;
+}
+
 export const encode = {
   hello(m: Hello): Buffer {
     return new FieldWriter()
@@ -112,7 +122,7 @@ export const encode = {
       .finish();
   },
   error(m: ErrorMessage): Buffer {
-    return new FieldWriter().str(m.code).str(m.message).finish();
+    return new FieldWriter().str(m.code).str(truncateUtf8(m.message, MAX_TEXT_BYTES)).finish();
   },
   putBegin(m: PutBegin): Buffer {
     return new FieldWriter().str(m.path).u64(m.size).f64(m.mtimeMs).u32(m.mode).finish();

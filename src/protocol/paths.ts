@@ -4,6 +4,9 @@
 import { KeepwatchError } from "../errors.js";
 import { MAX_NAME_BYTES, MAX_PATH_BYTES } from "./messages.js";
 
+/** A UTF-16 surrogate without its partner: such a string has no UTF-8 form. */
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
 /**
  * Why `path` is not a valid set-relative path, or null when it is. A valid path is
  * relative, uses "/" between components, and has no empty, "." or ".." component,
@@ -14,6 +17,7 @@ export function pathProblem(path: string): string | null {
   const bytes = Buffer.byteLength(path, "utf8");
   if (bytes > MAX_PATH_BYTES) return `it is ${bytes} bytes long (at most ${MAX_PATH_BYTES})`;
   if (path.includes("\0")) return "it contains a NUL byte";
+  if (LONE_SURROGATE.test(path)) return "it is not valid Unicode";
   if (path.startsWith("/")) return "it is absolute";
   for (const part of path.split("/")) {
     if (part === "") return "it has an empty component";
@@ -44,6 +48,7 @@ export function setNameProblem(name: string): string | null {
   const bytes = Buffer.byteLength(name, "utf8");
   if (bytes > MAX_NAME_BYTES) return `it is ${bytes} bytes long (at most ${MAX_NAME_BYTES})`;
   if (name.startsWith(".")) return 'it starts with "."';
+  if (LONE_SURROGATE.test(name)) return "it is not valid Unicode";
   if (name.includes("/")) return 'it contains "/"';
   // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what we refuse
   if (/[\u0000-\u001f\u007f]/.test(name)) return "it contains a control character";
