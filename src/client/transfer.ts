@@ -40,12 +40,16 @@ function sameFile(a: Stats, b: Stats): boolean {
 /** Whole-file transfer over one link; one large file's data streams at a time. */
 export class WholeFileTransfer implements FileTransfer {
   private streaming: Promise<void> = Promise.resolve();
+  /** Data per frame: our piece size, or less if the server's frames are smaller. */
+  private readonly pieceSize: number;
 
   constructor(
     private readonly root: string,
     private readonly link: ServerLink,
     private readonly reporter: Reporter,
-  ) {}
+  ) {
+    this.pieceSize = Math.min(PIECE_SIZE, link.welcome.maxFrame);
+  }
 
   async put(path: string, skipIf: (entry: DiskEntry) => boolean): Promise<PutOutcome> {
     // Opening and stat-ing are single quick syscalls: done synchronously, they cost far
@@ -65,7 +69,7 @@ export class WholeFileTransfer implements FileTransfer {
       const entry = diskEntry(path, before);
       if (!entry || entry.kind !== "file") return { status: "vanished" };
       if (skipIf(entry)) return { status: "unchanged" };
-      if (entry.size <= PIECE_SIZE) {
+      if (entry.size <= this.pieceSize) {
         ({ outcome, answer } = this.sendSmall(fd, entry, before));
       } else {
         ({ outcome, answer } = await this.sendLarge(fd, entry, before));
@@ -117,7 +121,7 @@ export class WholeFileTransfer implements FileTransfer {
       let sent = 0;
       let torn = false;
       while (sent < size && early === null && !this.link.isLost) {
-        const want = Math.min(PIECE_SIZE, size - sent);
+        const want = Math.min(this.pieceSize, size - sent);
         const piece = Buffer.allocUnsafe(want);
         const bytesRead = await readAt(fd, piece, sent);
         if (bytesRead === 0) {

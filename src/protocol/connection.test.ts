@@ -179,24 +179,25 @@ describe("Connection over loopback TCP", () => {
     }
   });
 
-  test("timing set later with setTiming takes effect: a silent peer is dropped after the new idle timeout", {
-    ...limit,
-    todo: "setTiming (connection.ts) keeps the timer period computed in the constructor",
-  }, async () => {
-    // Like the client: built with a long handshake timeout, then told the server's timing.
-    const { client, server } = await socketPair();
-    const conn = new Connection(client, { idleTimeoutMs: 10_000, keepaliveMs: 10_000 });
-    try {
-      conn.setHandler(() => {});
-      server.write(MAGIC); // then silence
-      conn.setTiming({ idleTimeoutMs: 300, keepaliveMs: 100 });
-      // With a period of 2.5 s kept from the constructor, this takes up to 2.5 s instead.
-      assert.equal((await closed(conn, 1500))?.code, "KW_TIMEOUT");
-    } finally {
-      conn.destroy();
-      server.destroy();
-    }
-  });
+  test(
+    "timing set later with setTiming takes effect: a silent peer is dropped after the new idle timeout",
+    limit,
+    async () => {
+      // Like the client: built with a long handshake timeout, then told the server's timing.
+      const { client, server } = await socketPair();
+      const conn = new Connection(client, { idleTimeoutMs: 10_000, keepaliveMs: 10_000 });
+      try {
+        conn.setHandler(() => {});
+        server.write(MAGIC); // then silence
+        conn.setTiming({ idleTimeoutMs: 300, keepaliveMs: 100 });
+        // Were the constructor's 2.5 s check period kept, this would take up to 2.5 s.
+        assert.equal((await closed(conn, 1500))?.code, "KW_TIMEOUT");
+      } finally {
+        conn.destroy();
+        server.destroy();
+      }
+    },
+  );
 
   test("a slow handler pauses the socket; the sender waits, then every frame arrives", limit, async () => {
     const { a, b, closeBoth } = await connectionPair({ idleTimeoutMs: 30_000, keepaliveMs: 60_000 });
@@ -345,9 +346,7 @@ describe("Connection over loopback TCP", () => {
     client.destroy();
   });
 
-  test("a local-only error code thrown by a handler does not travel on the wire", {
-    todo: "Connection.fail (connection.ts) sends every code, though its comment says only wire codes",
-  }, async () => {
+  test("a local-only error code thrown by a handler goes on the wire as KW_SERVER_IO", limit, async () => {
     const { client, server } = await socketPair();
     const conn = new Connection(server, quiet);
     const received = readAllFrames(client);
@@ -359,10 +358,9 @@ describe("Connection over loopback TCP", () => {
     assert.equal((await closing)?.code, "KW_SOURCE_MISSING");
     const { frames } = await received;
     client.destroy();
-    for (const f of frames.filter((f) => f.type === MessageType.ERROR)) {
-      const code = decode.error(f.payload).code;
-      assert.ok(ErrorCodes[code].wire, `${code} was sent on the wire`);
-    }
+    const errors = frames.filter((f) => f.type === MessageType.ERROR).map((f) => decode.error(f.payload));
+    assert.deepEqual(errors, [{ code: "KW_SERVER_IO", message: "The folder /src does not exist." }]);
+    for (const e of errors) assert.ok(ErrorCodes[e.code].wire, `${e.code} was sent on the wire`);
   });
 
   test("end() closes cleanly on both sides", limit, async () => {

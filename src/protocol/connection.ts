@@ -186,7 +186,13 @@ export class Connection extends EventEmitter {
         this.send(MessageType.PONG, frame.requestId);
         continue;
       }
-      if (frame.type === MessageType.PONG) continue;
+      if (frame.type === MessageType.PONG) {
+        if (frame.payload.length !== 0) {
+          this.fail(new ProtocolError("KW_BAD_MESSAGE", "A PONG message carried a payload."));
+          return;
+        }
+        continue;
+      }
       this.queue.push(frame);
     }
     if (this.queue.length >= QUEUE_HIGH_WATER) this.socket.pause();
@@ -233,7 +239,7 @@ export class Connection extends EventEmitter {
       this.fail(
         new KeepwatchError(
           "KW_TIMEOUT",
-          `The peer sent nothing for ${Math.round(this.options.idleTimeoutMs / 1000)} s, so the connection was closed.`,
+          `The peer sent nothing for ${formatSeconds(this.options.idleTimeoutMs)}, so the connection was closed.`,
         ),
       );
       return;
@@ -251,6 +257,10 @@ export class Connection extends EventEmitter {
     this.queue.length = 0;
     this.emit("close", error);
   }
+}
+
+function formatSeconds(ms: number): string {
+  return ms >= 10_000 ? `${Math.round(ms / 1000)} s` : `${(ms / 1000).toFixed(1)} s`;
 }
 
 /** Decode an ERROR payload into the error the peer reported. */

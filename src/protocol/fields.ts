@@ -45,6 +45,7 @@ export class FieldWriter {
   }
 
   f64(value: number): this {
+    if (!Number.isFinite(value)) throw new RangeError(`f64 field is not finite: ${value}`);
     const b = Buffer.allocUnsafe(8);
     b.writeDoubleBE(value);
     return this.push(b);

@@ -234,12 +234,12 @@ describe("FrameDecoder", () => {
     );
   });
 
-  test("atBoundary is false inside the preamble, a header or a payload", () => {
+  test("atBoundary is false inside the preamble, a header or a payload (true before any byte)", () => {
     const stream = Buffer.concat([MAGIC, encodeFrame(0x11, 9, Buffer.from("payload"))]);
     for (let cut = 0; cut <= stream.length; cut++) {
       const decoder = new FrameDecoder();
       decoder.push(stream.subarray(0, cut));
-      const expected = cut === MAGIC.length || cut === stream.length;
+      const expected = cut === 0 || cut === MAGIC.length || cut === stream.length;
       assert.equal(decoder.atBoundary, expected, `after ${cut} bytes`);
     }
   });

@@ -19,6 +19,9 @@ export interface Frame {
 }
 
 export function encodeFrame(type: number, requestId: number, payload: Buffer = Buffer.alloc(0)): Buffer {
+  if (!Number.isInteger(requestId) || requestId < 0 || requestId > 0xffffffff) {
+    throw new RangeError(`request id out of range: ${requestId}`);
+  }
   if (payload.length > MAX_FRAME_PAYLOAD) {
     throw new RangeError(`frame payload of ${payload.length} bytes exceeds ${MAX_FRAME_PAYLOAD}`);
   }
@@ -26,7 +29,7 @@ export function encodeFrame(type: number, requestId: number, payload: Buffer = B
   header.writeUInt32BE(payload.length, 0);
   header.writeUInt16BE(type, 4);
   header.writeUInt16BE(0, 6); // flags: none defined in v1
-  header.writeUInt32BE(requestId >>> 0, 8);
+  header.writeUInt32BE(requestId, 8);
   return payload.length === 0 ? header : Buffer.concat([header, payload], HEADER_SIZE + payload.length);
 }
 
@@ -106,9 +109,9 @@ export class FrameDecoder {
     return frames;
   }
 
-  /** True when the stream ended exactly between two frames. */
+  /** True when the stream ended exactly between two frames (or before its first byte). */
   get atBoundary(): boolean {
-    return this.state === "header" && this.pendingBytes === 0;
+    return (this.state === "header" || this.state === "magic") && this.pendingBytes === 0;
   }
 
   private checkMagicPrefix(): void {

@@ -6,6 +6,7 @@ import { describe, test } from "node:test";
 import fc from "fast-check";
 import { type ErrorCode, ErrorCodes, KeepwatchError, ProtocolError } from "../errors.js";
 import { FieldWriter } from "./fields.js";
+import { MAX_FRAME_PAYLOAD } from "./frame.js";
 import {
   decode,
   encode,
@@ -13,11 +14,16 @@ import {
   MAX_PATH_BYTES,
   MAX_TEXT_BYTES,
   MAX_TOKEN_BYTES,
+  MAX_WIRE_NAME_BYTES,
+  MAX_WIRE_PATH_BYTES,
   MessageType,
+  MIN_IDLE_TIMEOUT_MS,
+  MIN_MAX_FRAME,
   messageTypeName,
   SHA256_BYTES,
+  truncateUtf8,
 } from "./messages.js";
-import { assertValidPath, pathProblem } from "./paths.js";
+import { assertValidPath, pathProblem, setNameProblem } from "./paths.js";
 
 function throwsBadMessage(fn: () => unknown, why = ""): void {
   assert.throws(
@@ -92,9 +98,9 @@ const codecs = [
       .record({
         version: u16,
         storeId: fc.oneof(fc.uuid(), text(MAX_NAME_BYTES)),
-        maxFrame: u32,
+        maxFrame: fc.integer({ min: MIN_MAX_FRAME, max: MAX_FRAME_PAYLOAD }),
         window: fc.integer({ min: 1, max: 0xffff }),
-        idleTimeoutMs: u32,
+        idleTimeoutMs: fc.integer({ min: MIN_IDLE_TIMEOUT_MS, max: 0xffffffff }),
         serverName: text(MAX_NAME_BYTES),
       })
       .map(copy),
@@ -228,7 +234,7 @@ describe("string and byte limits", () => {
     },
     {
       what: "HELLO setName",
-      limit: MAX_NAME_BYTES,
+      limit: MAX_WIRE_NAME_BYTES,
       at: (n) => w().u16(1).u16(1).str("c").str(strOf(n)).bytes(Buffer.alloc(0)).finish(),
       dec: decode.hello,
     },
@@ -241,13 +247,13 @@ describe("string and byte limits", () => {
     {
       what: "WELCOME storeId",
       limit: MAX_NAME_BYTES,
-      at: (n) => w().u16(1).str(strOf(n)).u32(1024).u16(64).u32(30000).str("kw").finish(),
+      at: (n) => w().u16(1).str(strOf(n)).u32(MAX_FRAME_PAYLOAD).u16(64).u32(30000).str("kw").finish(),
       dec: decode.welcome,
     },
     {
       what: "WELCOME serverName",
       limit: MAX_NAME_BYTES,
-      at: (n) => w().u16(1).str("id").u32(1024).u16(64).u32(30000).str(strOf(n)).finish(),
+      at: (n) => w().u16(1).str("id").u32(MAX_FRAME_PAYLOAD).u16(64).u32(30000).str(strOf(n)).finish(),
       dec: decode.welcome,
     },
     {
@@ -268,7 +274,7 @@ describe("string and byte limits", () => {
     },
     {
       what: "PUT_BEGIN path",
-      limit: MAX_PATH_BYTES,
+      limit: MAX_WIRE_PATH_BYTES,
       at: (n) => w().str(strOf(n)).u64(0).f64(0).u32(0).finish(),
       dec: decode.putBegin,
     },
@@ -280,11 +286,16 @@ describe("string and byte limits", () => {
     },
     {
       what: "MKDIR path",
-      limit: MAX_PATH_BYTES,
+      limit: MAX_WIRE_PATH_BYTES,
       at: (n) => w().str(strOf(n)).u32(0).finish(),
       dec: decode.mkdir,
     },
-    { what: "DELETE path", limit: MAX_PATH_BYTES, at: (n) => w().str(strOf(n)).finish(), dec: decode.delete },
+    {
+      what: "DELETE path",
+      limit: MAX_WIRE_PATH_BYTES,
+      at: (n) => w().str(strOf(n)).finish(),
+      dec: decode.delete,
+    },
   ];
 
   for (const c of cases) {
@@ -380,16 +391,24 @@ describe("strict field values", () => {
     }
   });
 
-  test("a WELCOME with a window of zero is refused", () => {
-    const payload = encode.welcome({
+  test("a WELCOME with a window of zero, or limits out of range, is refused", () => {
+    const good = {
       version: 1,
       storeId: "id",
-      maxFrame: 1024,
-      window: 0,
+      maxFrame: MAX_FRAME_PAYLOAD,
+      window: 64,
       idleTimeoutMs: 30000,
       serverName: "kw",
-    });
-    throwsBadMessage(() => decode.welcome(payload));
+    };
+    assert.equal(decode.welcome(encode.welcome(good)).window, 64);
+    for (const bad of [
+      { window: 0 },
+      { maxFrame: MIN_MAX_FRAME - 1 },
+      { maxFrame: MAX_FRAME_PAYLOAD + 1 },
+      { idleTimeoutMs: MIN_IDLE_TIMEOUT_MS - 1 },
+    ]) {
+      throwsBadMessage(() => decode.welcome(encode.welcome({ ...good, ...bad })));
+    }
   });
 
   test("an ERROR with a code this version does not know is kept as KW_BAD_MESSAGE with its text", () => {
@@ -399,13 +418,11 @@ describe("strict field values", () => {
 });
 
 describe("ERROR messages the peers actually send", () => {
-  // Bug report, not a fix: encode.error does not bound `message`, and assertValidPath quotes the
-  // whole path (JSON-escaped), so refusing a long bad path yields an ERROR the receiver must
-  // reject as KW_BAD_MESSAGE, turning a per-request KW_BAD_PATH into a closed connection.
-  test("the KW_BAD_PATH error for a 4096-byte path still decodes", {
-    todo: "encode.error (messages.ts) should cut message to MAX_TEXT_BYTES",
-  }, () => {
-    const path = `${"a".repeat(256)}/${"b".repeat(MAX_PATH_BYTES - 257)}`;
+  // assertValidPath quotes the whole path (JSON-escaped), so the text can exceed the ERROR
+  // message limit; encode.error must cut it, or the receiver rejects the whole ERROR and a
+  // per-request KW_BAD_PATH turns into a closed connection.
+  test("the KW_BAD_PATH error for a 4096-byte path still decodes", () => {
+    const path = `${"a".repeat(256)}/${"\u0001".repeat(MAX_PATH_BYTES - 257)}`;
     assert.equal(Buffer.byteLength(path), MAX_PATH_BYTES);
     let error: unknown;
     try {
@@ -414,20 +431,77 @@ describe("ERROR messages the peers actually send", () => {
       error = e;
     }
     assert.ok(error instanceof KeepwatchError && error.code === "KW_BAD_PATH");
+    assert.ok(Buffer.byteLength(error.message) > MAX_TEXT_BYTES);
     const m = decode.error(encode.error({ code: error.code, message: error.message }));
     assert.equal(m.code, "KW_BAD_PATH");
+    assert.ok(Buffer.byteLength(m.message) <= MAX_TEXT_BYTES);
+    assert.ok(m.message.startsWith("The path "));
+  });
+
+  test("property: truncateUtf8 fits the limit, keeps short texts and cuts at a character", () => {
+    fc.assert(
+      fc.property(
+        fc.oneof(
+          fc.string({ unit: "binary", maxLength: 80 }),
+          fc.string({ unit: "grapheme", maxLength: 30 }),
+        ),
+        fc.integer({ min: 3, max: 120 }),
+        (textIn, max) => {
+          const out = truncateUtf8(textIn, max);
+          assert.ok(Buffer.byteLength(out) <= max, `${Buffer.byteLength(out)} > ${max}`);
+          if (Buffer.byteLength(textIn) <= max) {
+            assert.equal(out, textIn);
+          } else {
+            assert.ok(out.endsWith("…"));
+            assert.ok(textIn.startsWith(out.slice(0, -1)), "not a prefix: a character was cut or changed");
+          }
+        },
+      ),
+      { numRuns: 500 },
+    );
   });
 });
 
-describe("strings the wire cannot carry", () => {
-  // Bug report, not a fix: a JS string with a lone surrogate passes pathProblem, but
-  // Buffer.from(…, "utf8") in FieldWriter.str silently turns it into U+FFFD, so the server
-  // acts on a different path from the one the client validated.
-  test("a path that pathProblem accepts reaches the peer unchanged", {
-    todo: "pathProblem (paths.ts) or FieldWriter.str (fields.ts) should refuse lone surrogates",
-  }, () => {
-    const path = "a\ud800b";
-    assert.equal(pathProblem(path), null);
-    assert.equal(decode.delete(encode.delete({ path })).path, path);
+/** Any sequence of UTF-16 code units, lone surrogates included, with "/" and "." common. */
+const codeUnits = fc.string({
+  unit: fc.oneof(
+    fc.integer({ min: 0, max: 0xffff }).map((c) => String.fromCharCode(c)),
+    fc.constantFrom("/", ".", "a", "\ud83d", "\ude00", "\ud83d\ude00"),
+  ),
+  maxLength: 12,
+});
+
+describe("names reach the peer unchanged", () => {
+  // FieldWriter.str turns a lone surrogate into U+FFFD; the name rules must refuse such
+  // strings, or the server would act on a different name from the one validated.
+  test("a lone surrogate makes a path or set name invalid", () => {
+    for (const bad of ["a\ud800b", "\udc00", "x/\ud83d", "\ude00\ud83d"]) {
+      assert.notEqual(pathProblem(bad), null, JSON.stringify(bad));
+      assert.notEqual(setNameProblem(bad), null, JSON.stringify(bad));
+    }
+    assert.equal(pathProblem("\ud83d\ude00"), null);
+    assert.equal(setNameProblem("\ud83d\ude00"), null);
+  });
+
+  test("property: every path pathProblem accepts survives encode and decode exactly", () => {
+    fc.assert(
+      fc.property(codeUnits, (path) => {
+        if (pathProblem(path) !== null) return;
+        assert.equal(decode.delete(encode.delete({ path })).path, path);
+        assert.equal(decode.putBegin(encode.putBegin({ path, size: 0, mtimeMs: 0, mode: 0 })).path, path);
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
+  test("property: every set name setNameProblem accepts survives HELLO exactly", () => {
+    fc.assert(
+      fc.property(codeUnits, (setName) => {
+        if (setNameProblem(setName) !== null) return;
+        const hello = { minVersion: 1, maxVersion: 1, clientName: "c", setName, token: Buffer.alloc(0) };
+        assert.equal(decode.hello(encode.hello(hello)).setName, setName);
+      }),
+      { numRuns: 2000 },
+    );
   });
 });

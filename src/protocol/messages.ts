@@ -4,6 +4,7 @@
 
 import { type ErrorCode, isErrorCode, ProtocolError } from "../errors.js";
 import { FieldReader, FieldWriter } from "./fields.js";
+import { MAX_FRAME_PAYLOAD } from "./frame.js";
 
 export const PROTOCOL_VERSION = 1;
 export const MIN_PROTOCOL_VERSION = 1;
@@ -11,6 +12,16 @@ export const MIN_PROTOCOL_VERSION = 1;
 /** Longest path (in UTF-8 bytes) a message may carry; see paths.ts for the full rules. */
 export const MAX_PATH_BYTES = 4096;
 export const MAX_NAME_BYTES = 255;
+/**
+ * What a decoder accepts for a path or set-name field. It is larger than the rules
+ * allow so that an overlong name is refused by those rules with KW_BAD_PATH or
+ * KW_BAD_SET_NAME (a typed answer) rather than as a malformed message.
+ */
+export const MAX_WIRE_PATH_BYTES = 16 * 1024;
+export const MAX_WIRE_NAME_BYTES = 1024;
+/** Smallest maximum frame payload and idle timeout a server may announce. */
+export const MIN_MAX_FRAME = 64 * 1024;
+export const MIN_IDLE_TIMEOUT_MS = 1000;
 export const MAX_TEXT_BYTES = 4096;
 export const MAX_TOKEN_BYTES = 1024;
 export const SHA256_BYTES = 32;
@@ -151,7 +162,7 @@ export const decode = {
       minVersion: r.u16("minVersion"),
       maxVersion: r.u16("maxVersion"),
       clientName: r.str("clientName", MAX_NAME_BYTES),
-      setName: r.str("setName", MAX_NAME_BYTES),
+      setName: r.str("setName", MAX_WIRE_NAME_BYTES),
       token: r.bytes("token", MAX_TOKEN_BYTES),
     };
     r.end();
@@ -169,6 +180,18 @@ export const decode = {
     };
     r.end();
     if (m.window < 1) throw new ProtocolError("KW_BAD_MESSAGE", "The WELCOME message's window is zero.");
+    if (m.maxFrame < MIN_MAX_FRAME || m.maxFrame > MAX_FRAME_PAYLOAD) {
+      throw new ProtocolError(
+        "KW_BAD_MESSAGE",
+        `The WELCOME message's maxFrame ${m.maxFrame} is outside ${MIN_MAX_FRAME}-${MAX_FRAME_PAYLOAD}.`,
+      );
+    }
+    if (m.idleTimeoutMs < MIN_IDLE_TIMEOUT_MS) {
+      throw new ProtocolError(
+        "KW_BAD_MESSAGE",
+        `The WELCOME message's idleTimeoutMs ${m.idleTimeoutMs} is below ${MIN_IDLE_TIMEOUT_MS}.`,
+      );
+    }
     return m;
   },
   error(payload: Buffer): ErrorMessage {
@@ -182,7 +205,7 @@ export const decode = {
   putBegin(payload: Buffer): PutBegin {
     const r = new FieldReader(payload, "PUT_BEGIN");
     const m: PutBegin = {
-      path: r.str("path", MAX_PATH_BYTES),
+      path: r.str("path", MAX_WIRE_PATH_BYTES),
       size: r.u64("size"),
       mtimeMs: r.f64("mtimeMs"),
       mode: r.u32("mode"),
@@ -204,13 +227,13 @@ export const decode = {
   },
   mkdir(payload: Buffer): Mkdir {
     const r = new FieldReader(payload, "MKDIR");
-    const m: Mkdir = { path: r.str("path", MAX_PATH_BYTES), mode: r.u32("mode") };
+    const m: Mkdir = { path: r.str("path", MAX_WIRE_PATH_BYTES), mode: r.u32("mode") };
     r.end();
     return m;
   },
   delete(payload: Buffer): Delete {
     const r = new FieldReader(payload, "DELETE");
-    const m: Delete = { path: r.str("path", MAX_PATH_BYTES) };
+    const m: Delete = { path: r.str("path", MAX_WIRE_PATH_BYTES) };
     r.end();
     return m;
   },

@@ -52,6 +52,8 @@ describe("pathProblem", () => {
     "a 256-byte component of two-byte characters": `${"é".repeat(128)}`,
     "a 4097-byte path": `${"a/".repeat(2048)}b`,
     "a 4098-byte path of 2732 characters": `${"ü/".repeat(1365)}üx`,
+    "a lone high surrogate": "a/\ud800b",
+    "a lone low surrogate": "\udc00",
   };
   for (const [what, p] of Object.entries(refused)) {
     test(`refuses ${what}`, () => {
@@ -144,6 +146,7 @@ describe("setNameProblem", () => {
     "a name with NUL": "a\0b",
     "a 256-byte name": "x".repeat(256),
     "a 256-byte name of two-byte characters": "é".repeat(128),
+    "a name with a lone surrogate": "set\ud83d",
   };
   for (const [what, name] of Object.entries(refused)) {
     test(`refuses ${what}`, () => {

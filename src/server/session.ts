@@ -145,6 +145,15 @@ export class Session implements RequestContext {
           this.inFlight.set(frame.requestId, { kind: "op" });
           return this.track(handleDelete(frame.requestId, decode.delete(frame.payload), this));
         });
+      case MessageType.ERROR: {
+        // A client reports only about the connection (id 0), and then leaves.
+        const remote = decode.error(frame.payload);
+        if (frame.requestId !== 0) {
+          throw new ProtocolError("KW_UNEXPECTED_MESSAGE", "A client sent an ERROR for a request it does not answer.");
+        }
+        this.conn.destroy(new KeepwatchError("KW_CONNECTION_LOST", `The client reported: ${remote.message}`));
+        return;
+      }
       case MessageType.BYE:
         decode.empty(frame.payload, "BYE");
         await Promise.allSettled([...this.pendingWork]);
