@@ -41,7 +41,7 @@ describe("PlainPrinter", () => {
       { kind: "file-done", path: "old/b.txt", op: "delete", size: 0 },
       { kind: "file-skipped", path: "locked.db", reason: "permission denied", retry: true },
       { kind: "idle", files: 3, bytes: 5 * 1024 * 1024 },
-      { kind: "disconnected", reason: "connection reset", retryInMs: 5000 },
+      { kind: "disconnected", reason: "The connection was reset.", retryInMs: 5000 },
       { kind: "warning", message: "clock skew", code: "KW_CLOCK" },
       { kind: "error", message: "server refused the set", code: "KW_BAD_SET_NAME" },
     ]);
@@ -53,7 +53,7 @@ describe("PlainPrinter", () => {
       "2026-11-24T07:34:24.131Z deleted old/b.txt",
       "2026-11-24T07:34:24.132Z skipped locked.db: permission denied (will retry)",
       "2026-11-24T07:34:24.133Z all changes backed up (3 files, 5.0 MiB); watching",
-      "2026-11-24T07:34:24.134Z disconnected: connection reset; retrying in 5s",
+      "2026-11-24T07:34:24.134Z disconnected: The connection was reset. Retrying in 5s.",
       "2026-11-24T07:34:24.135Z warning: clock skew (KW_CLOCK)",
       "2026-11-24T07:34:24.136Z error: server refused the set (KW_BAD_SET_NAME)",
     ]);

@@ -82,7 +82,8 @@ export function describeEvent(event: ProgressEvent, side: Side): string | null {
     case "connected":
       return `connected to ${hostPort(event.host, event.port)}, set ${printable(event.set)}`;
     case "disconnected":
-      return `disconnected: ${printable(event.reason)}; retrying in ${formatDuration(event.retryInMs / 1000)}`;
+      // The reason is a full sentence; the retry is a second one.
+      return `disconnected: ${printable(event.reason)} Retrying in ${formatDuration(event.retryInMs / 1000)}.`;
     case "scan-start":
       return `scanning ${printable(event.root)}`;
     case "scan-done":
