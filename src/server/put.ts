@@ -19,6 +19,8 @@ export class PutRequest {
   private received = 0;
   /** Set once an ERROR was sent; later frames of this request are swallowed until it ends. */
   private failed = false;
+  /** Set when the request was thrown away (its connection closed). */
+  private discarded = false;
 
   constructor(
     private readonly id: number,
@@ -44,7 +46,13 @@ export class PutRequest {
       return;
     }
     try {
-      this.pending = await this.ctx.mirror.createPending();
+      const pending = await this.ctx.mirror.createPending();
+      if (this.discarded) {
+        // The connection closed while the file was being created: nobody will end it.
+        await this.ctx.mirror.discard(pending);
+        return;
+      }
+      this.pending = pending;
       this.ctx.reporter.emit({ kind: "file-start", path: this.begin.path, size: this.begin.size });
     } catch (error) {
       this.fail(ioError(error, this.begin.path));
@@ -130,6 +138,7 @@ export class PutRequest {
 
   /** Drop the temporary file (connection closed or request aborted). */
   async discard(): Promise<void> {
+    this.discarded = true;
     this.releaseHeld(this.held);
     this.held = null;
     const pending = this.pending;

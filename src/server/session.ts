@@ -149,7 +149,10 @@ export class Session implements RequestContext {
         // A client reports only about the connection (id 0), and then leaves.
         const remote = decode.error(frame.payload);
         if (frame.requestId !== 0) {
-          throw new ProtocolError("KW_UNEXPECTED_MESSAGE", "A client sent an ERROR for a request it does not answer.");
+          throw new ProtocolError(
+            "KW_UNEXPECTED_MESSAGE",
+            "A client sent an ERROR for a request it does not answer.",
+          );
         }
         this.conn.destroy(new KeepwatchError("KW_CONNECTION_LOST", `The client reported: ${remote.message}`));
         return;

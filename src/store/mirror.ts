@@ -109,7 +109,7 @@ export class Mirror {
     assertValidPath(path);
     try {
       await pending.handle.chmod(attrs.mode & 0o7777);
-      const mtime = attrs.mtimeMs / 1000;
+      const mtime = toTimestamp(attrs.mtimeMs);
       await pending.handle.utimes(mtime, mtime);
       await pending.handle.sync();
     } finally {
@@ -132,7 +132,7 @@ export class Mirror {
           for (let off = 0; off < part.length; ) off += writeSync(fd, part, off, part.length - off);
         }
         fchmodSync(fd, attrs.mode & 0o7777);
-        const mtime = attrs.mtimeMs / 1000;
+        const mtime = toTimestamp(attrs.mtimeMs);
         futimesSync(fd, mtime, mtime);
         await new Promise<void>((resolve, reject) =>
           fsync(fd, (error) => (error ? reject(error) : resolve())),
@@ -270,6 +270,15 @@ export class Mirror {
       if (known === path || known.startsWith(`${path}/`)) this.knownFolders.delete(known);
     }
   }
+}
+
+/**
+ * The timestamp to give utimes: seconds as a number keep sub-millisecond precision, but
+ * Node replaces a negative number (a time before 1970) with "now", so those go as a Date
+ * (whole milliseconds).
+ */
+function toTimestamp(mtimeMs: number): number | Date {
+  return mtimeMs >= 0 ? mtimeMs / 1000 : new Date(Math.round(mtimeMs));
 }
 
 function parentOf(path: string): string {
