@@ -1,0 +1,1081 @@
+// Measures the three figures the foundation issue asks for, on this machine, over loopback:
+//   1. peak RSS (VmHWM) of client and server while one 2 GiB incompressible file is pushed;
+//   2. wall time of one initial push of 20,000 small files (1–16 KiB) plus one 1 GiB file;
+//   3. latency from a small file's write to the watching client's `file-done` event.
+// It follows /work/shared/BENCHMARKING.md: ~2 GiB of memory is touched and freed in a separate
+// process before each timed run, every run gets a fresh destination and state folder, trees
+// are deleted only after all timed runs, the load average is printed before each run, and each
+// figure is measured 3 times, the figures interleaved (1 2 3 1 2 3 1 2 3).
+//
+// Run: npx tsx bench/measure-foundation.ts [--quick] [--keep]
+//   --quick  smaller sizes (200 MiB, 2,000 files + 100 MiB, 20 edits) for a sanity check
+//   --keep   leave the generated data in /tmp/kw-measure-*
+// Results: printed, and written as JSON to bench/out/foundation.json.
+// Takes about 8 minutes in full. Its clean-up deletes ~80,000 files; wait a few minutes before
+// running it again (BENCHMARKING.md pitfall 2: file creation is slow right after mass deletion).
+
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { createCipheriv, createHash } from "node:crypto";
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statfsSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from "node:fs";
+import { cpus, loadavg, totalmem } from "node:os";
+import { dirname, join, relative, resolve } from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
+const MAIN = join(ROOT, "src", "cli", "main.ts");
+const OUT = join(ROOT, "bench", "out", "foundation.json");
+const HOST = "127.0.0.1";
+const MiB = 2 ** 20;
+const GiB = 2 ** 30;
+
+const args = new Set(process.argv.slice(2));
+for (const arg of args) {
+  if (arg !== "--quick" && arg !== "--keep") {
+    console.error(`unknown argument ${arg}; use --quick and/or --keep`);
+    process.exit(2);
+  }
+}
+const QUICK = args.has("--quick");
+const KEEP = args.has("--keep");
+
+const config = QUICK
+  ? { bigBytes: 200 * MiB, treeFiles: 2_000, treeBigBytes: 100 * MiB, edits: 20, isolatedEdits: 10 }
+  : { bigBytes: 2 * GiB, treeFiles: 20_000, treeBigBytes: 1 * GiB, edits: 50, isolatedEdits: 20 };
+const ROUNDS = 3;
+const QUIET_MS = 30; // the client's default, passed explicitly so the figure states it
+const EDIT_SPACING_MS = 100;
+/** Over @parcel/watcher's 500 ms: it delivered at once only if its last delivery was older. */
+const ISOLATED_SPACING_MS = 600;
+const EDIT_TIMEOUT_MS = 15_000;
+const SAMPLE_MS = 50;
+const QUIET_BUSY = 0.25;
+const QUIET_WAIT_S = 180;
+const WARMUP_BYTES = 2 * GiB;
+const CLK_TCK = Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout.trim()) || 100;
+
+// ---------------------------------------------------------------- small helpers
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+function sorted(values: number[]): number[] {
+  return [...values].sort((a, b) => a - b);
+}
+
+/** Nearest-rank percentile (p in 0..100). */
+function percentile(values: number[], p: number): number {
+  const s = sorted(values);
+  if (s.length === 0) return Number.NaN;
+  const rank = Math.max(1, Math.ceil((p / 100) * s.length));
+  return s[rank - 1] as number;
+}
+
+/** Median; for an even count, the mean of the two middle values. */
+function median(values: number[]): number {
+  const s = sorted(values);
+  if (s.length === 0) return Number.NaN;
+  const mid = Math.floor(s.length / 2);
+  return s.length % 2 === 1 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
+}
+
+interface Summary {
+  median: number;
+  min: number;
+  max: number;
+  runs: number[];
+}
+
+function summarize(values: number[]): Summary {
+  const s = sorted(values);
+  return { median: median(s), min: s[0] ?? Number.NaN, max: s[s.length - 1] ?? Number.NaN, runs: values };
+}
+
+function fmt(value: number, digits: number): string {
+  return Number.isFinite(value) ? value.toFixed(digits) : "n/a";
+}
+
+function fmtSummary(s: Summary, digits: number, unit: string): string {
+  return `${fmt(s.median, digits)} ${unit} (min–max ${fmt(s.min, digits)}–${fmt(s.max, digits)})`;
+}
+
+function loadLine(): string {
+  const [one, five, fifteen] = loadavg();
+  return `${fmt(one ?? Number.NaN, 2)} ${fmt(five ?? Number.NaN, 2)} ${fmt(fifteen ?? Number.NaN, 2)}`;
+}
+
+function humanBytes(bytes: number): string {
+  if (bytes >= GiB) return `${fmt(bytes / GiB, 2)} GiB`;
+  if (bytes >= MiB) return `${fmt(bytes / MiB, 1)} MiB`;
+  return `${fmt(bytes / 1024, 1)} KiB`;
+}
+
+/** Deterministic, incompressible bytes: AES-128-CTR over zeros, keyed by a seed string. */
+class ByteStream {
+  private readonly cipher;
+  private zeros = Buffer.alloc(0);
+
+  constructor(seed: string) {
+    const key = createHash("sha256").update(seed).digest().subarray(0, 16);
+    this.cipher = createCipheriv("aes-128-ctr", key, Buffer.alloc(16));
+  }
+
+  next(length: number): Buffer {
+    if (this.zeros.length < length) this.zeros = Buffer.alloc(length);
+    return this.cipher.update(this.zeros.subarray(0, length));
+  }
+}
+
+/** mulberry32: a small deterministic PRNG for file sizes. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Streams `size` pseudo-random bytes to `path` in 8 MiB pieces; never holds the file in memory. */
+function writeBigFile(path: string, size: number, seed: string): void {
+  const stream = new ByteStream(seed);
+  const fd = openSync(path, "w");
+  try {
+    let written = 0;
+    while (written < size) {
+      const piece = stream.next(Math.min(8 * MiB, size - written));
+      let off = 0;
+      while (off < piece.length) off += writeSync(fd, piece, off);
+      written += piece.length;
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** `count` files of 1–16 KiB, 100 per folder, in two levels: d<k>/e<j>/f<i>.bin. */
+function writeSmallTree(root: string, count: number, seed: string): number {
+  const stream = new ByteStream(seed);
+  const random = prng(0x6b77);
+  let bytes = 0;
+  for (let i = 0; i < count; i++) {
+    const dir = join(root, `d${Math.floor(i / 2000)}`, `e${Math.floor(i / 100) % 20}`);
+    if (i % 100 === 0) mkdirSync(dir, { recursive: true });
+    const size = 1024 + Math.floor(random() * (16 * 1024 - 1024 + 1));
+    writeFileSync(join(dir, `f${i}.bin`), stream.next(size));
+    bytes += size;
+  }
+  return bytes;
+}
+
+/** Number and total size of regular files under `root`. */
+function countTree(root: string): { files: number; bytes: number } {
+  let files = 0;
+  let bytes = 0;
+  const walk = (dir: string) => {
+    for (const entry of readdirSync(dir, { withFileTypes: true })) {
+      const path = join(dir, entry.name);
+      if (entry.isDirectory()) walk(path);
+      else if (entry.isFile()) {
+        files++;
+        bytes += statSync(path).size;
+      }
+    }
+  };
+  walk(root);
+  return { files, bytes };
+}
+
+/** Pitfall 1: touch and free ~2 GiB in a short separate process. Returns its duration (s). */
+function warmMemory(): number {
+  const code = `const n=${WARMUP_BYTES / (256 * MiB)};const keep=[];for(let i=0;i<n;i++){const b=Buffer.allocUnsafeSlow(${256 * MiB});b.fill(i+1);keep.push(b)}`;
+  const t0 = performance.now();
+  const r = spawnSync(process.execPath, ["-e", code], { stdio: "inherit" });
+  if (r.status !== 0) throw new Error("the memory warm-up process failed");
+  return (performance.now() - t0) / 1000;
+}
+
+/** Flush dirty pages so one run's write-back does not land in the next (this drops no caches). */
+function syncDisks(): void {
+  spawnSync("sync");
+}
+
+/** CPU time of the whole machine from /proc/stat (all cores), in ticks. */
+function machineTicks(): { idle: number; total: number } {
+  const first = readFileSync("/proc/stat", "utf8").split("\n")[0] ?? "";
+  const nums = first.trim().split(/\s+/).slice(1).map(Number);
+  const idle = (nums[3] ?? 0) + (nums[4] ?? 0);
+  return { idle, total: nums.reduce((a, b) => a + b, 0) };
+}
+
+/** Fraction of all cores busy over the next `ms`. */
+async function busyOver(ms: number): Promise<number> {
+  const a = machineTicks();
+  await sleep(ms);
+  const b = machineTicks();
+  return b.total > a.total ? 1 - (b.idle - a.idle) / (b.total - a.total) : 0;
+}
+
+/**
+ * Other work shares these 2 cores (other sessions' test runs). Wait until the machine has been
+ * under QUIET_BUSY busy for one second, at most QUIET_WAIT_S; the run is flagged otherwise.
+ */
+async function waitQuiet(): Promise<{ busy: number; waitedS: number; quiet: boolean }> {
+  const t0 = performance.now();
+  for (;;) {
+    const busy = await busyOver(1000);
+    const waitedS = (performance.now() - t0) / 1000;
+    if (busy < QUIET_BUSY) return { busy, waitedS, quiet: true };
+    if (waitedS > QUIET_WAIT_S) return { busy, waitedS, quiet: false };
+  }
+}
+
+/**
+ * Others edit src/ while this runs, and every run starts the CLI from the working tree: a
+ * fingerprint of the non-test sources (plus package.json and the lock file) is taken before
+ * and after each run so that figures from different code are flagged.
+ */
+function sourceFingerprint(): string {
+  const hash = createHash("sha256");
+  const walk = (dir: string) => {
+    const entries = readdirSync(dir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1));
+    for (const entry of entries) {
+      const path = join(dir, entry.name);
+      if (entry.isDirectory()) walk(path);
+      else if (entry.name.endsWith(".ts") && !entry.name.endsWith(".test.ts")) {
+        hash.update(`${relative(ROOT, path)}\0`);
+        hash.update(readFileSync(path));
+      }
+    }
+  };
+  walk(join(ROOT, "src"));
+  for (const file of ["package.json", "package-lock.json"]) {
+    if (existsSync(join(ROOT, file))) hash.update(readFileSync(join(ROOT, file)));
+  }
+  return hash.digest("hex").slice(0, 12);
+}
+
+function gitDescribe(): { head: string; dirtySrcFiles: number } {
+  const head = spawnSync("git", ["rev-parse", "--short", "HEAD"], {
+    cwd: ROOT,
+    encoding: "utf8",
+  }).stdout.trim();
+  const status = spawnSync(
+    "git",
+    ["status", "--porcelain", "--", "src", "package.json", "package-lock.json"],
+    {
+      cwd: ROOT,
+      encoding: "utf8",
+    },
+  ).stdout;
+  return { head, dirtySrcFiles: status.split("\n").filter((l) => l.trim()).length };
+}
+
+let firstSource = "";
+
+interface Prep {
+  /** source fingerprint when the run started, and whether it differs from the first run's or changed during it */
+  source: string;
+  sourceChanged: boolean;
+  load: string;
+  warmupS: number;
+  busyBefore: number;
+  waitedS: number;
+  quiet: boolean;
+}
+
+async function prepareRun(label: string): Promise<Prep> {
+  syncDisks();
+  const q = await waitQuiet();
+  const warmupS = warmMemory();
+  const source = sourceFingerprint();
+  if (firstSource === "") firstSource = source;
+  const sourceChanged = source !== firstSource;
+  if (sourceChanged)
+    console.log(`  [${label}] warning: the sources changed since the first run (now ${source})`);
+  const load = loadLine();
+  console.log(
+    `  [${label}] load average ${load}; machine ${fmt(q.busy * 100, 0)}% busy in the second before ` +
+      `(waited ${fmt(q.waitedS, 0)} s${q.quiet ? "" : `, never under ${QUIET_BUSY * 100}%: run is contended`}); ` +
+      `warm-up touched ${humanBytes(WARMUP_BYTES)} in ${fmt(warmupS, 2)} s`,
+  );
+  return { source, sourceChanged, load, warmupS, busyBefore: q.busy, waitedS: q.waitedS, quiet: q.quiet };
+}
+
+/** Flags a run during which the sources changed. */
+function checkSourceAfter(label: string, prep: Prep): void {
+  const now = sourceFingerprint();
+  if (now !== prep.source) {
+    prep.sourceChanged = true;
+    console.log(`  [${label}] warning: the sources changed during this run (${prep.source} → ${now})`);
+  }
+}
+
+// ---------------------------------------------------------------- processes
+
+interface Child {
+  proc: ChildProcess;
+  pid: number;
+  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  stderr: () => string;
+}
+
+const live = new Set<ChildProcess>();
+
+function startCli(cliArgs: string[], stdout: "pipe" | number): Child {
+  const proc = spawn(process.execPath, ["--import", "tsx", MAIN, ...cliArgs], {
+    cwd: ROOT,
+    stdio: ["ignore", stdout, "pipe"],
+  });
+  if (proc.pid === undefined) throw new Error(`could not start keepwatch ${cliArgs[0]}`);
+  live.add(proc);
+  let err = "";
+  proc.stderr?.setEncoding("utf8");
+  proc.stderr?.on("data", (chunk: string) => {
+    if (err.length < 64_000) err += chunk;
+  });
+  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((done) => {
+    proc.on("exit", (code, signal) => {
+      live.delete(proc);
+      done({ code, signal });
+    });
+  });
+  return { proc, pid: proc.pid, exit, stderr: () => err };
+}
+
+async function stop(child: Child): Promise<void> {
+  if (child.proc.exitCode !== null || child.proc.signalCode !== null) return;
+  child.proc.kill("SIGTERM");
+  const timeout = sleep(15_000).then(() => "timeout" as const);
+  if ((await Promise.race([child.exit, timeout])) === "timeout") {
+    console.log(`  warning: pid ${child.pid} did not stop within 15 s of SIGTERM; killing it`);
+    child.proc.kill("SIGKILL");
+    await child.exit;
+  }
+}
+
+function killAll(): void {
+  for (const proc of live) proc.kill("SIGKILL");
+}
+
+/** Polls /proc/<pid>/status (VmHWM) and /proc/<pid>/stat (utime+stime) every SAMPLE_MS. */
+class Sampler {
+  hwmKiB = 0;
+  userTicks = 0;
+  sysTicks = 0;
+  samples = 0;
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(private readonly pid: number) {
+    this.read();
+    this.timer = setInterval(() => this.read(), SAMPLE_MS);
+  }
+
+  /** Keeps the last values read; a process that has exited (or is a zombie) changes nothing. */
+  read(): void {
+    try {
+      const status = readFileSync(`/proc/${this.pid}/status`, "utf8");
+      const hwm = /^VmHWM:\s+(\d+) kB/m.exec(status);
+      const stat = readFileSync(`/proc/${this.pid}/stat`, "utf8");
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      if (hwm?.[1]) {
+        this.hwmKiB = Number(hwm[1]);
+        // fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+        this.userTicks = Number(fields[11]);
+        this.sysTicks = Number(fields[12]);
+        this.samples++;
+      }
+    } catch {
+      // gone
+    }
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+
+  get hwmMiB(): number {
+    return this.hwmKiB / 1024;
+  }
+
+  get userS(): number {
+    return this.userTicks / CLK_TCK;
+  }
+
+  get sysS(): number {
+    return this.sysTicks / CLK_TCK;
+  }
+
+  get cpuS(): number {
+    return this.userS + this.sysS;
+  }
+}
+
+interface JsonEvent {
+  time: string;
+  event: string;
+  path?: string;
+  op?: string;
+  size?: number;
+  port?: number;
+  [key: string]: unknown;
+}
+
+function parseLines(text: string): JsonEvent[] {
+  const events: JsonEvent[] = [];
+  for (const line of text.split("\n")) {
+    if (!line.trim()) continue;
+    try {
+      events.push(JSON.parse(line) as JsonEvent);
+    } catch {
+      // not JSON (should not happen with --json)
+    }
+  }
+  return events;
+}
+
+interface Server {
+  child: Child;
+  port: number;
+  outFile: string;
+  sampler: Sampler;
+  /** VmHWM right after it reported `listening`: Node + tsx + keepwatch loaded, no work done. */
+  idleHwmMiB: number;
+}
+
+/** Starts `keepwatch server DEST --port 0 --json` with stdout to a file, and waits for `listening`. */
+async function startServer(dest: string, outFile: string): Promise<Server> {
+  const fd = openSync(outFile, "w");
+  const child = startCli(["server", dest, HOST, "--port", "0", "--json"], fd);
+  closeSync(fd);
+  const deadline = performance.now() + 60_000;
+  let port = 0;
+  while (port === 0) {
+    if (child.proc.exitCode !== null || child.proc.signalCode !== null || performance.now() > deadline) {
+      await stop(child);
+      throw new Error(
+        `the server did not report listening:\n${readFileSync(outFile, "utf8")}${child.stderr()}\n` +
+          "(if --json prints nothing yet, the JSON printer is still being finished; retry in a few minutes)",
+      );
+    }
+    const listening = parseLines(readFileSync(outFile, "utf8")).find((e) => e.event === "listening");
+    if (listening && typeof listening.port === "number") port = listening.port;
+    else await sleep(20);
+  }
+  const sampler = new Sampler(child.pid);
+  return { child, port, outFile, sampler, idleHwmMiB: sampler.hwmMiB };
+}
+
+// ---------------------------------------------------------------- figures 1 and 2: one push
+
+interface PushRun extends Prep {
+  round: number;
+  wallS: number;
+  exitCode: number | null;
+  clientHwmMiB: number;
+  serverHwmMiB: number;
+  serverIdleHwmMiB: number;
+  clientCpuS: number;
+  serverCpuS: number;
+  clientSysS: number;
+  serverSysS: number;
+  sampleCount: number;
+  /** from the push's own JSON event times (ms resolution) */
+  phases: { startupS: number; scanS: number; transferS: number; exitS: number };
+  /** first server file-start to last server file-done */
+  serverActiveS: number;
+  filesAcked: number;
+  destFiles: number;
+  destBytes: number;
+  mibPerS: number;
+}
+
+async function timedPush(label: string, work: string, src: string, round: number): Promise<PushRun> {
+  const dest = join(work, `dest-${label}-r${round}`);
+  const stateDir = join(work, `state-${label}-r${round}`);
+  const pushOut = join(work, `push-${label}-r${round}.jsonl`);
+  const prep = await prepareRun(`${label} run ${round}`);
+  const server = await startServer(dest, join(work, `server-${label}-r${round}.jsonl`));
+  try {
+    const fd = openSync(pushOut, "w");
+    const spawnedAt = Date.now();
+    const t0 = performance.now();
+    const push = startCli(
+      ["push", src, HOST, "--port", String(server.port), "--json", "--state-dir", stateDir],
+      fd,
+    );
+    closeSync(fd);
+    const sampler = new Sampler(push.pid);
+    const { code } = await push.exit;
+    const wallS = (performance.now() - t0) / 1000;
+    const exitedAt = Date.now();
+    sampler.stop();
+    server.sampler.read(); // the server's peak and CPU, read before stopping it
+    server.sampler.stop();
+    if (code !== 0) {
+      console.log(`  warning: push exited with ${code}: ${push.stderr().trim()}`);
+    }
+
+    const events = parseLines(readFileSync(pushOut, "utf8"));
+    const at = (name: string) => {
+      const e = events.find((x) => x.event === name);
+      return e ? Date.parse(e.time) : Number.NaN;
+    };
+    const dones = events.filter((e) => e.event === "file-done");
+    const lastDone = dones.length > 0 ? Date.parse((dones[dones.length - 1] as JsonEvent).time) : Number.NaN;
+    const serverEvents = parseLines(readFileSync(server.outFile, "utf8"));
+    const serverStarts = serverEvents.filter((e) => e.event === "file-start").map((e) => Date.parse(e.time));
+    const serverDones = serverEvents.filter((e) => e.event === "file-done").map((e) => Date.parse(e.time));
+    const serverActiveS =
+      serverStarts.length > 0 && serverDones.length > 0
+        ? (Math.max(...serverDones) - Math.min(...serverStarts)) / 1000
+        : Number.NaN;
+    const srcTree = countTree(src);
+    const set = src.split("/").pop() as string;
+    const destTree = existsSync(join(dest, set)) ? countTree(join(dest, set)) : { files: 0, bytes: 0 };
+    if (destTree.files !== srcTree.files || destTree.bytes !== srcTree.bytes) {
+      console.log(
+        `  warning: the mirror holds ${destTree.files} files / ${destTree.bytes} bytes, the source ${srcTree.files} / ${srcTree.bytes}`,
+      );
+    }
+    checkSourceAfter(`${label} run ${round}`, prep);
+    const run: PushRun = {
+      round,
+      ...prep,
+      wallS,
+      exitCode: code,
+      clientHwmMiB: sampler.hwmMiB,
+      serverHwmMiB: server.sampler.hwmMiB,
+      serverIdleHwmMiB: server.idleHwmMiB,
+      clientCpuS: sampler.cpuS,
+      serverCpuS: server.sampler.cpuS,
+      clientSysS: sampler.sysS,
+      serverSysS: server.sampler.sysS,
+      sampleCount: sampler.samples,
+      phases: {
+        startupS: (at("connected") - spawnedAt) / 1000,
+        scanS: (at("scan-done") - at("scan-start")) / 1000,
+        transferS: (lastDone - at("scan-done")) / 1000,
+        exitS: (exitedAt - lastDone) / 1000,
+      },
+      serverActiveS,
+      filesAcked: dones.filter((e) => e.op === "put").length,
+      destFiles: destTree.files,
+      destBytes: destTree.bytes,
+      mibPerS: srcTree.bytes / MiB / wallS,
+    };
+    console.log(
+      `  [${label} run ${round}] push ${fmt(wallS, 2)} s (exit ${code}), ${fmt(run.mibPerS, 0)} MiB/s; ` +
+        `peak RSS client ${fmt(run.clientHwmMiB, 0)} MiB, server ${fmt(run.serverHwmMiB, 0)} MiB ` +
+        `(server idle ${fmt(run.serverIdleHwmMiB, 0)} MiB); CPU (user+sys) client ${fmt(run.clientCpuS, 2)} s (sys ${fmt(run.clientSysS, 2)}), ` +
+        `server ${fmt(run.serverCpuS, 2)} s (sys ${fmt(run.serverSysS, 2)}); ` +
+        `phases: startup ${fmt(run.phases.startupS, 2)} s, scan ${fmt(run.phases.scanS, 2)} s, ` +
+        `transfer ${fmt(run.phases.transferS, 2)} s, exit ${fmt(run.phases.exitS, 2)} s; ${run.filesAcked} files acknowledged`,
+    );
+    return run;
+  } finally {
+    await stop(server.child);
+  }
+}
+
+// ---------------------------------------------------------------- figure 3: change latency
+
+interface EditSeries {
+  spacingMs: number;
+  /** write → the client's `file-done` line arriving in the bench process */
+  latenciesMs: number[];
+  /** write → the client's `file-start` line for the path (detection + quiet time + compare) */
+  toStartMs: number[];
+  /** write → the server's `file-done` (ms resolution, from the server's JSON file) */
+  serverCommitMs: number[];
+  missed: number;
+  medianMs: number;
+  p90Ms: number;
+  maxMs: number;
+  minMs: number;
+}
+
+interface LatencyRun extends Prep {
+  round: number;
+  /** the figure asked for: edits spaced EDIT_SPACING_MS apart */
+  burst: EditSeries;
+  /** the same, with edits spaced ISOLATED_SPACING_MS apart */
+  isolated: EditSeries;
+  clientHwmMiB: number;
+}
+
+async function latencyRun(work: string, src: string, round: number): Promise<LatencyRun> {
+  const dest = join(work, `dest-latency-r${round}`);
+  const stateDir = join(work, `state-latency-r${round}`);
+  const prep = await prepareRun(`latency run ${round}`);
+  const server = await startServer(dest, join(work, `server-latency-r${round}.jsonl`));
+  const client = startCli(
+    [
+      "client",
+      src,
+      HOST,
+      "--port",
+      String(server.port),
+      "--json",
+      "--state-dir",
+      stateDir,
+      "--quiet-ms",
+      String(QUIET_MS),
+    ],
+    "pipe",
+  );
+  const sampler = new Sampler(client.pid);
+  const waiters: { match: (e: JsonEvent) => boolean; resolve: (t: number) => void }[] = [];
+  const lines = createInterface({ input: client.proc.stdout as NodeJS.ReadableStream });
+  lines.on("line", (line) => {
+    const now = performance.now();
+    let event: JsonEvent;
+    try {
+      event = JSON.parse(line) as JsonEvent;
+    } catch {
+      return;
+    }
+    for (let i = waiters.length - 1; i >= 0; i--) {
+      const w = waiters[i] as (typeof waiters)[number];
+      if (w.match(event)) {
+        waiters.splice(i, 1);
+        w.resolve(now);
+      }
+    }
+  });
+  const waitFor = (match: (e: JsonEvent) => boolean, timeoutMs: number): Promise<number | null> =>
+    new Promise((resolveWait) => {
+      const waiter = {
+        match,
+        resolve: (t: number) => {
+          clearTimeout(timer);
+          resolveWait(t);
+        },
+      };
+      const timer = setTimeout(() => {
+        const i = waiters.indexOf(waiter);
+        if (i >= 0) waiters.splice(i, 1);
+        resolveWait(null);
+      }, timeoutMs);
+      waiters.push(waiter);
+    });
+
+  const content = new ByteStream(`latency-${round}`);
+  const writes: { path: string; epochMs: number; series: string }[] = [];
+  const series = async (prefix: string, count: number, spacingMs: number): Promise<EditSeries> => {
+    const latencies: number[] = [];
+    const toStart: number[] = [];
+    let missed = 0;
+    for (let i = 0; i < count; i++) {
+      const name = `${prefix}-${String(i).padStart(3, "0")}.txt`;
+      const data = content.next(512);
+      const started = waitFor((e) => e.event === "file-start" && e.path === name, EDIT_TIMEOUT_MS);
+      const acked = waitFor(
+        (e) => e.event === "file-done" && e.op === "put" && e.path === name,
+        EDIT_TIMEOUT_MS,
+      );
+      const epochMs = Date.now();
+      const t0 = performance.now();
+      writeFileSync(join(src, name), data);
+      writes.push({ path: name, epochMs, series: prefix });
+      const t1 = await acked;
+      const ts = await started;
+      if (t1 === null) {
+        missed++;
+        console.log(`  warning: no file-done for ${name} within ${EDIT_TIMEOUT_MS} ms`);
+      } else {
+        latencies.push(t1 - t0);
+        if (ts !== null) toStart.push(ts - t0);
+      }
+      const elapsed = performance.now() - t0;
+      await sleep(Math.max(10, spacingMs - elapsed));
+    }
+    return {
+      spacingMs,
+      latenciesMs: latencies,
+      toStartMs: toStart,
+      serverCommitMs: [],
+      missed,
+      medianMs: median(latencies),
+      p90Ms: percentile(latencies, 90),
+      maxMs: Math.max(...latencies),
+      minMs: Math.min(...latencies),
+    };
+  };
+
+  try {
+    if ((await waitFor((e) => e.event === "idle", 60_000)) === null) {
+      throw new Error(`the client never reported idle: ${client.stderr()}`);
+    }
+    const burst = await series("edit", config.edits, EDIT_SPACING_MS);
+    await sleep(ISOLATED_SPACING_MS);
+    const isolated = await series("lone", config.isolatedEdits, ISOLATED_SPACING_MS);
+    sampler.read();
+    await stop(client);
+    sampler.stop();
+    server.sampler.stop();
+    await stop(server.child);
+    const serverDone = new Map<string, number>();
+    for (const e of parseLines(readFileSync(server.outFile, "utf8"))) {
+      if (e.event === "file-done" && e.path && !serverDone.has(e.path))
+        serverDone.set(e.path, Date.parse(e.time));
+    }
+    for (const [prefix, result] of [
+      ["edit", burst],
+      ["lone", isolated],
+    ] as const) {
+      result.serverCommitMs = writes
+        .filter((w) => w.series === prefix)
+        .flatMap((w) => {
+          const t = serverDone.get(w.path);
+          return t === undefined ? [] : [t - w.epochMs];
+        });
+    }
+    checkSourceAfter(`latency run ${round}`, prep);
+    const run: LatencyRun = { round, ...prep, burst, isolated, clientHwmMiB: sampler.hwmMiB };
+    for (const [label, r] of [
+      [`spaced ${EDIT_SPACING_MS} ms`, burst],
+      [`spaced ${ISOLATED_SPACING_MS} ms`, isolated],
+    ] as const) {
+      console.log(
+        `  [latency run ${round}] ${label}: ${r.latenciesMs.length}/${r.latenciesMs.length + r.missed} acknowledged: ` +
+          `median ${fmt(r.medianMs, 1)} ms, p90 ${fmt(r.p90Ms, 1)} ms, max ${fmt(r.maxMs, 1)} ms, min ${fmt(r.minMs, 1)} ms; ` +
+          `write→client file-start median ${fmt(median(r.toStartMs), 1)} ms, write→server commit median ${fmt(median(r.serverCommitMs), 0)} ms`,
+      );
+    }
+    return run;
+  } finally {
+    lines.close();
+    sampler.stop();
+    server.sampler.stop();
+    await stop(client);
+    await stop(server.child);
+  }
+}
+
+function latencySummary(series: EditSeries[]) {
+  const all = series.flatMap((r) => r.latenciesMs);
+  return {
+    spacingMs: series[0]?.spacingMs,
+    medianMs: summarize(series.map((r) => r.medianMs)),
+    p90Ms: summarize(series.map((r) => r.p90Ms)),
+    maxMs: summarize(series.map((r) => r.maxMs)),
+    pooled: {
+      n: all.length,
+      medianMs: median(all),
+      p90Ms: percentile(all, 90),
+      maxMs: Math.max(...all),
+      minMs: Math.min(...all),
+    },
+    toStartMedianMs: median(series.flatMap((r) => r.toStartMs)),
+    serverCommitMedianMs: median(series.flatMap((r) => r.serverCommitMs)),
+    missed: series.reduce((n, r) => n + r.missed, 0),
+  };
+}
+
+// ---------------------------------------------------------------- main
+
+const METHODS = {
+  rss:
+    `One folder holding one ${humanBytes(config.bigBytes)} file of AES-128-CTR keystream (incompressible, deterministic, ` +
+    "page cache warm). A fresh `keepwatch server DEST 127.0.0.1 --port 0 --json` (stdout to a file), then " +
+    "`keepwatch push SRC 127.0.0.1 --port P --json --state-dir FRESH` (stdout to a file), both run as " +
+    "`node --import tsx src/cli/main.ts`. A sampler in the bench process reads /proc/<pid>/status VmHWM (peak " +
+    `resident set) and /proc/<pid>/stat utime+stime of each every ${SAMPLE_MS} ms; for the push until it exits (last ` +
+    "value read kept), for the server once more after the push exited and before SIGTERM. Wall time: spawn of the " +
+    "push to its exit (performance.now()), Node and tsx start-up included; throughput = file size / that wall time.",
+  tree:
+    `${config.treeFiles.toLocaleString("en")} files of 1–16 KiB (uniform sizes, AES-CTR content) in ` +
+    `${config.treeFiles / 100} folders of 100 (d<k>/e<j>/), plus one ${humanBytes(config.treeBigBytes)} file, page ` +
+    "cache warm. One initial push to a fresh server DEST with a fresh --state-dir; wall time = spawn of the push to its " +
+    "exit. Phases come from the push's own JSON event times (ms resolution): start-up = spawn→`connected`, scan = " +
+    "`scan-start`→`scan-done`, transfer = `scan-done`→last `file-done`, exit = last `file-done`→process exit. " +
+    "CPU seconds of each process from /proc/<pid>/stat, sampled as for figure 1; server active = its first " +
+    "`file-start` to its last `file-done`.",
+  latency:
+    `A fresh server and \`keepwatch client SRC 127.0.0.1 --port P --json --state-dir FRESH --quiet-ms ${QUIET_MS}\` ` +
+    "(the default) on a folder of 10 files of 1 KiB; after the client's first `idle` event, " +
+    `${config.edits} times: write a new 512-byte file edit-NNN.txt (writeFileSync), time taken with performance.now() ` +
+    "just before the write, and again when the client's stdout line `file-done` (op put) for that path arrives in the " +
+    `bench process (read as lines); the next write starts ${EDIT_SPACING_MS} ms after the previous one (at least 10 ms ` +
+    "after its acknowledgement). Per run: median, p90 (nearest rank), max; the table gives the median of the 3 runs' " +
+    "values with min–max, and all edits pooled. Also noted: write → the client's `file-start` line for the path " +
+    "(detection + quiet time + comparison), and write → the server's `file-done` (Date.now() vs the server's JSON " +
+    `time, 1 ms resolution). Then, with the same client, ${config.isolatedEdits} more edits (lone-NNN.txt) spaced ` +
+    `${ISOLATED_SPACING_MS} ms apart, to show whether the spacing matters (with @parcel/watcher, the client's ` +
+    "watcher until commit a4f70c1, it did: events were held 50 ms unless the previous delivery was over 500 ms old).",
+};
+
+async function main(): Promise<void> {
+  const started = new Date();
+  console.log(`keepwatch foundation measurements${QUICK ? " (--quick: reduced sizes)" : ""}`);
+  console.log(
+    `machine: ${cpus().length} vCPU (${cpus()[0]?.model ?? "?"}), ${humanBytes(totalmem())} RAM, Node ${process.version}`,
+  );
+  const needBytes =
+    config.bigBytes * (1 + ROUNDS) +
+    (config.treeBigBytes + config.treeFiles * 9 * 1024) * (1 + ROUNDS) +
+    512 * MiB;
+  const fs = statfsSync("/tmp");
+  const freeBytes = fs.bavail * fs.bsize;
+  console.log(`disk: /tmp has ${humanBytes(freeBytes)} free; this run needs about ${humanBytes(needBytes)}`);
+  if (freeBytes < needBytes) throw new Error("not enough free space in /tmp");
+
+  const gitAtStart = gitDescribe();
+  console.log(
+    `code: git ${gitAtStart.head}, ${gitAtStart.dirtySrcFiles} uncommitted file(s) in src/ and package files; ` +
+      `source fingerprint ${sourceFingerprint()} (runs started from the working tree)`,
+  );
+
+  const work = mkdtempSync("/tmp/kw-measure-");
+  console.log(`data folder: ${work}${KEEP ? " (kept: --keep)" : " (removed at the end)"}`);
+  process.on("SIGINT", () => {
+    killAll();
+    if (!KEEP) rmSync(work, { recursive: true, force: true });
+    process.exit(130);
+  });
+
+  try {
+    // Start-up cost of the CLI alone, for reading the wall times below.
+    const startupS: number[] = [];
+    let startupRssKiB = Number.NaN;
+    const timeBin = existsSync("/usr/bin/time");
+    for (let i = 0; i < 3; i++) {
+      const t0 = performance.now();
+      const r = timeBin
+        ? spawnSync("/usr/bin/time", ["-f", "%M", process.execPath, "--import", "tsx", MAIN, "--version"], {
+            cwd: ROOT,
+            encoding: "utf8",
+          })
+        : spawnSync(process.execPath, ["--import", "tsx", MAIN, "--version"], {
+            cwd: ROOT,
+            encoding: "utf8",
+          });
+      startupS.push((performance.now() - t0) / 1000);
+      if (timeBin) startupRssKiB = Number(r.stderr.trim().split("\n").pop());
+    }
+    const startup = summarize(startupS);
+    console.log(
+      `CLI start-up (\`node --import tsx src/cli/main.ts --version\`, 3 runs): ${fmtSummary(startup, 2, "s")}` +
+        (timeBin ? `, max RSS ${fmt(startupRssKiB / 1024, 0)} MiB (/usr/bin/time)` : ""),
+    );
+
+    // Generate all data before any timed run.
+    console.log("\ngenerating data…");
+    let t0 = performance.now();
+    const bigSrc = join(work, "big");
+    mkdirSync(bigSrc);
+    writeBigFile(join(bigSrc, "big.bin"), config.bigBytes, "keepwatch-big");
+    const treeSrc = join(work, "tree");
+    mkdirSync(treeSrc);
+    const smallBytes = writeSmallTree(treeSrc, config.treeFiles, "keepwatch-tree");
+    writeBigFile(join(treeSrc, "big-1.bin"), config.treeBigBytes, "keepwatch-tree-big");
+    const latencySrcs: string[] = [];
+    for (let r = 1; r <= ROUNDS; r++) {
+      const dir = join(work, `watch-r${r}`);
+      mkdirSync(dir);
+      const stream = new ByteStream(`watch-${r}`);
+      for (let i = 0; i < 10; i++) writeFileSync(join(dir, `seed-${i}.txt`), stream.next(1024));
+      latencySrcs.push(dir);
+    }
+    syncDisks();
+    console.log(
+      `  ${humanBytes(config.bigBytes)} file; tree of ${config.treeFiles} small files (${humanBytes(smallBytes)}) + ` +
+        `${humanBytes(config.treeBigBytes)}; ${ROUNDS} watch folders; ${fmt((performance.now() - t0) / 1000, 1)} s incl. sync`,
+    );
+    console.log("  all sources are in the page cache (warm) for every run; caches are not dropped.");
+
+    console.log(`\nmethod 1 (peak RSS): ${METHODS.rss}`);
+    console.log(`method 2 (tree push): ${METHODS.tree}`);
+    console.log(`method 3 (latency): ${METHODS.latency}`);
+    console.log(
+      "common: before each run `sync` (flushes write-back of earlier runs; drops no cache), a wait (at most " +
+        `${QUIET_WAIT_S} s) until the machine's CPUs were under ${QUIET_BUSY * 100}% busy for one second (other ` +
+        `sessions share this machine), then a separate Node process touches and frees ${humanBytes(WARMUP_BYTES)}; ` +
+        "each run has its own fresh DEST and state folder; nothing is deleted until all runs are done; " +
+        `runs are interleaved 1 2 3 × ${ROUNDS}.`,
+    );
+
+    const rssRuns: PushRun[] = [];
+    const treeRuns: PushRun[] = [];
+    const latencyRuns: LatencyRun[] = [];
+    t0 = performance.now();
+    for (let round = 1; round <= ROUNDS; round++) {
+      console.log(`\nround ${round}/${ROUNDS}`);
+      rssRuns.push(await timedPush("big", work, bigSrc, round));
+      treeRuns.push(await timedPush("tree", work, treeSrc, round));
+      latencyRuns.push(await latencyRun(work, latencySrcs[round - 1] as string, round));
+    }
+    console.log(`\nall timed runs took ${fmt((performance.now() - t0) / 1000, 0)} s`);
+
+    // ------------------------------------------------------------ results
+    const s = (runs: PushRun[], pick: (r: PushRun) => number) => summarize(runs.map(pick));
+    const results = {
+      date: started.toISOString(),
+      git: gitAtStart,
+      sourceFingerprint: firstSource,
+      quick: QUICK,
+      machine: { cpus: cpus().length, model: cpus()[0]?.model, memBytes: totalmem(), node: process.version },
+      config: {
+        ...config,
+        rounds: ROUNDS,
+        quietMs: QUIET_MS,
+        sampleMs: SAMPLE_MS,
+        warmupBytes: WARMUP_BYTES,
+      },
+      methods: METHODS,
+      cliStartup: { wallS: startup, maxRssMiB: startupRssKiB / 1024 },
+      peakRss: {
+        fileBytes: config.bigBytes,
+        clientHwmMiB: s(rssRuns, (r) => r.clientHwmMiB),
+        serverHwmMiB: s(rssRuns, (r) => r.serverHwmMiB),
+        serverIdleHwmMiB: s(rssRuns, (r) => r.serverIdleHwmMiB),
+        pushWallS: s(rssRuns, (r) => r.wallS),
+        mibPerS: s(rssRuns, (r) => r.mibPerS),
+        transferS: s(rssRuns, (r) => r.phases.transferS),
+        transferMibPerS: s(rssRuns, (r) => config.bigBytes / MiB / r.phases.transferS),
+        clientCpuS: s(rssRuns, (r) => r.clientCpuS),
+        serverCpuS: s(rssRuns, (r) => r.serverCpuS),
+        clientSysS: s(rssRuns, (r) => r.clientSysS),
+        serverSysS: s(rssRuns, (r) => r.serverSysS),
+        runs: rssRuns,
+      },
+      tree: {
+        files: config.treeFiles + 1,
+        bytes: smallBytes + config.treeBigBytes,
+        pushWallS: s(treeRuns, (r) => r.wallS),
+        startupS: s(treeRuns, (r) => r.phases.startupS),
+        scanS: s(treeRuns, (r) => r.phases.scanS),
+        transferS: s(treeRuns, (r) => r.phases.transferS),
+        exitS: s(treeRuns, (r) => r.phases.exitS),
+        serverActiveS: s(treeRuns, (r) => r.serverActiveS),
+        clientCpuS: s(treeRuns, (r) => r.clientCpuS),
+        serverCpuS: s(treeRuns, (r) => r.serverCpuS),
+        clientSysS: s(treeRuns, (r) => r.clientSysS),
+        serverSysS: s(treeRuns, (r) => r.serverSysS),
+        clientHwmMiB: s(treeRuns, (r) => r.clientHwmMiB),
+        serverHwmMiB: s(treeRuns, (r) => r.serverHwmMiB),
+        runs: treeRuns,
+      },
+      latency: {
+        quietMs: QUIET_MS,
+        burst: latencySummary(latencyRuns.map((r) => r.burst)),
+        isolated: latencySummary(latencyRuns.map((r) => r.isolated)),
+        clientHwmMiB: summarize(latencyRuns.map((r) => r.clientHwmMiB)),
+        runs: latencyRuns,
+      },
+      contendedRuns: [...rssRuns, ...treeRuns, ...latencyRuns].filter((r) => !r.quiet).length,
+      sourceChangedRuns: [...rssRuns, ...treeRuns, ...latencyRuns].filter((r) => r.sourceChanged).length,
+    };
+    const burst = results.latency.burst;
+    const isolated = results.latency.isolated;
+
+    const rows: [string, string][] = [
+      [
+        `1. peak RSS, client (push of ${humanBytes(config.bigBytes)})`,
+        fmtSummary(results.peakRss.clientHwmMiB, 0, "MiB"),
+      ],
+      ["1. peak RSS, server", fmtSummary(results.peakRss.serverHwmMiB, 0, "MiB")],
+      ["   server VmHWM when idle after start", fmtSummary(results.peakRss.serverIdleHwmMiB, 0, "MiB")],
+      ["1. push wall time", fmtSummary(results.peakRss.pushWallS, 2, "s")],
+      ["1. throughput (size / wall)", fmtSummary(results.peakRss.mibPerS, 0, "MiB/s")],
+      [
+        "   transfer phase (scan-done → ack) and its rate",
+        `${fmtSummary(results.peakRss.transferS, 2, "s")}; ${fmt(results.peakRss.transferMibPerS.median, 0)} MiB/s`,
+      ],
+      [
+        "1. CPU user+sys (of it sys): client / server",
+        `${fmt(results.peakRss.clientCpuS.median, 2)} (${fmt(results.peakRss.clientSysS.median, 2)}) s / ` +
+          `${fmt(results.peakRss.serverCpuS.median, 2)} (${fmt(results.peakRss.serverSysS.median, 2)}) s`,
+      ],
+      [
+        `2. push of ${config.treeFiles.toLocaleString("en")} files + ${humanBytes(config.treeBigBytes)}, wall`,
+        fmtSummary(results.tree.pushWallS, 2, "s"),
+      ],
+      ["   start-up (spawn → connected)", fmtSummary(results.tree.startupS, 2, "s")],
+      ["   scan", fmtSummary(results.tree.scanS, 2, "s")],
+      ["   transfer (scan-done → last ack)", fmtSummary(results.tree.transferS, 2, "s")],
+      ["   exit (last ack → exit)", fmtSummary(results.tree.exitS, 2, "s")],
+      ["   server active (first start → last done)", fmtSummary(results.tree.serverActiveS, 2, "s")],
+      ["   CPU user+sys, client", fmtSummary(results.tree.clientCpuS, 2, "s")],
+      ["   CPU user+sys, server", fmtSummary(results.tree.serverCpuS, 2, "s")],
+      [
+        "   of it sys: client / server",
+        `${fmt(results.tree.clientSysS.median, 2)} s / ${fmt(results.tree.serverSysS.median, 2)} s`,
+      ],
+      [
+        "   peak RSS client / server",
+        `${fmt(results.tree.clientHwmMiB.median, 0)} MiB / ${fmt(results.tree.serverHwmMiB.median, 0)} MiB`,
+      ],
+      [
+        `3. write → file-done, median (--quiet-ms ${QUIET_MS}, ${config.edits} edits ${EDIT_SPACING_MS} ms apart)`,
+        fmtSummary(burst.medianMs, 1, "ms"),
+      ],
+      ["3. p90", fmtSummary(burst.p90Ms, 1, "ms")],
+      ["3. max", fmtSummary(burst.maxMs, 1, "ms")],
+      [
+        `   all ${burst.pooled.n} edits pooled: median / p90 / max / min`,
+        `${fmt(burst.pooled.medianMs, 1)} / ${fmt(burst.pooled.p90Ms, 1)} / ${fmt(burst.pooled.maxMs, 1)} / ${fmt(burst.pooled.minMs, 1)} ms`,
+      ],
+      ["   write → client file-start, median (pooled)", `${fmt(burst.toStartMedianMs, 1)} ms`],
+      ["   write → server commit, median (pooled, ms clock)", `${fmt(burst.serverCommitMedianMs, 0)} ms`],
+      [
+        `   same with ${config.isolatedEdits} edits ${ISOLATED_SPACING_MS} ms apart: median / p90 / max`,
+        `${fmt(isolated.medianMs.median, 1)} / ${fmt(isolated.p90Ms.median, 1)} / ${fmt(isolated.maxMs.median, 1)} ms ` +
+          `(pooled ${fmt(isolated.pooled.medianMs, 1)} / ${fmt(isolated.pooled.p90Ms, 1)} / ${fmt(isolated.pooled.maxMs, 1)})`,
+      ],
+      ["   watching client peak RSS", fmtSummary(results.latency.clientHwmMiB, 0, "MiB")],
+      ["CLI start-up alone (--version)", fmtSummary(startup, 2, "s")],
+    ];
+    const width = Math.max(...rows.map(([k]) => k.length));
+    console.log(
+      `\nresults: median of ${ROUNDS} runs (min–max); loopback; page cache warm${QUICK ? "; --quick" : ""}`,
+    );
+    console.log(`| ${"figure".padEnd(width)} | value |`);
+    console.log(`| ${"-".repeat(width)} | --- |`);
+    for (const [k, v] of rows) console.log(`| ${k.padEnd(width)} | ${v} |`);
+    const missed = burst.missed + isolated.missed;
+    if (missed > 0) console.log(`warning: ${missed} edits were never acknowledged`);
+    if (results.sourceChangedRuns > 0) {
+      console.log(
+        `warning: the sources changed before or during ${results.sourceChangedRuns} run(s): the figures mix code versions`,
+      );
+    }
+    if (results.contendedRuns > 0) {
+      console.log(`warning: ${results.contendedRuns} run(s) started while other work kept the machine busy`);
+    }
+
+    mkdirSync(dirname(OUT), { recursive: true });
+    writeFileSync(OUT, `${JSON.stringify(results, null, 2)}\n`);
+    console.log(`\nJSON: ${OUT}`);
+  } finally {
+    killAll();
+    if (!KEEP) {
+      const t = performance.now();
+      rmSync(work, { recursive: true, force: true });
+      console.log(`removed ${work} (${fmt((performance.now() - t) / 1000, 1)} s)`);
+    }
+  }
+}
+
+main().catch((error) => {
+  killAll();
+  console.error(error instanceof Error ? error.message : error);
+  process.exit(1);
+});
