@@ -37,6 +37,8 @@ export const ErrorCodes = {
   KW_HASH_MISMATCH: { exit: ExitCode.refused, wire: true },
   KW_SERVER_IO: { exit: ExitCode.failure, wire: true },
   KW_DISK_FULL: { exit: ExitCode.failure, wire: true },
+  KW_CHUNK_MISSING: { exit: ExitCode.failure, wire: true },
+  KW_CHUNK_CORRUPT: { exit: ExitCode.failure, wire: true },
   // local conditions (never on the wire)
   KW_USAGE: { exit: ExitCode.usage, wire: false },
   KW_SOURCE_MISSING: { exit: ExitCode.localFiles, wire: false },
