@@ -1,0 +1,188 @@
+// One conformance suite for every MetadataStore implementation: each registers it with
+// a function that opens a fresh, empty store.
+
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { describe, test } from "node:test";
+import type { ChunkRef, MetadataStore, NewVersion } from "./metadata-store.js";
+
+export interface OpenedMetadataStore {
+  store: MetadataStore;
+  /** Close and open the same store again (omitted for stores that do not persist). */
+  reopen?: () => Promise<MetadataStore>;
+  cleanup(): Promise<void>;
+}
+
+function sha(text: string): Buffer {
+  return createHash("sha256").update(text).digest();
+}
+
+function chunksOf(...parts: string[]): ChunkRef[] {
+  return parts.map((p) => ({ id: sha(`chunk:${p}`), length: p.length }));
+}
+
+function file(set: string, path: string, body: string, time: number, parts = [body]): NewVersion {
+  return {
+    set,
+    path,
+    kind: "file",
+    size: body.length,
+    mtimeMs: time - 5,
+    mode: 0o644,
+    time,
+    content: { sha256: sha(body), chunks: chunksOf(...parts) },
+  };
+}
+
+export function runMetadataStoreConformance(name: string, open: () => Promise<OpenedMetadataStore>): void {
+  describe(`MetadataStore conformance: ${name}`, () => {
+    test("a file version records its content once; a second file with the same content reuses it", async () => {
+      const { store, cleanup } = await open();
+      try {
+        const v1 = await store.commitVersion(file("s", "a.txt", "hello world", 1000, ["hello ", "world"]));
+        assert.equal(v1.kind, "file");
+        assert.equal(v1.size, 11);
+        assert.deepEqual(v1.sha256, sha("hello world"));
+        assert.deepEqual(await store.findContent(sha("hello world")), {
+          sha256: sha("hello world"),
+          size: 11,
+          chunkCount: 2,
+        });
+        assert.deepEqual(await store.contentChunks(sha("hello world")), chunksOf("hello ", "world"));
+        // A copy needs no chunk list: the content is known.
+        const copy = await store.commitVersion({
+          set: "other",
+          path: "copy.txt",
+          kind: "file",
+          size: 11,
+          mtimeMs: 1,
+          mode: 0o600,
+          time: 1001,
+          content: { sha256: sha("hello world") },
+        });
+        assert.ok(copy.id > v1.id, "ids grow in commit order");
+        assert.deepEqual(await store.sets(), ["other", "s"]);
+        assert.equal(await store.findContent(sha("nothing")), null);
+        await assert.rejects(
+          store.commitVersion({ ...file("s", "x", "new", 1002), content: { sha256: sha("new") } }),
+          "new content without chunks is refused",
+        );
+        await assert.rejects(
+          store.commitVersion(file("s", "y", "abc", 1003, ["ab"])),
+          "chunks that do not add up to the size are refused",
+        );
+      } finally {
+        await cleanup();
+      }
+    });
+
+    test("versionAt, history and listAt see the tree as it was at any moment", async () => {
+      const { store, cleanup } = await open();
+      try {
+        await store.commitVersion(file("s", "a.txt", "one", 1000));
+        await store.commitVersion({
+          set: "s",
+          path: "dir",
+          kind: "dir",
+          size: 0,
+          mtimeMs: 1,
+          mode: 0o755,
+          time: 1000,
+        });
+        await store.commitVersion(file("s", "dir/b.txt", "bee", 1100));
+        await store.commitVersion(file("s", "a.txt", "two", 1200));
+        await store.commitVersion({
+          set: "s",
+          path: "dir",
+          kind: "deleted",
+          size: 0,
+          mtimeMs: 0,
+          mode: 0,
+          time: 1300,
+        });
+        await store.commitVersion(file("s", "dir b", "sibling", 1400));
+
+        assert.equal(
+          (await store.versionAt("s", "a.txt", 1150))?.sha256?.toString("hex"),
+          sha("one").toString("hex"),
+        );
+        assert.deepEqual((await store.versionAt("s", "a.txt"))?.sha256, sha("two"));
+        assert.equal(await store.versionAt("s", "a.txt", 999), null);
+        assert.equal(await store.versionAt("nope", "a.txt"), null);
+        assert.equal(
+          (await store.versionAt("s", "dir/b.txt"))?.kind,
+          "deleted",
+          "a folder delete reaches below it",
+        );
+
+        const paths = async (time?: number, prefix?: string) =>
+          (await store.listAt("s", time, prefix)).map((v) => `${v.path}:${v.kind}`);
+        assert.deepEqual(await paths(1150), ["a.txt:file", "dir:dir", "dir/b.txt:file"]);
+        assert.deepEqual(await paths(1150, "dir"), ["dir:dir", "dir/b.txt:file"]);
+        assert.deepEqual(await paths(1350), ["a.txt:file"]);
+        assert.deepEqual(await paths(), ["a.txt:file", "dir b:file"]);
+        assert.deepEqual(await paths(1400, "dir"), [], "a sibling sharing the prefix is not below it");
+
+        const history = await store.history("s", "dir");
+        assert.deepEqual(
+          history.map((v) => `${v.path}:${v.kind}@${v.time}`),
+          ["dir:dir@1000", "dir/b.txt:file@1100", "dir/b.txt:deleted@1300", "dir:deleted@1300"],
+        );
+        assert.deepEqual(
+          (await store.history("s", "a.txt")).map((v) => v.time),
+          [1000, 1200],
+        );
+      } finally {
+        await cleanup();
+      }
+    });
+
+    test("dropVersions frees exactly the chunks nothing else references", async () => {
+      const { store, cleanup } = await open();
+      try {
+        const old = await store.commitVersion(file("s", "f", "aaabbb", 1000, ["aaa", "bbb"]));
+        await store.commitVersion(file("s", "f", "aaaccc", 1100, ["aaa", "ccc"]));
+        const shared = await store.commitVersion(file("t", "g", "ddd", 1200));
+        const sameAsShared = await store.commitVersion(file("t", "h", "ddd", 1300));
+        const freed = await store.dropVersions([old.id, shared.id]);
+        assert.deepEqual(
+          freed.map((id) => id.toString("hex")).sort(),
+          [sha("chunk:bbb").toString("hex")],
+          "bbb is freed; aaa is still used by the newer version; ddd by the copy",
+        );
+        assert.equal(await store.findContent(sha("aaabbb")), null);
+        assert.ok(await store.findContent(sha("ddd")));
+        const left = [];
+        for await (const v of store.allVersions()) left.push(v.id);
+        assert.equal(left.length, 2);
+        assert.ok(left.includes(sameAsShared.id));
+        const referenced = [];
+        for await (const id of store.referencedChunks()) referenced.push(id.toString("hex"));
+        assert.deepEqual(
+          referenced.sort(),
+          [sha("chunk:aaa"), sha("chunk:ccc"), sha("chunk:ddd")].map((b) => b.toString("hex")).sort(),
+        );
+        assert.deepEqual(await store.dropVersions([]), []);
+      } finally {
+        await cleanup();
+      }
+    });
+
+    test("committed versions survive closing and opening again", async (t) => {
+      const opened = await open();
+      if (!opened.reopen) {
+        t.skip("this store does not persist");
+        await opened.cleanup();
+        return;
+      }
+      try {
+        const v = await opened.store.commitVersion(file("s", "keep.txt", "kept", 1000));
+        const again = await opened.reopen();
+        assert.deepEqual(await again.versionAt("s", "keep.txt"), v);
+        assert.deepEqual(await again.contentChunks(sha("kept")), chunksOf("kept"));
+      } finally {
+        await opened.cleanup();
+      }
+    });
+  });
+}

@@ -1,0 +1,98 @@
+// The metadata store: which sets exist, every version of every path (deletes included),
+// and for each distinct file content its ordered list of chunks. Chunks themselves live
+// in the ChunkStore. The local implementation is SQLite; PostgreSQL can come later
+// behind the same interface. This, with the chunk store, is the history: the source of
+// truth from which the mirror can always be rebuilt.
+
+import type { ChunkId } from "./chunk-store.js";
+
+/** One chunk of a content, in file order. */
+export interface ChunkRef {
+  id: ChunkId;
+  length: number;
+}
+
+export type VersionKind = "file" | "dir" | "deleted";
+
+export interface VersionRecord {
+  /** Unique and increasing in commit order across the whole store. */
+  id: number;
+  set: string;
+  /** Set-relative path (wire rules of src/protocol/paths.ts). */
+  path: string;
+  /** When the server committed it (ms since the epoch, server clock). */
+  time: number;
+  kind: VersionKind;
+  /** Content size for files; 0 otherwise. */
+  size: number;
+  /** The file's own mtime (files and folders); 0 for deletes. */
+  mtimeMs: number;
+  /** Permission bits (mode & 0o7777); 0 for deletes. */
+  mode: number;
+  /** SHA-256 of the whole content (files only). */
+  sha256: Buffer | null;
+}
+
+export interface NewVersion {
+  set: string;
+  path: string;
+  kind: VersionKind;
+  size: number;
+  mtimeMs: number;
+  mode: number;
+  /** For files: the content's hash and, when the store does not have it yet, its chunks. */
+  content?: { sha256: Buffer; chunks?: ChunkRef[] };
+  /** Commit time; defaults to now (tests pass their own). */
+  time?: number;
+}
+
+export interface ContentInfo {
+  sha256: Buffer;
+  size: number;
+  chunkCount: number;
+}
+
+export interface MetadataStore {
+  /** The stored content with this whole-file hash, or null. */
+  findContent(sha256: Buffer): Promise<ContentInfo | null>;
+
+  /** The chunks of a stored content in file order; throws when the content is unknown. */
+  contentChunks(sha256: Buffer): Promise<ChunkRef[]>;
+
+  /**
+   * Record a version, durably and atomically with its content rows (when new). A file
+   * version whose content is unknown must carry its chunks. Returns the stored record.
+   */
+  commitVersion(version: NewVersion): Promise<VersionRecord>;
+
+  /** The newest version of exactly `path` committed at or before `time` (default: latest). */
+  versionAt(set: string, path: string, time?: number): Promise<VersionRecord | null>;
+
+  /** Every version of `path` and of everything below it, oldest first. */
+  history(set: string, path: string): Promise<VersionRecord[]>;
+
+  /**
+   * The tree of `set` as it was at `time` (default: latest): for each path at or below
+   * `prefix` ("" for all) its newest version at or before `time`, leaving out paths
+   * whose newest version is a delete. Sorted by path.
+   */
+  listAt(set: string, time?: number, prefix?: string): Promise<VersionRecord[]>;
+
+  /** Names of all sets, sorted. */
+  sets(): Promise<string[]>;
+
+  /** Every version of every set, in commit order (for verify and prune). */
+  allVersions(): AsyncIterable<VersionRecord>;
+
+  /**
+   * Remove the given versions and every content no remaining version uses; returns the
+   * ids of chunks that no remaining content references (for the chunk store to delete).
+   * Atomic: either all of it happens or none.
+   */
+  dropVersions(ids: number[]): Promise<ChunkId[]>;
+
+  /** Every chunk id referenced by any stored content. */
+  referencedChunks(): AsyncIterable<ChunkId>;
+
+  close(): Promise<void>;
+}

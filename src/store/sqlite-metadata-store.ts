@@ -1,0 +1,297 @@
+// The local metadata store: one SQLite database (WAL, synchronous=FULL, so a commit is
+// durable when it returns) holding sets, contents with their chunk lists, and versions.
+// Identical contents are stored once, so an unchanged, renamed or copied file costs one
+// version row and no chunk rows.
+
+import { mkdirSync } from "node:fs";
+import { dirname } from "node:path";
+import Database from "better-sqlite3";
+import { KeepwatchError } from "../errors.js";
+import type { ChunkId } from "./chunk-store.js";
+import type {
+  ChunkRef,
+  ContentInfo,
+  MetadataStore,
+  NewVersion,
+  VersionKind,
+  VersionRecord,
+} from "./metadata-store.js";
+
+/** Bump, with a migration in `migrate`, whenever the schema changes. */
+const SCHEMA_VERSION = 1;
+
+interface VersionRow {
+  id: number;
+  set_name: string;
+  path: string;
+  time: number;
+  kind: VersionKind;
+  size: number;
+  mtime_ms: number;
+  mode: number;
+  sha256: Buffer | null;
+}
+
+const VERSION_COLUMNS = `v.id, s.name AS set_name, v.path, v.time, v.kind, v.size, v.mtime_ms, v.mode, c.sha256`;
+const VERSION_JOINS = `FROM versions v JOIN sets s ON s.id = v.set_id LEFT JOIN contents c ON c.id = v.content_id`;
+
+function toRecord(row: VersionRow): VersionRecord {
+  return {
+    id: row.id,
+    set: row.set_name,
+    path: row.path,
+    time: row.time,
+    kind: row.kind,
+    size: row.size,
+    mtimeMs: row.mtime_ms,
+    mode: row.mode,
+    sha256: row.sha256,
+  };
+}
+
+/** The bounds of the paths strictly below `path`: ["path/", "path0") ("0" follows "/"). */
+function below(path: string): [string, string] {
+  return [`${path}/`, `${path}0`];
+}
+
+export class SqliteMetadataStore implements MetadataStore {
+  private readonly db: Database.Database;
+  private readonly stmt;
+
+  private constructor(db: Database.Database) {
+    this.db = db;
+    this.stmt = {
+      setId: db.prepare<[string], { id: number }>("SELECT id FROM sets WHERE name = ?"),
+      addSet: db.prepare<[string]>("INSERT INTO sets (name) VALUES (?)"),
+      sets: db.prepare<[], { name: string }>("SELECT name FROM sets ORDER BY name"),
+      content: db.prepare<[Buffer], { id: number; sha256: Buffer; size: number; chunk_count: number }>(
+        "SELECT id, sha256, size, chunk_count FROM contents WHERE sha256 = ?",
+      ),
+      addContent: db.prepare<[Buffer, number, number]>(
+        "INSERT INTO contents (sha256, size, chunk_count) VALUES (?, ?, ?)",
+      ),
+      addChunk: db.prepare<[number, number, Buffer, number]>(
+        "INSERT INTO content_chunks (content_id, idx, chunk_id, length) VALUES (?, ?, ?, ?)",
+      ),
+      chunks: db.prepare<[number], { chunk_id: Buffer; length: number }>(
+        "SELECT chunk_id, length FROM content_chunks WHERE content_id = ? ORDER BY idx",
+      ),
+      addVersion: db.prepare<[number, string, number, string, number, number, number, number | null]>(
+        "INSERT INTO versions (set_id, path, time, kind, size, mtime_ms, mode, content_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+      ),
+      version: db.prepare<[number], VersionRow>(`SELECT ${VERSION_COLUMNS} ${VERSION_JOINS} WHERE v.id = ?`),
+      versionAt: db.prepare<[number, string, number], VersionRow>(
+        `SELECT ${VERSION_COLUMNS} ${VERSION_JOINS} WHERE v.set_id = ? AND v.path = ? AND v.time <= ? ORDER BY v.id DESC LIMIT 1`,
+      ),
+      history: db.prepare<[number, string, string, string], VersionRow>(
+        `SELECT ${VERSION_COLUMNS} ${VERSION_JOINS}
+         WHERE v.set_id = ? AND (v.path = ? OR (v.path >= ? AND v.path < ?)) ORDER BY v.id`,
+      ),
+      listAt: db.prepare<[number, number, number, string, string, string], VersionRow>(
+        `SELECT ${VERSION_COLUMNS} ${VERSION_JOINS}
+         JOIN (SELECT MAX(id) AS id FROM versions
+               WHERE set_id = ? AND time <= ? AND (? OR path = ? OR (path >= ? AND path < ?))
+               GROUP BY path) newest ON newest.id = v.id
+         WHERE v.kind != 'deleted' ORDER BY v.path`,
+      ),
+      all: db.prepare<[], VersionRow>(`SELECT ${VERSION_COLUMNS} ${VERSION_JOINS} ORDER BY v.id`),
+      referenced: db.prepare<[], { chunk_id: Buffer }>("SELECT DISTINCT chunk_id FROM content_chunks"),
+    };
+  }
+
+  /** Open (creating if needed) the database at `file`. */
+  static open(file: string): SqliteMetadataStore {
+    try {
+      mkdirSync(dirname(file), { recursive: true });
+      const db = new Database(file);
+      db.pragma("journal_mode = WAL");
+      db.pragma("synchronous = FULL");
+      db.pragma("foreign_keys = ON");
+      migrate(db);
+      return new SqliteMetadataStore(db);
+    } catch (error) {
+      if (error instanceof KeepwatchError) throw error;
+      throw new KeepwatchError(
+        "KW_SERVER_IO",
+        `The history index ${file} cannot be opened (${error instanceof Error ? error.message : String(error)}); check the folder's permissions and free space.`,
+        { cause: error },
+      );
+    }
+  }
+
+  async findContent(sha256: Buffer): Promise<ContentInfo | null> {
+    const row = this.stmt.content.get(sha256);
+    return row ? { sha256: row.sha256, size: row.size, chunkCount: row.chunk_count } : null;
+  }
+
+  async contentChunks(sha256: Buffer): Promise<ChunkRef[]> {
+    const row = this.stmt.content.get(sha256);
+    if (!row) throw new Error(`unknown content ${sha256.toString("hex")}`);
+    return this.stmt.chunks.all(row.id).map((c) => ({ id: c.chunk_id, length: c.length }));
+  }
+
+  async commitVersion(version: NewVersion): Promise<VersionRecord> {
+    const id = this.db.transaction(() => {
+      const setId = this.ensureSet(version.set);
+      const time = version.time ?? Date.now();
+      let contentId: number | null = null;
+      if (version.kind === "file") contentId = this.ensureContent(version);
+      if (version.kind === "deleted") this.deleteBelow(setId, version.path, time);
+      const result = this.stmt.addVersion.run(
+        setId,
+        version.path,
+        time,
+        version.kind,
+        version.kind === "file" ? version.size : 0,
+        version.kind === "deleted" ? 0 : version.mtimeMs,
+        version.kind === "deleted" ? 0 : version.mode & 0o7777,
+        contentId,
+      );
+      return Number(result.lastInsertRowid);
+    })();
+    return toRecord(this.stmt.version.get(id) as VersionRow);
+  }
+
+  async versionAt(set: string, path: string, time = Number.MAX_SAFE_INTEGER): Promise<VersionRecord | null> {
+    const setId = this.stmt.setId.get(set)?.id;
+    if (setId === undefined) return null;
+    const row = this.stmt.versionAt.get(setId, path, time);
+    return row ? toRecord(row) : null;
+  }
+
+  async history(set: string, path: string): Promise<VersionRecord[]> {
+    const setId = this.stmt.setId.get(set)?.id;
+    if (setId === undefined) return [];
+    return this.stmt.history.all(setId, path, ...below(path)).map(toRecord);
+  }
+
+  async listAt(set: string, time = Number.MAX_SAFE_INTEGER, prefix = ""): Promise<VersionRecord[]> {
+    const setId = this.stmt.setId.get(set)?.id;
+    if (setId === undefined) return [];
+    const all = prefix === "" ? 1 : 0;
+    return this.stmt.listAt.all(setId, time, all, prefix, ...below(prefix)).map(toRecord);
+  }
+
+  async sets(): Promise<string[]> {
+    return this.stmt.sets.all().map((r) => r.name);
+  }
+
+  async *allVersions(): AsyncIterable<VersionRecord> {
+    for (const row of this.stmt.all.iterate()) yield toRecord(row);
+  }
+
+  async dropVersions(ids: number[]): Promise<ChunkId[]> {
+    return this.db.transaction(() => {
+      this.db.exec("CREATE TEMP TABLE IF NOT EXISTS dropped (id INTEGER PRIMARY KEY)");
+      this.db.exec("DELETE FROM dropped");
+      const add = this.db.prepare<[number]>("INSERT OR IGNORE INTO dropped (id) VALUES (?)");
+      for (const id of ids) add.run(id);
+      // Contents used by the dropped versions and by no other version become orphans.
+      this.db.exec(`
+        CREATE TEMP TABLE IF NOT EXISTS orphans (id INTEGER PRIMARY KEY);
+        DELETE FROM orphans;
+        INSERT INTO orphans (id)
+          SELECT DISTINCT v.content_id FROM versions v JOIN dropped d ON d.id = v.id
+          WHERE v.content_id IS NOT NULL
+            AND NOT EXISTS (SELECT 1 FROM versions o
+                            WHERE o.content_id = v.content_id AND o.id NOT IN (SELECT id FROM dropped));
+        DELETE FROM versions WHERE id IN (SELECT id FROM dropped);
+        CREATE TEMP TABLE IF NOT EXISTS freed (chunk_id BLOB PRIMARY KEY);
+        DELETE FROM freed;
+        INSERT OR IGNORE INTO freed (chunk_id)
+          SELECT chunk_id FROM content_chunks WHERE content_id IN (SELECT id FROM orphans);
+        DELETE FROM content_chunks WHERE content_id IN (SELECT id FROM orphans);
+        DELETE FROM contents WHERE id IN (SELECT id FROM orphans);
+        DELETE FROM freed WHERE chunk_id IN (SELECT chunk_id FROM content_chunks);
+      `);
+      return this.db
+        .prepare<[], { chunk_id: Buffer }>("SELECT chunk_id FROM freed")
+        .all()
+        .map((r) => r.chunk_id);
+    })();
+  }
+
+  async *referencedChunks(): AsyncIterable<ChunkId> {
+    for (const row of this.stmt.referenced.iterate()) yield row.chunk_id;
+  }
+
+  async close(): Promise<void> {
+    this.db.close();
+  }
+
+  private ensureSet(name: string): number {
+    const existing = this.stmt.setId.get(name);
+    if (existing) return existing.id;
+    return Number(this.stmt.addSet.run(name).lastInsertRowid);
+  }
+
+  private ensureContent(version: NewVersion): number {
+    const content = version.content;
+    if (!content) throw new Error(`file version of ${version.path} has no content`);
+    const existing = this.stmt.content.get(content.sha256);
+    if (existing) return existing.id;
+    const chunks = content.chunks;
+    if (!chunks) throw new Error(`new content for ${version.path} has no chunk list`);
+    const total = chunks.reduce((sum, c) => sum + c.length, 0);
+    if (total !== version.size) {
+      throw new Error(`the chunks of ${version.path} add up to ${total} bytes, not ${version.size}`);
+    }
+    const id = Number(this.stmt.addContent.run(content.sha256, version.size, chunks.length).lastInsertRowid);
+    chunks.forEach((chunk, idx) => {
+      this.stmt.addChunk.run(id, idx, chunk.id, chunk.length);
+    });
+    return id;
+  }
+
+  /** A deleted folder takes everything below it along: record a delete for each live path. */
+  private deleteBelow(setId: number, path: string, time: number): void {
+    const live = this.stmt.listAt.all(setId, Number.MAX_SAFE_INTEGER, 0, path, ...below(path));
+    for (const row of live) {
+      if (row.path === path) continue;
+      this.stmt.addVersion.run(setId, row.path, time, "deleted", 0, 0, 0, null);
+    }
+  }
+}
+
+function migrate(db: Database.Database): void {
+  const version = db.pragma("user_version", { simple: true }) as number;
+  if (version > SCHEMA_VERSION) {
+    throw new KeepwatchError(
+      "KW_SERVER_IO",
+      `The history index was written by a newer keepwatch (schema ${version}); run that version or a newer one.`,
+    );
+  }
+  if (version < 1) {
+    db.exec(`
+      CREATE TABLE sets (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+      CREATE TABLE contents (
+        id INTEGER PRIMARY KEY,
+        sha256 BLOB NOT NULL UNIQUE,
+        size INTEGER NOT NULL,
+        chunk_count INTEGER NOT NULL
+      );
+      CREATE TABLE content_chunks (
+        content_id INTEGER NOT NULL REFERENCES contents (id),
+        idx INTEGER NOT NULL,
+        chunk_id BLOB NOT NULL,
+        length INTEGER NOT NULL,
+        PRIMARY KEY (content_id, idx)
+      ) WITHOUT ROWID;
+      CREATE INDEX content_chunks_by_chunk ON content_chunks (chunk_id);
+      CREATE TABLE versions (
+        id INTEGER PRIMARY KEY,
+        set_id INTEGER NOT NULL REFERENCES sets (id),
+        path TEXT NOT NULL,
+        time INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('file', 'dir', 'deleted')),
+        size INTEGER NOT NULL,
+        mtime_ms REAL NOT NULL,
+        mode INTEGER NOT NULL,
+        content_id INTEGER REFERENCES contents (id)
+      );
+      CREATE INDEX versions_by_path ON versions (set_id, path, id);
+      CREATE INDEX versions_by_content ON versions (content_id);
+    `);
+    db.pragma(`user_version = ${SCHEMA_VERSION}`);
+  }
+}
