@@ -33,6 +33,27 @@ export interface FileTransfer {
   delete(path: string): Promise<void>;
 }
 
+/**
+ * A file's timestamps advance in coarse ticks (a few ms on Linux), so a write in the same
+ * tick as its last change leaves mtime and ctime as they were. A read is trustworthy
+ * only if the file's last change is at least this much older than the read's start: then
+ * any write during the read moves the timestamps and the before/after check sees it.
+ */
+const TIMESTAMP_TICK_MS = 20;
+const SETTLE_ATTEMPTS = 10;
+
+/** Stat `fd` once its last change is old enough; null if it keeps changing. */
+async function settledStat(fd: number): Promise<Stats | null> {
+  for (let attempt = 0; attempt < SETTLE_ATTEMPTS; attempt++) {
+    const st = fstatSync(fd);
+    const age = Date.now() - Math.max(st.mtimeMs, st.ctimeMs);
+    // A time far in the future (a clock set wrong, `touch -d`) is not a recent write.
+    if (age >= TIMESTAMP_TICK_MS || age < -TIMESTAMP_TICK_MS) return st;
+    await new Promise((resolve) => setTimeout(resolve, TIMESTAMP_TICK_MS - age + 1));
+  }
+  return null;
+}
+
 function sameFile(a: Stats, b: Stats): boolean {
   return a.size === b.size && a.mtimeMs === b.mtimeMs && a.ctimeMs === b.ctimeMs && a.ino === b.ino;
 }
@@ -65,7 +86,8 @@ export class WholeFileTransfer implements FileTransfer {
     let outcome: PutOutcome;
     let answer: Promise<void> | null = null;
     try {
-      const before = fstatSync(fd);
+      const before = await settledStat(fd);
+      if (!before) return { status: "changed" };
       const entry = diskEntry(path, before);
       if (!entry || entry.kind !== "file") return { status: "vanished" };
       if (skipIf(entry)) return { status: "unchanged" };
