@@ -39,6 +39,8 @@ export const ErrorCodes = {
   KW_DISK_FULL: { exit: ExitCode.failure, wire: true },
   KW_CHUNK_MISSING: { exit: ExitCode.failure, wire: true },
   KW_CHUNK_CORRUPT: { exit: ExitCode.failure, wire: true },
+  KW_CONTENT_UNKNOWN: { exit: ExitCode.failure, wire: true },
+  KW_NOT_FOUND: { exit: ExitCode.failure, wire: true },
   // local conditions (never on the wire)
   KW_USAGE: { exit: ExitCode.usage, wire: false },
   KW_SOURCE_MISSING: { exit: ExitCode.localFiles, wire: false },
