@@ -1,0 +1,119 @@
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import fc from "fast-check";
+import { decodeHistory, type Entry, encodeHistory, type ManifestOp } from "./history-messages.js";
+
+const sha = fc.uint8Array({ minLength: 32, maxLength: 32 }).map((a) => Buffer.from(a));
+const u32 = fc.integer({ min: 0, max: 0xffffffff });
+const path = fc.string({ minLength: 1, maxLength: 40 }).filter((s) => !/[\uD800-\uDFFF]/.test(s));
+const header = fc
+  .record({
+    path,
+    size: fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER }),
+    mtimeMs: fc.double({ noNaN: true, noDefaultInfinity: true }),
+    mode: u32,
+    sha256: sha,
+  })
+  .map((h) => ({ ...h }));
+// fast-check builds records without a prototype; the decoder returns plain objects.
+const op: fc.Arbitrary<ManifestOp> = fc
+  .oneof(
+    fc.record({
+      op: fc.constant("copy" as const),
+      start: u32,
+      count: fc.integer({ min: 1, max: 0xffffffff }),
+    }),
+    fc.record({ op: fc.constant("new" as const), length: u32, id: sha }),
+  )
+  .map((o): ManifestOp => ({ ...o }));
+
+describe("history messages", () => {
+  test("PUT_REF and MANIFEST_BEGIN round-trip", () => {
+    fc.assert(
+      fc.property(
+        header,
+        fc.boolean(),
+        fc.integer({ min: 0, max: 4 * 1024 * 1024 }),
+        sha,
+        (h, withBase, n, base) => {
+          assert.deepEqual(decodeHistory.putRef(encodeHistory.putRef(h)), h);
+          const m = { ...h, base: withBase ? base : Buffer.alloc(0), chunkCount: n };
+          assert.deepEqual(decodeHistory.manifestBegin(encodeHistory.manifestBegin(m)), m);
+        },
+      ),
+    );
+  });
+
+  test("manifest ops round-trip, packed into frames without splitting an op", () => {
+    fc.assert(
+      fc.property(fc.array(op, { maxLength: 200 }), fc.integer({ min: 37, max: 2000 }), (ops, maxPayload) => {
+        const payloads = encodeHistory.manifestData(ops, maxPayload);
+        for (const p of payloads) assert.ok(p.length <= maxPayload);
+        assert.deepEqual(payloads.flatMap(decodeHistory.manifestData), ops);
+      }),
+    );
+  });
+
+  test("bad manifests are refused", () => {
+    assert.throws(() => decodeHistory.manifestData(Buffer.from([3, 0, 0])), { code: "KW_BAD_MESSAGE" });
+    assert.throws(() => decodeHistory.manifestData(Buffer.from([1, 0, 0, 0, 0])), { code: "KW_BAD_MESSAGE" });
+    const zeroCopy = encodeHistory.manifestData([{ op: "copy", start: 0, count: 1 }], 100)[0] as Buffer;
+    zeroCopy.writeUInt32BE(0, 5);
+    assert.throws(() => decodeHistory.manifestData(zeroCopy), { code: "KW_BAD_MESSAGE" });
+    const begin = encodeHistory.manifestBegin({
+      path: "a",
+      size: 1,
+      mtimeMs: 0,
+      mode: 0,
+      sha256: Buffer.alloc(32),
+      base: Buffer.alloc(0),
+      chunkCount: 4 * 1024 * 1024 + 1,
+    });
+    assert.throws(() => decodeHistory.manifestBegin(begin), { code: "KW_BAD_MESSAGE" });
+  });
+
+  test("NEED, CHUNK, LIST, ENTRY and RESTORE round-trip", () => {
+    fc.assert(
+      fc.property(
+        fc.boolean(),
+        fc.array(fc.tuple(u32, u32), { maxLength: 50 }),
+        fc.uint8Array({ maxLength: 300 }),
+        u32,
+        path,
+        (last, ranges, data, index, p) => {
+          assert.deepEqual(decodeHistory.need(encodeHistory.need({ last, ranges })), { last, ranges });
+          const chunk = decodeHistory.chunk(encodeHistory.chunk(index, Buffer.from(data)));
+          assert.equal(chunk.index, index);
+          assert.deepEqual(chunk.data, Buffer.from(data));
+          for (const mode of [0, 1] as const) {
+            assert.deepEqual(decodeHistory.list(encodeHistory.list({ path: p, time: -1, mode })), {
+              path: p,
+              time: -1,
+              mode,
+            });
+          }
+          assert.deepEqual(decodeHistory.restore(encodeHistory.restore({ path: p, time: 123.5 })), {
+            path: p,
+            time: 123.5,
+          });
+        },
+      ),
+    );
+    const entry: Entry = {
+      path: "dir/ü.txt",
+      kind: "file",
+      size: 5,
+      mtimeMs: 1.5,
+      mode: 0o644,
+      sha256: Buffer.alloc(32, 7),
+      versionId: 42,
+      time: 1_700_000_000_000,
+    };
+    assert.deepEqual(decodeHistory.entry(encodeHistory.entry(entry)), entry);
+    const deleted: Entry = { ...entry, kind: "deleted", sha256: Buffer.alloc(0), size: 0 };
+    assert.deepEqual(decodeHistory.entry(encodeHistory.entry(deleted)), deleted);
+    const bad = encodeHistory.entry(entry);
+    bad.writeUInt8(9, 4 + Buffer.byteLength(entry.path));
+    assert.throws(() => decodeHistory.entry(bad), { code: "KW_BAD_MESSAGE" });
+  });
+});
