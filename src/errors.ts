@@ -55,6 +55,9 @@ export const ErrorCodes = {
   KW_CONNECTION_LOST: { exit: ExitCode.network, wire: false },
   KW_NOT_KEEPWATCH: { exit: ExitCode.refused, wire: false },
   KW_PUSH_INCOMPLETE: { exit: ExitCode.failure, wire: false },
+  KW_TARGET_EXISTS: { exit: ExitCode.localFiles, wire: false },
+  KW_TARGET_UNUSABLE: { exit: ExitCode.localFiles, wire: false },
+  KW_INTERRUPTED: { exit: ExitCode.failure, wire: false },
 } as const;
 
 export type ErrorCode = keyof typeof ErrorCodes;

@@ -149,12 +149,18 @@ describe("mistakes: one sentence, the right exit code, nothing written", { timeo
 
   it('push --name ".keepwatch" to a real server: exit 5, DEST untouched', async () => {
     const storeId = await readFile(join(dest, ".keepwatch", "store-id"), "utf8");
+    const controlBefore = (await readdir(join(dest, ".keepwatch"))).sort();
     const since = server.events.length;
     const json = await box.push(src, server.port, ["--name", ".keepwatch"]);
     assertFatalJson(json, { exit: 5, code: "KW_BAD_SET_NAME" });
     await assertServerUntouched(since);
     assert.equal(await readFile(join(dest, ".keepwatch", "store-id"), "utf8"), storeId, "store-id unchanged");
-    assert.deepEqual((await readdir(join(dest, ".keepwatch"))).sort(), ["store-id", "tmp"]);
+    assert.deepEqual(
+      (await readdir(join(dest, ".keepwatch"))).sort(),
+      controlBefore,
+      "no file added to .keepwatch",
+    );
+    assert.deepEqual(await readdir(join(dest, ".keepwatch", "tmp")), []);
   });
 
   it("server with DEST a file: exit 3, KW_DEST_NOT_DIR, the file untouched", async () => {

@@ -12,7 +12,14 @@ import { connect, type Socket } from "node:net";
 import { join } from "node:path";
 import { after, afterEach, before, beforeEach, describe, it } from "node:test";
 import { encodeFrame, type Frame, FrameDecoder, HEADER_SIZE, MAGIC } from "../src/protocol/frame.js";
-import { decode, encode, MessageType, messageTypeName, type Welcome } from "../src/protocol/messages.js";
+import {
+  decode,
+  encode,
+  MessageType,
+  messageTypeName,
+  PROTOCOL_VERSION,
+  type Welcome,
+} from "../src/protocol/messages.js";
 import { SMALL_FILE_BYTES } from "../src/server/put.js";
 import { LOOPBACK, readTree, Sandbox, type ServerHandle, sleep, stackLines } from "./helpers.js";
 
@@ -39,7 +46,7 @@ interface RawClient {
   write(bytes: Buffer): void;
   nextFrame(timeoutMs?: number): Promise<Frame>;
   waitFor(what: string, predicate: (frame: Frame) => boolean, timeoutMs?: number): Promise<Frame>;
-  /** HELLO versions 1-1 with an empty token; resolves with the WELCOME. */
+  /** HELLO with this build's protocol version and an empty token; resolves with the WELCOME. */
   hello(set: string): Promise<Welcome>;
   destroy(): void;
 }
@@ -170,7 +177,7 @@ async function rawClient(port: number, options: { magic?: boolean } = {}): Promi
   return client;
 }
 
-function helloPayload(setName: string, minVersion = 1, maxVersion = 1): Buffer {
+function helloPayload(setName: string, minVersion = PROTOCOL_VERSION, maxVersion = PROTOCOL_VERSION): Buffer {
   return encode.hello({
     minVersion,
     maxVersion,
@@ -454,7 +461,7 @@ describe("the server against a hand-made protocol client", { timeout: 90_000 }, 
     const set = "valid";
     const client = await rawClient(server.port);
     const welcome = await client.hello(set);
-    assert.equal(welcome.version, 1);
+    assert.equal(welcome.version, PROTOCOL_VERSION);
     assert.ok(welcome.window >= 1 && welcome.maxFrame >= DATA_CHUNK, JSON.stringify(welcome));
 
     // PING is answered with a PONG carrying the same id.
@@ -735,7 +742,8 @@ describe("the server against a hand-made protocol client", { timeout: 90_000 }, 
   });
 
   it("6. HELLO with a bad set name: KW_BAD_SET_NAME (id 0), close, no folder created", async () => {
-    for (const name of ["..", ".keepwatch", "a/b", "", "s".repeat(300), ".", "tab\there", "nul\0x", "/abs"]) {
+    // (An empty name is not among them: it opens a session without a set, for listing sets.)
+    for (const name of ["..", ".keepwatch", "a/b", "s".repeat(300), ".", "tab\there", "nul\0x", "/abs"]) {
       const client = await rawClient(server.port);
       client.send(MessageType.HELLO, 0, helloPayload(name));
       await expectError(
@@ -755,7 +763,8 @@ describe("the server against a hand-made protocol client", { timeout: 90_000 }, 
     for (const [min, max] of [
       [7, 9],
       [0, 0],
-      [2, 1],
+      [1, 1],
+      [3, 2],
     ] as const) {
       const client = await rawClient(server.port);
       client.send(MessageType.HELLO, 0, helloPayload("versions", min, max));
@@ -765,13 +774,13 @@ describe("the server against a hand-made protocol client", { timeout: 90_000 }, 
     }
     assert.equal(knownSets.has("versions"), false);
     await assertNothingOutside("version mismatch");
-    // A client offering 1-9 gets version 1.
+    // A client offering 1-9 gets the highest version both speak.
     const client = await rawClient(server.port);
     client.send(MessageType.HELLO, 0, helloPayload("versions-ok", 1, 9));
     const frame = await client.nextFrame();
     assert.equal(showFrame(frame), "WELCOME id 0");
     knownSets.add("versions-ok");
-    assert.equal(decode.welcome(frame.payload).version, 1, "the highest common version");
+    assert.equal(decode.welcome(frame.payload).version, PROTOCOL_VERSION, "the highest common version");
     client.destroy();
     await assertCleanAfter("version mismatch");
   });

@@ -5,7 +5,7 @@ import { InvalidArgumentError } from "commander";
 import { ExitCode, KeepwatchError } from "../errors.js";
 import { DEFAULT_PORT } from "../server/server.js";
 import type { Reporter } from "../ui/events.js";
-import { chooseMode, createPrinter } from "../ui/index.js";
+import { chooseMode, createPrinter, type Side } from "../ui/index.js";
 
 export { DEFAULT_PORT };
 
@@ -53,7 +53,7 @@ export interface Output {
   json: boolean;
 }
 
-export function openOutput(options: OutputOptions, side: "client" | "server"): Output {
+export function openOutput(options: OutputOptions, side: Side): Output {
   const mode = chooseMode({
     json: options.json ?? false,
     quiet: options.quiet ?? false,

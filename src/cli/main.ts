@@ -7,7 +7,10 @@ import { Command, CommanderError } from "commander";
 import { ExitCode } from "../errors.js";
 import { registerClient } from "./client.js";
 import { EXIT_CODES_HELP } from "./common.js";
+import { registerHistory } from "./history.js";
+import { registerLs } from "./ls.js";
 import { registerPush } from "./push.js";
+import { registerRestore } from "./restore.js";
 import { registerServer } from "./server.js";
 
 const program = new Command();
@@ -29,6 +32,9 @@ program
 registerServer(program);
 registerClient(program);
 registerPush(program);
+registerLs(program);
+registerHistory(program);
+registerRestore(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -27,6 +27,8 @@ export interface LinkOptions {
 interface Waiter {
   resolve: () => void;
   reject: (error: KeepwatchError) => void;
+  /** Frames other than ACK and ERROR that the server sends for this request (NEED, ENTRY, FILE_DATA). */
+  onFrame?: (frame: Frame) => void | Promise<void>;
 }
 
 export class ServerLink {
@@ -140,13 +142,17 @@ export class ServerLink {
     else this.lostListeners.push(listener);
   }
 
-  /** Reserve a request id and a promise that settles with the server's answer. */
-  open(): { id: number; answer: Promise<void> } {
+  /**
+   * Reserve a request id and a promise that settles with the server's answer (ACK or
+   * ERROR). `onFrame` receives the request's other frames in order; the connection waits
+   * for it before handling the next frame, which is how a slow receiver slows the server.
+   */
+  open(onFrame?: (frame: Frame) => void | Promise<void>): { id: number; answer: Promise<void> } {
     const id = this.nextRequestId;
     this.nextRequestId = this.nextRequestId >= 0xffffffff ? 1 : this.nextRequestId + 1;
     const answer = new Promise<void>((resolve, reject) => {
       if (this.lostError) reject(this.lostError);
-      else this.waiters.set(id, { resolve, reject });
+      else this.waiters.set(id, { resolve, reject, ...(onFrame ? { onFrame } : {}) });
     });
     // A caller that stops waiting (the link was lost) must not cause an unhandled rejection.
     answer.catch(() => {});
@@ -170,7 +176,7 @@ export class ServerLink {
     this.conn.destroy();
   }
 
-  private onFrame(frame: Frame): void {
+  private onFrame(frame: Frame): void | Promise<void> {
     switch (frame.type) {
       case MessageType.ACK: {
         decode.empty(frame.payload, "ACK");
@@ -216,11 +222,14 @@ export class ServerLink {
         );
         this.conn.end();
         return;
-      default:
+      default: {
+        const waiter = frame.requestId === 0 ? undefined : this.waiters.get(frame.requestId);
+        if (waiter?.onFrame) return waiter.onFrame(frame);
         throw new ProtocolError(
           "KW_UNEXPECTED_MESSAGE",
           `The server sent ${messageTypeName(frame.type)}, which a server may not send here.`,
         );
+      }
     }
   }
 

@@ -34,7 +34,7 @@ async function acknowledge(ops: Operation[]): Promise<void> {
     else {
       const entry = diskEntry(op.path, await lstat(join(src, op.path)));
       assert.ok(entry);
-      state.recordFile(op.path, { ...entry, sha256: Buffer.alloc(32) });
+      state.recordFile(op.path, { ...entry, sha256: Buffer.alloc(32), chunks: null });
     }
   }
 }
@@ -93,7 +93,7 @@ test("a scan of one path looks only there", async () => {
 test("a vanished SRC is an error, never a delete of everything", async () => {
   const gone = join(base, "gone");
   const other = ClientState.open(join(base, "state"), "store-1", "gone", gone);
-  other.recordFile("f", { size: 1, mtimeMs: 1, mode: 0o644, ino: 1, sha256: Buffer.alloc(32) });
+  other.recordFile("f", { size: 1, mtimeMs: 1, mode: 0o644, ino: 1, sha256: Buffer.alloc(32), chunks: null });
   await assert.rejects(scan(gone, "", other), { code: "KW_SOURCE_MISSING" });
   assert.ok(other.get("f"), "the record was kept");
   other.close();

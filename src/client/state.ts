@@ -10,7 +10,7 @@ import Database from "better-sqlite3";
 import { KeepwatchError } from "../errors.js";
 
 /** Bump with a migration below whenever the schema changes. */
-const SCHEMA_VERSION = 1;
+const SCHEMA_VERSION = 2;
 
 export interface FileRecord {
   kind: "file";
@@ -19,6 +19,26 @@ export interface FileRecord {
   mode: number;
   ino: number;
   sha256: Buffer;
+  /** The content's chunk list as acknowledged (encodeChunkList), the base of the next delta. */
+  chunks: Buffer | null;
+}
+
+/** A chunk list as stored: per chunk its 32-byte id and a u32 length. */
+export function encodeChunkList(chunks: { id: Buffer; length: number }[]): Buffer {
+  const out = Buffer.allocUnsafe(chunks.length * 36);
+  chunks.forEach((c, i) => {
+    c.id.copy(out, i * 36);
+    out.writeUInt32BE(c.length, i * 36 + 32);
+  });
+  return out;
+}
+
+export function decodeChunkList(raw: Buffer): { id: Buffer; length: number }[] {
+  const chunks = [];
+  for (let at = 0; at + 36 <= raw.length; at += 36) {
+    chunks.push({ id: raw.subarray(at, at + 32), length: raw.readUInt32BE(at + 32) });
+  }
+  return chunks;
 }
 
 export interface FolderRecord {
@@ -36,6 +56,7 @@ interface Row {
   mode: number;
   ino: number;
   sha256: Buffer | null;
+  chunks: Buffer | null;
 }
 
 /** The default state folder: $KEEPWATCH_STATE_DIR, else $XDG_STATE_HOME/keepwatch, else ~/.local/state/keepwatch. */
@@ -60,8 +81,11 @@ export class ClientState {
       all: db.prepare<[], Row>("SELECT * FROM entries"),
       below: db.prepare<[string, string], Row>("SELECT * FROM entries WHERE path >= ? AND path < ?"),
       upsert: db.prepare(
-        "INSERT OR REPLACE INTO entries (path, kind, size, mtime_ms, mode, ino, sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT OR REPLACE INTO entries (path, kind, size, mtime_ms, mode, ino, sha256, chunks) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
       ),
+      knows: db.prepare<[Buffer], { sha256: Buffer }>("SELECT sha256 FROM contents WHERE sha256 = ?"),
+      learn: db.prepare<[Buffer]>("INSERT OR IGNORE INTO contents (sha256) VALUES (?)"),
+      forgetContent: db.prepare<[Buffer]>("DELETE FROM contents WHERE sha256 = ?"),
       remove: db.prepare<[string]>("DELETE FROM entries WHERE path = ?"),
       removeBelow: db.prepare<[string, string]>("DELETE FROM entries WHERE path >= ? AND path < ?"),
       clear: db.prepare("DELETE FROM entries"),
@@ -115,13 +139,27 @@ export class ClientState {
   recordFile(path: string, record: Omit<FileRecord, "kind">): void {
     this.write(() => {
       this.removeChildren(path);
-      const { size, mtimeMs, mode, ino, sha256 } = record;
-      this.stmts.upsert.run(path, "file", size, mtimeMs, mode, ino, sha256);
+      const { size, mtimeMs, mode, ino, sha256, chunks } = record;
+      this.stmts.upsert.run(path, "file", size, mtimeMs, mode, ino, sha256, chunks);
+      this.stmts.learn.run(sha256);
     });
   }
 
   recordFolder(path: string, mode: number): void {
-    this.write(() => this.stmts.upsert.run(path, "dir", 0, 0, mode, 0, null));
+    this.write(() => this.stmts.upsert.run(path, "dir", 0, 0, mode, 0, null, null));
+  }
+
+  /**
+   * True when the server acknowledged this content for some path (it keeps it in its
+   * history even after that path changes or is deleted, until a prune).
+   */
+  knowsContent(sha256: Buffer): boolean {
+    return this.stmts.knows.get(sha256) !== undefined;
+  }
+
+  /** The server said it does not hold this content (pruned): stop assuming it does. */
+  forgetContent(sha256: Buffer): void {
+    this.write(() => this.stmts.forgetContent.run(sha256));
   }
 
   /** Forget `path` and everything below it. */
@@ -183,6 +221,7 @@ function toRecord(row: Row): EntryRecord {
     mode: row.mode,
     ino: row.ino,
     sha256: row.sha256 ?? Buffer.alloc(0),
+    chunks: row.chunks,
   };
 }
 
@@ -203,6 +242,14 @@ function migrate(db: Database.Database): void {
         ino INTEGER NOT NULL,
         sha256 BLOB
       ) WITHOUT ROWID;
+    `);
+    db.pragma("user_version = 1");
+  }
+  if (version < 2) {
+    // Version 2: chunk lists (bases for deltas) and the contents the server holds.
+    db.exec(`
+      ALTER TABLE entries ADD COLUMN chunks BLOB;
+      CREATE TABLE IF NOT EXISTS contents (sha256 BLOB PRIMARY KEY) WITHOUT ROWID;
     `);
     db.pragma(`user_version = ${SCHEMA_VERSION}`);
   }

@@ -1,21 +1,44 @@
-// How a file's content reaches the server. Version 1 sends the whole file in bounded
-// pieces; the interface is what later transfers (chunk manifests, deltas) implement too.
+// How a file's content reaches the server (protocol version 2). A content the server
+// already holds travels by reference (PUT_REF: renames, copies, --force). A small file
+// travels whole in one go (PUT). A larger one is cut into content-defined chunks; the
+// client sends its manifest as edits of the version the server acknowledged last, the
+// server answers with the chunks it lacks, and only those travel.
 
 import { createHash } from "node:crypto";
 import { closeSync, constants, fstatSync, openSync, read, readSync, type Stats } from "node:fs";
 import { join } from "node:path";
-import type { KeepwatchError } from "../errors.js";
-import { encode, MessageType } from "../protocol/messages.js";
+import { Chunker, chunkBuffer, sha256 } from "../chunking/fastcdc.js";
+import { KeepwatchError, RemoteError } from "../errors.js";
+import type { Frame } from "../protocol/frame.js";
+import {
+  decodeHistory,
+  encodeHistory,
+  type FileHeader,
+  type ManifestOp,
+} from "../protocol/history-messages.js";
+import { encode, MessageType, messageTypeName } from "../protocol/messages.js";
 import type { Reporter } from "../ui/events.js";
 import type { ServerLink } from "./link.js";
 import { type DiskEntry, diskEntry } from "./scanner.js";
+import { type ClientState, decodeChunkList, encodeChunkList } from "./state.js";
 
-/** Bytes read from disk and sent per PUT_DATA frame. */
+/** Bytes per PUT_DATA frame, and the largest file sent whole by PUT. */
 export const PIECE_SIZE = 256 * 1024;
+/** Bytes read from disk per step while a large file is chunked. */
+const READ_SIZE = 1024 * 1024;
+
+interface ChunkRef {
+  id: Buffer;
+  length: number;
+}
 
 export type PutOutcome =
-  /** The server acknowledged this content; `sha256` is its hash and `entry` what was read. */
-  | { status: "stored"; entry: DiskEntry; sha256: Buffer }
+  /**
+   * The server acknowledged this content: `entry` is what was read, `chunks` its chunk
+   * list (encoded, the base for the next delta), `sentBytes` the content bytes that
+   * travelled (the rest was reused from what the server held).
+   */
+  | { status: "stored"; entry: DiskEntry; sha256: Buffer; chunks: Buffer; sentBytes: number }
   /** Nothing to send: the disk matches `skipIf`. */
   | { status: "unchanged" }
   /** The file is gone or is no longer a regular file. */
@@ -58,8 +81,33 @@ function sameFile(a: Stats, b: Stats): boolean {
   return a.size === b.size && a.mtimeMs === b.mtimeMs && a.ctimeMs === b.ctimeMs && a.ino === b.ino;
 }
 
-/** Whole-file transfer over one link; one large file's data streams at a time. */
-export class WholeFileTransfer implements FileTransfer {
+function readAt(fd: number, buffer: Buffer, position: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    read(fd, buffer, 0, buffer.length, position, (error, bytesRead) =>
+      error ? reject(error) : resolve(bytesRead),
+    );
+  });
+}
+
+/** Edits that turn `base` into `next`: runs of base chunks (COPY) and chunks it lacks (NEW). */
+export function diffChunks(base: ChunkRef[], next: ChunkRef[]): ManifestOp[] {
+  const where = new Map<string, number>();
+  base.forEach((c, i) => {
+    const key = c.id.toString("hex");
+    if (!where.has(key)) where.set(key, i);
+  });
+  const ops: ManifestOp[] = [];
+  for (const chunk of next) {
+    const at = where.get(chunk.id.toString("hex"));
+    const last = ops[ops.length - 1];
+    if (at === undefined) ops.push({ op: "new", length: chunk.length, id: chunk.id });
+    else if (last?.op === "copy" && last.start + last.count === at) last.count++;
+    else ops.push({ op: "copy", start: at, count: 1 });
+  }
+  return ops;
+}
+
+export class ChunkedTransfer implements FileTransfer {
   private streaming: Promise<void> = Promise.resolve();
   /** Data per frame: our piece size, or less if the server's frames are smaller. */
   private readonly pieceSize: number;
@@ -68,8 +116,9 @@ export class WholeFileTransfer implements FileTransfer {
     private readonly root: string,
     private readonly link: ServerLink,
     private readonly reporter: Reporter,
+    private readonly state: ClientState,
   ) {
-    this.pieceSize = Math.min(PIECE_SIZE, link.welcome.maxFrame);
+    this.pieceSize = Math.min(PIECE_SIZE, link.welcome.maxFrame - 4);
   }
 
   async put(path: string, skipIf: (entry: DiskEntry) => boolean): Promise<PutOutcome> {
@@ -83,98 +132,17 @@ export class WholeFileTransfer implements FileTransfer {
       if (code === "ENOENT" || code === "ELOOP" || code === "ENOTDIR") return { status: "vanished" };
       throw error;
     }
-    let outcome: PutOutcome;
-    let answer: Promise<void> | null = null;
     try {
       const before = await settledStat(fd);
       if (!before) return { status: "changed" };
       const entry = diskEntry(path, before);
-      if (!entry || entry.kind !== "file") return { status: "vanished" };
+      if (entry?.kind !== "file") return { status: "vanished" };
       if (skipIf(entry)) return { status: "unchanged" };
-      if (entry.size <= this.pieceSize) {
-        ({ outcome, answer } = this.sendSmall(fd, entry, before));
-      } else {
-        ({ outcome, answer } = await this.sendLarge(fd, entry, before));
-      }
+      return entry.size <= this.pieceSize
+        ? await this.sendSmall(fd, entry, before)
+        : await this.sendLarge(fd, entry, before);
     } finally {
       closeSync(fd);
-    }
-    if (answer) await answer;
-    return outcome;
-  }
-
-  /** A file of at most one piece: read at once, sent as BEGIN, DATA, END. */
-  private sendSmall(fd: number, entry: DiskEntry, before: Stats): Sent {
-    const data = Buffer.allocUnsafe(entry.size);
-    const bytesRead = entry.size > 0 ? readSync(fd, data, 0, entry.size, 0) : 0;
-    if (bytesRead !== entry.size || !sameFile(before, fstatSync(fd))) {
-      return { outcome: { status: "changed" }, answer: null };
-    }
-    const sha256 = createHash("sha256").update(data).digest();
-    const request = this.link.open();
-    const conn = this.link.conn;
-    const { path, size, mtimeMs, mode } = entry;
-    conn.send(MessageType.PUT_BEGIN, request.id, encode.putBegin({ path, size, mtimeMs, mode }));
-    if (size > 0) conn.send(MessageType.PUT_DATA, request.id, data);
-    conn.send(MessageType.PUT_END, request.id, encode.putEnd({ sha256 }));
-    this.reporter.emit({ kind: "file-start", path, size });
-    return { outcome: { status: "stored", entry, sha256 }, answer: request.answer };
-  }
-
-  /** A larger file: streamed in pieces, one such file at a time, with backpressure. */
-  private async sendLarge(fd: number, entry: DiskEntry, before: Stats): Promise<Sent> {
-    const previous = this.streaming;
-    let done!: () => void;
-    this.streaming = new Promise<void>((resolve) => {
-      done = resolve;
-    });
-    try {
-      await previous;
-      const { path, size, mtimeMs, mode } = entry;
-      const request = this.link.open();
-      let early: KeepwatchError | null = null;
-      request.answer.catch((error: KeepwatchError) => {
-        early = error;
-      });
-      const conn = this.link.conn;
-      conn.send(MessageType.PUT_BEGIN, request.id, encode.putBegin({ path, size, mtimeMs, mode }));
-      this.reporter.emit({ kind: "file-start", path, size });
-      const hash = createHash("sha256");
-      let sent = 0;
-      let torn = false;
-      while (sent < size && early === null && !this.link.isLost) {
-        const want = Math.min(this.pieceSize, size - sent);
-        const piece = Buffer.allocUnsafe(want);
-        const bytesRead = await readAt(fd, piece, sent);
-        if (bytesRead === 0) {
-          torn = true; // the file shrank under us
-          break;
-        }
-        const data = bytesRead === want ? piece : piece.subarray(0, bytesRead);
-        hash.update(data);
-        await conn.sendAndWait(MessageType.PUT_DATA, request.id, data);
-        sent += bytesRead;
-        this.reporter.emit({ kind: "file-progress", path, bytes: sent, size });
-      }
-      if (this.link.isLost) return { outcome: { status: "changed" }, answer: request.answer };
-      if (early !== null) {
-        // The server already refused this PUT; end it so the id is released.
-        conn.send(MessageType.PUT_ABORT, request.id, encode.putAbort({ reason: "refused by the server" }));
-        return { outcome: { status: "changed" }, answer: request.answer };
-      }
-      if (torn || !sameFile(before, fstatSync(fd))) {
-        conn.send(
-          MessageType.PUT_ABORT,
-          request.id,
-          encode.putAbort({ reason: "the file changed while it was read" }),
-        );
-        return { outcome: { status: "changed" }, answer: request.answer };
-      }
-      const sha256 = hash.digest();
-      conn.send(MessageType.PUT_END, request.id, encode.putEnd({ sha256 }));
-      return { outcome: { status: "stored", entry, sha256 }, answer: request.answer };
-    } finally {
-      done();
     }
   }
 
@@ -189,18 +157,180 @@ export class WholeFileTransfer implements FileTransfer {
     this.link.conn.send(MessageType.DELETE, request.id, encode.delete({ path }));
     await request.answer;
   }
-}
 
-interface Sent {
-  outcome: PutOutcome;
-  /** The server's answer, or null when nothing was sent. */
-  answer: Promise<void> | null;
-}
+  /** A file of at most one piece: by reference when the server has it, else whole. */
+  private async sendSmall(fd: number, entry: DiskEntry, before: Stats): Promise<PutOutcome> {
+    const data = Buffer.allocUnsafe(entry.size);
+    const bytesRead = entry.size > 0 ? readSync(fd, data, 0, entry.size, 0) : 0;
+    if (bytesRead !== entry.size || !sameFile(before, fstatSync(fd))) return { status: "changed" };
+    const header = { ...entry, sha256: sha256(data) };
+    const chunks = encodeChunkList(chunkBuffer(data).map((c) => ({ id: sha256(c.data), length: c.length })));
+    if (await this.putByReference(header)) {
+      return { status: "stored", entry, sha256: header.sha256, chunks, sentBytes: 0 };
+    }
+    const request = this.link.open();
+    const conn = this.link.conn;
+    const { path, size, mtimeMs, mode } = entry;
+    conn.send(MessageType.PUT_BEGIN, request.id, encode.putBegin({ path, size, mtimeMs, mode }));
+    if (size > 0) conn.send(MessageType.PUT_DATA, request.id, data);
+    conn.send(MessageType.PUT_END, request.id, encode.putEnd({ sha256: header.sha256 }));
+    this.reporter.emit({ kind: "file-start", path, size });
+    await request.answer;
+    return { status: "stored", entry, sha256: header.sha256, chunks, sentBytes: size };
+  }
 
-function readAt(fd: number, buffer: Buffer, position: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    read(fd, buffer, 0, buffer.length, position, (error, bytesRead) =>
-      error ? reject(error) : resolve(bytesRead),
+  /**
+   * PUT_REF when the state says the server holds this content; true when the server
+   * took it. A server that no longer holds it (pruned) is believed, and false returned.
+   */
+  private async putByReference(header: FileHeader): Promise<boolean> {
+    if (!this.state.knowsContent(header.sha256)) return false;
+    const request = this.link.open();
+    this.link.conn.send(MessageType.PUT_REF, request.id, encodeHistory.putRef(header));
+    try {
+      await request.answer;
+      return true;
+    } catch (error) {
+      if (!(error instanceof RemoteError) || error.code !== "KW_CONTENT_UNKNOWN") throw error;
+      this.state.forgetContent(header.sha256);
+      return false;
+    }
+  }
+
+  /** A larger file: chunked, then only the chunks the server lacks travel. */
+  private async sendLarge(fd: number, entry: DiskEntry, before: Stats): Promise<PutOutcome> {
+    // One large file at a time: its chunks, not several files' buffers, fill the link.
+    const previous = this.streaming;
+    let done!: () => void;
+    this.streaming = new Promise<void>((resolve) => {
+      done = resolve;
+    });
+    try {
+      await previous;
+      const scanned = await this.chunkFile(fd, entry.size);
+      if (!scanned || !sameFile(before, fstatSync(fd))) return { status: "changed" };
+      const header = { ...entry, sha256: scanned.sha256 };
+      const chunks = encodeChunkList(scanned.chunks);
+      if (await this.putByReference(header)) {
+        return { status: "stored", entry, sha256: header.sha256, chunks, sentBytes: 0 };
+      }
+      const record = this.state.get(entry.path);
+      const base =
+        record?.kind === "file" && record.chunks && this.state.knowsContent(record.sha256)
+          ? { sha256: record.sha256, chunks: decodeChunkList(record.chunks) }
+          : null;
+      let sent: number | null;
+      try {
+        sent = await this.sendManifest(fd, header, scanned.chunks, base);
+      } catch (error) {
+        if (!(base && error instanceof RemoteError && error.code === "KW_CONTENT_UNKNOWN")) throw error;
+        // The server no longer holds the base (pruned): describe the file from scratch.
+        this.state.forgetContent(base.sha256);
+        sent = await this.sendManifest(fd, header, scanned.chunks, null);
+      }
+      if (sent === null) return { status: "changed" };
+      return { status: "stored", entry, sha256: header.sha256, chunks, sentBytes: sent };
+    } finally {
+      done();
+    }
+  }
+
+  /** Read the whole file once: its chunks with their hashes, and its SHA-256. */
+  private async chunkFile(fd: number, size: number): Promise<{ chunks: ChunkRef[]; sha256: Buffer } | null> {
+    const chunker = new Chunker();
+    const whole = createHash("sha256");
+    const chunks: ChunkRef[] = [];
+    let offset = 0;
+    while (offset < size) {
+      const piece = Buffer.allocUnsafe(Math.min(READ_SIZE, size - offset));
+      const bytesRead = await readAt(fd, piece, offset);
+      if (bytesRead === 0) return null; // shrank under us
+      const data = piece.subarray(0, bytesRead);
+      whole.update(data);
+      for (const chunk of chunker.push(data)) chunks.push({ id: sha256(chunk.data), length: chunk.length });
+      offset += bytesRead;
+    }
+    const last = chunker.finish();
+    if (last) chunks.push({ id: sha256(last.data), length: last.length });
+    return { chunks, sha256: whole.digest() };
+  }
+
+  /**
+   * Send the manifest (as edits of `base` when given), then the chunks the server asks
+   * for, re-read from disk and checked against their hashes. Returns the bytes sent, or
+   * null when the file changed meanwhile (the request is then aborted).
+   */
+  private async sendManifest(
+    fd: number,
+    header: FileHeader,
+    chunks: ChunkRef[],
+    base: { sha256: Buffer; chunks: ChunkRef[] } | null,
+  ): Promise<number | null> {
+    const needed: number[] = [];
+    let needDone!: () => void;
+    const allNeeds = new Promise<void>((resolve) => {
+      needDone = resolve;
+    });
+    const request = this.link.open((frame: Frame) => {
+      if (frame.type !== MessageType.NEED) {
+        throw new KeepwatchError(
+          "KW_UNEXPECTED_MESSAGE",
+          `The server answered a manifest with ${messageTypeName(frame.type)}.`,
+        );
+      }
+      const need = decodeHistory.need(frame.payload);
+      for (const [start, count] of need.ranges) for (let i = start; i < start + count; i++) needed.push(i);
+      if (need.last) needDone();
+    });
+    const conn = this.link.conn;
+    const ops = base ? diffChunks(base.chunks, chunks) : diffChunks([], chunks);
+    conn.send(
+      MessageType.MANIFEST_BEGIN,
+      request.id,
+      encodeHistory.manifestBegin({
+        ...header,
+        base: base?.sha256 ?? Buffer.alloc(0),
+        chunkCount: chunks.length,
+      }),
     );
-  });
+    for (const payload of encodeHistory.manifestData(ops, this.link.welcome.maxFrame)) {
+      await conn.sendAndWait(MessageType.MANIFEST_DATA, request.id, payload);
+    }
+    conn.send(MessageType.MANIFEST_END, request.id);
+    this.reporter.emit({ kind: "file-start", path: header.path, size: header.size });
+    // Either the server lists what it needs, or it refuses (the answer settles first).
+    await Promise.race([allNeeds, request.answer]);
+    const offsets: number[] = [];
+    let at = 0;
+    for (const chunk of chunks) {
+      offsets.push(at);
+      at += chunk.length;
+    }
+    let sent = 0;
+    let refused = false;
+    request.answer.catch(() => {
+      refused = true;
+    });
+    for (const index of needed) {
+      // The server refused the request (it then ignores the chunks on their way), or left.
+      if (refused || this.link.isLost) break;
+      const ref = chunks[index] as ChunkRef;
+      const data = Buffer.allocUnsafe(ref.length);
+      const bytesRead = await readAt(fd, data, offsets[index] as number);
+      if (bytesRead !== ref.length || !sha256(data).equals(ref.id)) {
+        conn.send(
+          MessageType.PUT_ABORT,
+          request.id,
+          encode.putAbort({ reason: "the file changed while it was read" }),
+        );
+        await request.answer.catch(() => {});
+        return null;
+      }
+      await conn.sendAndWait(MessageType.CHUNK, request.id, encodeHistory.chunk(index, data));
+      sent += ref.length;
+      this.reporter.emit({ kind: "file-progress", path: header.path, bytes: sent, size: header.size });
+    }
+    await request.answer;
+    return sent;
+  }
 }

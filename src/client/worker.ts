@@ -10,7 +10,7 @@ import type { ServerLink } from "./link.js";
 import { PathLocks } from "./path-locks.js";
 import { diskEntry, isUnchanged, type Operation, type ScanResult, scan } from "./scanner.js";
 import type { ClientState } from "./state.js";
-import { type FileTransfer, WholeFileTransfer } from "./transfer.js";
+import { ChunkedTransfer, type FileTransfer } from "./transfer.js";
 
 export interface WorkerHooks {
   /**
@@ -25,6 +25,8 @@ export interface WorkerHooks {
 export interface WorkerTotals {
   files: number;
   bytes: number;
+  /** Content bytes that travelled (the rest of `bytes` was reused from the server). */
+  sentBytes: number;
   failures: number;
 }
 
@@ -35,7 +37,7 @@ export class Worker {
   private running = 0;
   private reconciling = 0;
   private idleWaiters: (() => void)[] = [];
-  readonly totals: WorkerTotals = { files: 0, bytes: 0, failures: 0 };
+  readonly totals: WorkerTotals = { files: 0, bytes: 0, sentBytes: 0, failures: 0 };
 
   constructor(
     private readonly root: string,
@@ -44,7 +46,7 @@ export class Worker {
     private readonly reporter: Reporter,
     private readonly hooks: WorkerHooks,
   ) {
-    this.transfer = new WholeFileTransfer(root, link, reporter);
+    this.transfer = new ChunkedTransfer(root, link, reporter, state);
   }
 
   get isIdle(): boolean {
@@ -147,17 +149,13 @@ export class Worker {
       (entry) => !force && isUnchanged(entry, this.state.get(path)),
     );
     if (outcome.status === "stored") {
-      const { entry, sha256 } = outcome;
-      this.state.recordFile(path, {
-        size: entry.size,
-        mtimeMs: entry.mtimeMs,
-        mode: entry.mode,
-        ino: entry.ino,
-        sha256,
-      });
+      const { entry, sha256, chunks, sentBytes } = outcome;
+      const { size, mtimeMs, mode, ino } = entry;
+      this.state.recordFile(path, { size, mtimeMs, mode, ino, sha256, chunks });
       this.totals.files++;
-      this.totals.bytes += entry.size;
-      this.reporter.emit({ kind: "file-done", path, op: "put", size: entry.size });
+      this.totals.bytes += size;
+      this.totals.sentBytes += sentBytes;
+      this.reporter.emit({ kind: "file-done", path, op: "put", size, sentBytes });
     } else if (outcome.status === "changed") {
       this.hooks.retryLater(path, "it changed while it was read", true);
     }

@@ -54,6 +54,9 @@ export interface Entry {
   time: number;
 }
 
+/** The `time` of LIST and RESTORE that means "now". */
+export const TIME_NOW = -1;
+
 export interface ListRequest {
   /** Set-relative path; "" for the whole set. */
   path: string;

@@ -142,7 +142,17 @@ describe("message type numbers", () => {
         PUT_ABORT: 0x13,
         MKDIR: 0x14,
         DELETE: 0x15,
+        PUT_REF: 0x16,
+        MANIFEST_BEGIN: 0x17,
+        MANIFEST_DATA: 0x18,
+        MANIFEST_END: 0x19,
+        CHUNK: 0x1a,
         ACK: 0x20,
+        NEED: 0x21,
+        LIST: 0x30,
+        ENTRY: 0x31,
+        RESTORE: 0x32,
+        FILE_DATA: 0x33,
       },
     );
   });

@@ -6,8 +6,8 @@ import { type ErrorCode, isErrorCode, ProtocolError } from "../errors.js";
 import { FieldReader, FieldWriter } from "./fields.js";
 import { MAX_FRAME_PAYLOAD } from "./frame.js";
 
-export const PROTOCOL_VERSION = 1;
-export const MIN_PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
+export const MIN_PROTOCOL_VERSION = 2;
 
 /** Longest path (in UTF-8 bytes) a message may carry; see paths.ts for the full rules. */
 export const MAX_PATH_BYTES = 4096;

@@ -9,6 +9,7 @@ import { join, resolve } from "node:path";
 import { errnoCode, KeepwatchError } from "../errors.js";
 import { assertValidSetName } from "../protocol/paths.js";
 import { Mirror } from "../store/mirror.js";
+import { History } from "./history.js";
 
 export const CONTROL_DIR = ".keepwatch";
 
@@ -18,6 +19,7 @@ export class Destination {
   private constructor(
     readonly root: string,
     readonly storeId: string,
+    readonly history: History,
   ) {}
 
   get tempDir(): string {
@@ -64,10 +66,15 @@ export class Destination {
       await rm(join(control, "tmp"), { recursive: true, force: true });
       await mkdir(join(control, "tmp"), { mode: 0o700 });
       const storeId = await readOrCreateStoreId(join(control, "store-id"));
-      return new Destination(root, storeId);
+      const history = await History.open(control);
+      return new Destination(root, storeId, history);
     } catch (error) {
       throw unusable(root, error);
     }
+  }
+
+  async close(): Promise<void> {
+    await this.history.close();
   }
 
   /** The mirror of `set`, creating its folder on first use. */

@@ -6,6 +6,7 @@ import { errnoCode, KeepwatchError, ProtocolError } from "../errors.js";
 import type { PutBegin, PutEnd } from "../protocol/messages.js";
 import { pathProblem } from "../protocol/paths.js";
 import type { PendingFile } from "../store/mirror.js";
+import type { Ingest } from "./history.js";
 import type { RequestContext } from "./session.js";
 
 /** Files up to this size are held in memory until complete (within the server's budget). */
@@ -21,12 +22,15 @@ export class PutRequest {
   private failed = false;
   /** Set when the request was thrown away (its connection closed). */
   private discarded = false;
+  /** Cuts the content into chunks for the history as it arrives. */
+  private readonly ingest: Ingest;
 
   constructor(
     private readonly id: number,
     private readonly begin: PutBegin,
     private readonly ctx: RequestContext,
   ) {
+    this.ingest = ctx.history.ingest();
     const problem = pathProblem(begin.path);
     if (problem !== null) {
       this.fail(
@@ -70,6 +74,12 @@ export class PutRequest {
     }
     if (this.failed) return;
     this.hash.update(bytes);
+    try {
+      await this.ingest.write(bytes);
+    } catch (error) {
+      this.fail(ioError(error, this.begin.path));
+      return;
+    }
     if (this.held) {
       this.held.push(bytes);
       return;
@@ -114,6 +124,17 @@ export class PutRequest {
       );
     } else {
       try {
+        // The history first (it is the source of truth), then the mirror (a view of it).
+        const chunks = await this.ingest.finish();
+        await this.ctx.history.commit({
+          set: this.ctx.set,
+          path,
+          kind: "file",
+          size,
+          mtimeMs,
+          mode,
+          content: { sha256: message.sha256, chunks },
+        });
         if (held) await this.ctx.mirror.installBytes(held, path, { mtimeMs, mode });
         else if (pending) await this.ctx.mirror.install(pending, path, { mtimeMs, mode });
       } catch (error) {

@@ -107,6 +107,7 @@ export class KeepwatchServer {
     await Promise.allSettled([...this.sessions].map((s) => s.shutdown()));
     for (const socket of this.sockets) socket.destroy();
     await stopped;
+    await this.destination.close();
   }
 }
 

@@ -4,6 +4,7 @@
 import { KeepwatchError, ProtocolError } from "../errors.js";
 import type { Connection } from "../protocol/connection.js";
 import type { Frame } from "../protocol/frame.js";
+import { decodeHistory } from "../protocol/history-messages.js";
 import {
   decode,
   encode,
@@ -17,7 +18,12 @@ import type { Mirror } from "../store/mirror.js";
 import type { Reporter } from "../ui/events.js";
 import type { ByteBudget } from "./budget.js";
 import type { Destination } from "./destination.js";
+import type { History } from "./history.js";
+import { handleList } from "./list.js";
+import { ManifestRequest } from "./manifest.js";
 import { PutRequest } from "./put.js";
+import { handlePutRef } from "./put-ref.js";
+import { handleRestore } from "./restore.js";
 import { handleDelete, handleMkdir } from "./tree.js";
 
 export interface SessionLimits {
@@ -36,6 +42,16 @@ export interface RequestContext {
   readonly reporter: Reporter;
   /** Memory the server allows for small files in flight, shared by all sessions. */
   readonly budget: ByteBudget;
+  /** Every version of every file of every set on this server. */
+  readonly history: History;
+  /** False once the connection has closed: long answers stop early. */
+  readonly isOpen: boolean;
+  /** Run `work` without holding up the connection's frames; shutdown waits for it. */
+  track(work: Promise<void>): Promise<void>;
+  /** Send a frame that belongs to the answer of a request (NEED, ENTRY, FILE_DATA). */
+  send(type: number, id: number, payload?: Buffer): void;
+  /** The same, waiting until the socket can take more (for streamed answers). */
+  sendAndWait(type: number, id: number, payload?: Buffer): Promise<void>;
   /** Answer request `id` with an ACK and forget it. */
   ack(id: number): void;
   /** Answer request `id` with a typed ERROR and forget it (unless `keepOpen`). */
@@ -44,13 +60,21 @@ export interface RequestContext {
   release(id: number): void;
 }
 
-type InFlight = { kind: "put"; put: PutRequest } | { kind: "op" };
+type InFlight =
+  | { kind: "put"; put: PutRequest }
+  | { kind: "manifest"; manifest: ManifestRequest }
+  | { kind: "op" };
+
+/** How many request ids ended by an ERROR are remembered, so their stray frames are ignored. */
+const ENDED_IDS_KEPT = 1024;
 
 export class Session implements RequestContext {
   private state: "hello" | "ready" | "closed" = "hello";
   private readonly inFlight = new Map<number, InFlight>();
   private helloTimer: NodeJS.Timeout;
   private pendingWork = new Set<Promise<void>>();
+  /** Requests an ERROR ended while the client may still be sending their frames. */
+  private readonly endedByError = new Set<number>();
   mirror!: Mirror;
   set = "";
   clientName = "";
@@ -104,8 +128,29 @@ export class Session implements RequestContext {
     this.inFlight.delete(id);
   }
 
+  get history(): History {
+    return this.destination.history;
+  }
+
+  get isOpen(): boolean {
+    return this.state === "ready";
+  }
+
+  send(type: number, id: number, payload?: Buffer): void {
+    if (this.state === "ready") this.conn.send(type, id, payload);
+  }
+
+  async sendAndWait(type: number, id: number, payload?: Buffer): Promise<void> {
+    if (this.state === "ready") await this.conn.sendAndWait(type, id, payload);
+  }
+
   reject(id: number, error: KeepwatchError, keepOpen = false): void {
-    if (!keepOpen) this.inFlight.delete(id);
+    if (!keepOpen && this.inFlight.delete(id)) {
+      this.endedByError.add(id);
+      if (this.endedByError.size > ENDED_IDS_KEPT) {
+        this.endedByError.delete(this.endedByError.values().next().value as number);
+      }
+    }
     if (this.state === "ready") this.conn.sendError(id, error);
   }
 
@@ -121,6 +166,14 @@ export class Session implements RequestContext {
       return;
     }
     if (this.state !== "ready") return;
+    // A connection bound to no set (HELLO with an empty set name) may only list the sets.
+    const setless = [MessageType.LIST, MessageType.BYE, MessageType.ERROR] as number[];
+    if (this.set === "" && !setless.includes(frame.type)) {
+      throw new ProtocolError(
+        "KW_UNEXPECTED_MESSAGE",
+        `A connection bound to no set may only list the sets, not send ${messageTypeName(frame.type)}.`,
+      );
+    }
     switch (frame.type) {
       case MessageType.PUT_BEGIN:
         return this.begin(frame.requestId, () => {
@@ -132,9 +185,38 @@ export class Session implements RequestContext {
         return this.putFor(frame).data(frame.payload);
       case MessageType.PUT_END:
         return this.track(this.putFor(frame).end(decode.putEnd(frame.payload)));
-      case MessageType.PUT_ABORT:
+      case MessageType.PUT_ABORT: {
         decode.putAbort(frame.payload);
-        return this.track(this.putFor(frame).abort());
+        const entry = this.openRequest(frame);
+        if (entry === null) return;
+        if (entry.kind === "manifest") return entry.manifest.abort();
+        return this.track(entry.put.abort());
+      }
+      case MessageType.PUT_REF:
+        return this.begin(frame.requestId, () => {
+          this.inFlight.set(frame.requestId, { kind: "op" });
+          return this.track(handlePutRef(frame.requestId, decodeHistory.putRef(frame.payload), this));
+        });
+      case MessageType.MANIFEST_BEGIN:
+        return this.begin(frame.requestId, () => {
+          const manifest = new ManifestRequest(
+            frame.requestId,
+            decodeHistory.manifestBegin(frame.payload),
+            this,
+          );
+          this.inFlight.set(frame.requestId, { kind: "manifest", manifest });
+          return manifest.open();
+        });
+      case MessageType.MANIFEST_DATA:
+        return this.manifestFor(frame)?.data(decodeHistory.manifestData(frame.payload));
+      case MessageType.MANIFEST_END: {
+        decode.empty(frame.payload, "MANIFEST_END");
+        return this.manifestFor(frame)?.end();
+      }
+      case MessageType.CHUNK: {
+        const { index, data } = decodeHistory.chunk(frame.payload);
+        return this.manifestFor(frame)?.chunk(index, data);
+      }
       case MessageType.MKDIR:
         return this.begin(frame.requestId, () => {
           this.inFlight.set(frame.requestId, { kind: "op" });
@@ -144,6 +226,16 @@ export class Session implements RequestContext {
         return this.begin(frame.requestId, () => {
           this.inFlight.set(frame.requestId, { kind: "op" });
           return this.track(handleDelete(frame.requestId, decode.delete(frame.payload), this));
+        });
+      case MessageType.LIST:
+        return this.begin(frame.requestId, () => {
+          this.inFlight.set(frame.requestId, { kind: "op" });
+          return this.track(handleList(frame.requestId, decodeHistory.list(frame.payload), this));
+        });
+      case MessageType.RESTORE:
+        return this.begin(frame.requestId, () => {
+          this.inFlight.set(frame.requestId, { kind: "op" });
+          return this.track(handleRestore(frame.requestId, decodeHistory.restore(frame.payload), this));
         });
       case MessageType.ERROR: {
         // A client reports only about the connection (id 0), and then leaves.
@@ -181,14 +273,15 @@ export class Session implements RequestContext {
           `${MIN_PROTOCOL_VERSION}-${PROTOCOL_VERSION}; install the same keepwatch version on both sides.`,
       );
     }
-    const problem = setNameProblem(hello.setName);
+    // An empty set name binds the connection to no set: it may only list the sets.
+    const problem = hello.setName === "" ? null : setNameProblem(hello.setName);
     if (problem !== null) {
       throw new ProtocolError(
         "KW_BAD_SET_NAME",
         `The set name ${JSON.stringify(hello.setName)} was refused because ${problem}; choose another with --name.`,
       );
     }
-    this.mirror = await this.destination.mirror(hello.setName);
+    if (hello.setName !== "") this.mirror = await this.destination.mirror(hello.setName);
     this.set = hello.setName;
     this.clientName = hello.clientName;
     this.state = "ready";
@@ -227,6 +320,32 @@ export class Session implements RequestContext {
     return start();
   }
 
+  /**
+   * The open PUT or manifest a frame belongs to; null for a request an ERROR already ended
+   * (its stray frames are ignored). Anything else breaks the protocol.
+   */
+  private openRequest(frame: Frame): Exclude<InFlight, { kind: "op" }> | null {
+    const entry = this.inFlight.get(frame.requestId);
+    if (entry && entry.kind !== "op") return entry;
+    if (!entry && this.endedByError.has(frame.requestId)) return null;
+    throw new ProtocolError(
+      "KW_UNKNOWN_REQUEST",
+      `A ${messageTypeName(frame.type)} message names request ${frame.requestId}, which is not open.`,
+    );
+  }
+
+  private manifestFor(frame: Frame): ManifestRequest | null {
+    const entry = this.openRequest(frame);
+    if (entry === null) return null;
+    if (entry.kind !== "manifest") {
+      throw new ProtocolError(
+        "KW_UNEXPECTED_MESSAGE",
+        `A ${messageTypeName(frame.type)} message names request ${frame.requestId}, which is a PUT.`,
+      );
+    }
+    return entry.manifest;
+  }
+
   private putFor(frame: Frame): PutRequest {
     const entry = this.inFlight.get(frame.requestId);
     if (entry?.kind !== "put") {
@@ -239,7 +358,7 @@ export class Session implements RequestContext {
   }
 
   /** Run `work` without holding up the frame loop; shutdown waits for it. */
-  private track(work: Promise<void>): Promise<void> {
+  track(work: Promise<void>): Promise<void> {
     const guarded = work.catch((error: unknown) => {
       this.conn.fail(
         error instanceof KeepwatchError

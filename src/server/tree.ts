@@ -17,7 +17,9 @@ export async function handleMkdir(id: number, message: Mkdir, ctx: RequestContex
   const problem = pathProblem(message.path);
   if (problem !== null) return ctx.reject(id, badPath(message.path, problem));
   try {
-    await ctx.mirror.makeFolder(message.path, message.mode);
+    const { path, mode } = message;
+    await ctx.history.commit({ set: ctx.set, path, kind: "dir", size: 0, mtimeMs: 0, mode });
+    await ctx.mirror.makeFolder(path, mode);
   } catch (error) {
     return ctx.reject(id, ioError(error, message.path));
   }
@@ -29,7 +31,9 @@ export async function handleDelete(id: number, message: Delete, ctx: RequestCont
   const problem = pathProblem(message.path);
   if (problem !== null) return ctx.reject(id, badPath(message.path, problem));
   try {
-    await ctx.mirror.remove(message.path);
+    const { path } = message;
+    await ctx.history.commit({ set: ctx.set, path, kind: "deleted", size: 0, mtimeMs: 0, mode: 0 });
+    await ctx.mirror.remove(path);
   } catch (error) {
     return ctx.reject(id, ioError(error, message.path));
   }

@@ -132,6 +132,18 @@ export function runMetadataStoreConformance(name: string, open: () => Promise<Op
           (await store.history("s", "a.txt")).map((v) => v.time),
           [1000, 1200],
         );
+        assert.deepEqual(
+          (await store.history("s", "")).map((v) => v.id),
+          (await store.history("s", "a.txt"))
+            .concat(history, await store.history("s", "dir b"))
+            .map((v) => v.id)
+            .sort((a, b) => a - b),
+          '"" is the whole set',
+        );
+        assert.equal((await store.newestVersion("s"))?.path, "dir b");
+        assert.equal((await store.newestVersion("s", 1350))?.kind, "deleted", "a delete counts");
+        assert.equal(await store.newestVersion("s", 999), null);
+        assert.equal(await store.newestVersion("nope"), null);
       } finally {
         await cleanup();
       }

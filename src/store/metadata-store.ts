@@ -68,8 +68,11 @@ export interface MetadataStore {
   /** The newest version of exactly `path` committed at or before `time` (default: latest). */
   versionAt(set: string, path: string, time?: number): Promise<VersionRecord | null>;
 
-  /** Every version of `path` and of everything below it, oldest first. */
+  /** Every version of `path` and of everything below it ("" for the whole set), oldest first. */
   history(set: string, path: string): Promise<VersionRecord[]>;
+
+  /** The newest version of any path of `set` committed at or before `time` (default: latest), or null. */
+  newestVersion(set: string, time?: number): Promise<VersionRecord | null>;
 
   /**
    * The tree of `set` as it was at `time` (default: latest): for each path at or below

@@ -3,7 +3,7 @@
 // and no operation ever follows a symbolic link, so a path can never reach outside the
 // set's folder whatever the mirror holds.
 
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import {
   closeSync,
   constants,
@@ -17,7 +17,7 @@ import {
 } from "node:fs";
 import { type FileHandle, lstat, mkdir, open, rm, unlink } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { errnoCode } from "../errors.js";
+import { errnoCode, KeepwatchError } from "../errors.js";
 import { assertValidPath } from "../protocol/paths.js";
 
 /** Metadata kept with each file. */
@@ -116,6 +116,32 @@ export class Mirror {
       await pending.handle.close();
     }
     await this.place(pending.tempPath, path);
+  }
+
+  /**
+   * Write `source` (a content, chunk by chunk) into a new pending file, checking that
+   * the whole is `sha256`; the result can then be installed. Throws KW_HASH_MISMATCH (and
+   * leaves nothing behind) when it is not.
+   */
+  async writePending(source: AsyncIterable<Buffer>, sha256: Buffer): Promise<PendingFile> {
+    const pending = await this.createPending();
+    try {
+      const hash = createHash("sha256");
+      for await (const piece of source) {
+        hash.update(piece);
+        await pending.handle.write(piece);
+      }
+      if (!hash.digest().equals(sha256)) {
+        throw new KeepwatchError(
+          "KW_HASH_MISMATCH",
+          'The content assembled from the history does not match its SHA-256; run "keepwatch verify".',
+        );
+      }
+      return pending;
+    } catch (error) {
+      await this.discard(pending);
+      throw error;
+    }
   }
 
   /**

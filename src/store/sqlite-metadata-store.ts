@@ -83,9 +83,12 @@ export class SqliteMetadataStore implements MetadataStore {
       versionAt: db.prepare<[number, string, number], VersionRow>(
         `SELECT ${VERSION_COLUMNS} ${VERSION_JOINS} WHERE v.set_id = ? AND v.path = ? AND v.time <= ? ORDER BY v.id DESC LIMIT 1`,
       ),
-      history: db.prepare<[number, string, string, string], VersionRow>(
+      history: db.prepare<[number, number, string, string, string], VersionRow>(
         `SELECT ${VERSION_COLUMNS} ${VERSION_JOINS}
-         WHERE v.set_id = ? AND (v.path = ? OR (v.path >= ? AND v.path < ?)) ORDER BY v.id`,
+         WHERE v.set_id = ? AND (? OR v.path = ? OR (v.path >= ? AND v.path < ?)) ORDER BY v.id`,
+      ),
+      newest: db.prepare<[number, number], VersionRow>(
+        `SELECT ${VERSION_COLUMNS} ${VERSION_JOINS} WHERE v.set_id = ? AND v.time <= ? ORDER BY v.id DESC LIMIT 1`,
       ),
       listAt: db.prepare<[number, number, number, string, string, string], VersionRow>(
         `SELECT ${VERSION_COLUMNS} ${VERSION_JOINS}
@@ -162,7 +165,15 @@ export class SqliteMetadataStore implements MetadataStore {
   async history(set: string, path: string): Promise<VersionRecord[]> {
     const setId = this.stmt.setId.get(set)?.id;
     if (setId === undefined) return [];
-    return this.stmt.history.all(setId, path, ...below(path)).map(toRecord);
+    const all = path === "" ? 1 : 0;
+    return this.stmt.history.all(setId, all, path, ...below(path)).map(toRecord);
+  }
+
+  async newestVersion(set: string, time = Number.MAX_SAFE_INTEGER): Promise<VersionRecord | null> {
+    const setId = this.stmt.setId.get(set)?.id;
+    if (setId === undefined) return null;
+    const row = this.stmt.newest.get(setId, time);
+    return row ? toRecord(row) : null;
   }
 
   async listAt(set: string, time = Number.MAX_SAFE_INTEGER, prefix = ""): Promise<VersionRecord[]> {

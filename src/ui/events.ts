@@ -2,7 +2,7 @@
 // Reporter; printers (TTY bars, plain lines, JSON) subscribe. Nothing here knows about
 // terminals.
 
-export type Operation = "put" | "delete" | "mkdir";
+export type Operation = "put" | "delete" | "mkdir" | "restore";
 
 export type ProgressEvent =
   /** server: listening for clients. */
@@ -24,8 +24,11 @@ export type ProgressEvent =
   | { kind: "file-start"; path: string; size: number }
   /** bytes of the current file moved so far. */
   | { kind: "file-progress"; path: string; bytes: number; size: number }
-  /** the operation on `path` is acknowledged (client) or committed (server). */
-  | { kind: "file-done"; path: string; op: Operation; size: number; set?: string }
+  /**
+   * the operation on `path` is acknowledged (client) or committed (server). `sentBytes`
+   * (client, puts): content bytes that travelled; the rest was reused from the server.
+   */
+  | { kind: "file-done"; path: string; op: Operation; size: number; set?: string; sentBytes?: number }
   /** an operation was given up for now; `retry` says whether it is queued again. */
   | { kind: "file-skipped"; path: string; reason: string; retry: boolean }
   /** client: all known changes are acknowledged; watching for more. */

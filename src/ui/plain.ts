@@ -3,8 +3,8 @@
 
 import type { ProgressEvent, Reporter } from "./events.js";
 
-/** Which end of the connection is printing; the same event reads differently on each. */
-export type Side = "client" | "server";
+/** Which end of the connection is printing (a restore is a client receiving); events read differently on each. */
+export type Side = "client" | "server" | "restore";
 
 /** Where lines go; a Node writable stream is one. */
 export interface LineSink {
@@ -68,6 +68,13 @@ function hostPort(host: string, port: number): string {
  * The sentence for one event, or null for events that only move bars (queued, file-start,
  * file-progress). The `idle` sentence is given; printers decide when it is worth a line.
  */
+/** ", 97% reused" when some of a file's bytes did not have to travel. */
+function reuse(event: { size: number; sentBytes?: number }): string {
+  if (event.sentBytes === undefined || event.size === 0 || event.sentBytes >= event.size) return "";
+  const percent = Math.floor(((event.size - event.sentBytes) / event.size) * 1000) / 10;
+  return `, ${formatBytes(event.sentBytes)} sent, ${percent}% reused`;
+}
+
 export function describeEvent(event: ProgressEvent, side: Side): string | null {
   switch (event.kind) {
     case "listening":
@@ -96,7 +103,8 @@ export function describeEvent(event: ProgressEvent, side: Side): string | null {
       const where = side === "server" && event.set !== undefined ? ` in set ${printable(event.set)}` : "";
       if (event.op === "delete") return `deleted ${path}${where}`;
       if (event.op === "mkdir") return `created directory ${path}${where}`;
-      return `${side === "server" ? "stored" : "sent"} ${path} (${formatBytes(event.size)})${where}`;
+      if (event.op === "restore") return `restored ${path} (${formatBytes(event.size)})`;
+      return `${side === "server" ? "stored" : "sent"} ${path} (${formatBytes(event.size)}${reuse(event)})${where}`;
     }
     case "file-skipped":
       return `skipped ${printable(event.path)}: ${printable(event.reason)}${event.retry ? " (will retry)" : ""}`;

@@ -141,12 +141,13 @@ export class ProgressModel {
       case "file-done": {
         const file = this.inFlight.get(event.path);
         this.inFlight.delete(event.path);
-        if (event.op === "put") {
+        const moves = event.op === "put" || event.op === "restore";
+        if (moves) {
           const rest = event.size - (file?.bytes ?? 0);
           if (rest > 0) this.addMoved(rest, now);
         }
         this.done.files += 1;
-        this.done.bytes += event.op === "put" ? event.size : 0;
+        this.done.bytes += moves ? event.size : 0;
         this.lastDone = { path: event.path, op: event.op, size: event.size };
         break;
       }

@@ -112,14 +112,17 @@ export class TtyPrinter implements Reporter {
         return fit(`✓ all backed up${total} · watching for changes`, width);
       }
       case "waiting": {
-        if (this.side === "client") return fit("… starting", width);
+        if (this.side === "restore" && s.done.files > 0) {
+          return fit(`✓ restored ${files(s.done.files)}, ${formatBytes(s.done.bytes)}`, width);
+        }
+        if (this.side !== "server") return fit("… starting", width);
         const peers = s.peers === 0 ? "waiting for clients" : `${clients(s.peers)} connected · up to date`;
         const got =
           s.done.files === 0 ? "" : ` · received ${files(s.done.files)}, ${formatBytes(s.done.bytes)}`;
         return fit(`${peers}${got}`, width);
       }
       case "busy": {
-        const verb = this.side === "client" ? "sending" : "receiving";
+        const verb = { client: "sending", server: "receiving", restore: "restoring" }[this.side];
         const bytes = `${formatBytes(doneBytes)}/${formatBytes(s.queued.bytes)}`;
         // A batch of deletions moves no bytes; its files still show progress.
         const fraction =

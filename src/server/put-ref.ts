@@ -1,0 +1,64 @@
+// The PUT_REF request: a new version of a file whose content the history may already
+// hold (a rename, a copy, a file sent again with --force). No content bytes travel.
+
+import { KeepwatchError } from "../errors.js";
+import type { FileHeader } from "../protocol/history-messages.js";
+import { pathProblem } from "../protocol/paths.js";
+import { ioError } from "./put.js";
+import type { RequestContext } from "./session.js";
+
+export async function handlePutRef(id: number, m: FileHeader, ctx: RequestContext): Promise<void> {
+  const problem = pathProblem(m.path);
+  if (problem !== null) {
+    return ctx.reject(
+      id,
+      new KeepwatchError("KW_BAD_PATH", `The path ${JSON.stringify(m.path)} was refused because ${problem}.`),
+    );
+  }
+  const chunks = await ctx.history.chunksOf(m.sha256);
+  const stored = chunks?.reduce((sum, c) => sum + c.length, 0);
+  if (!chunks || stored !== m.size) {
+    return ctx.reject(
+      id,
+      new KeepwatchError(
+        "KW_CONTENT_UNKNOWN",
+        `The server does not hold the content of ${JSON.stringify(m.path)}; send the file itself.`,
+      ),
+    );
+  }
+  try {
+    await commitFromHistory(ctx, m, chunks);
+  } catch (error) {
+    return ctx.reject(id, ioError(error, m.path));
+  }
+  ctx.reporter.emit({ kind: "file-done", path: m.path, op: "put", size: m.size, set: ctx.set });
+  ctx.ack(id);
+}
+
+/**
+ * Record a version whose chunks are all in the history and write it to the mirror: the
+ * mirror file is assembled (and its hash checked) first, then the version committed,
+ * then the file put in place.
+ */
+export async function commitFromHistory(
+  ctx: RequestContext,
+  m: FileHeader,
+  chunks: { id: Buffer; length: number }[],
+): Promise<void> {
+  const pending = await ctx.mirror.writePending(ctx.history.read(chunks), m.sha256);
+  try {
+    await ctx.history.commit({
+      set: ctx.set,
+      path: m.path,
+      kind: "file",
+      size: m.size,
+      mtimeMs: m.mtimeMs,
+      mode: m.mode,
+      content: { sha256: m.sha256, chunks },
+    });
+  } catch (error) {
+    await ctx.mirror.discard(pending);
+    throw error;
+  }
+  await ctx.mirror.install(pending, m.path, { mtimeMs: m.mtimeMs, mode: m.mode });
+}

@@ -1,0 +1,79 @@
+// Compression of single chunks for the pack files: zstd at a fixed level, or the bytes as
+// they are when zstd does not save at least MIN_GAIN of them (incompressible data then costs
+// one quick zstd attempt and a copy, and reads back with no decompression at all).
+// bench/compression.ts and docs/store.md give the measurements behind the choice.
+
+import zstd from "zstd-napi/binding.js";
+import { ChunkCodec, type ChunkCodecValue } from "./pack-format.js";
+
+/** zstd level used unless the store is told otherwise (see docs/store.md for why). */
+export const DEFAULT_ZSTD_LEVEL = 3;
+/** A compressed chunk is kept only when it is at least this fraction smaller than the chunk. */
+export const MIN_GAIN = 0.03;
+
+export interface EncodedChunk {
+  codec: ChunkCodecValue;
+  storedLength: number;
+}
+
+/** Bad stored bytes: they do not decode to a chunk of the expected length. */
+export class ChunkDecodeError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "ChunkDecodeError";
+  }
+}
+
+/** One compression and one decompression context, reused across chunks (not thread-safe). */
+export class ChunkCodecContext {
+  private readonly cctx = new zstd.CCtx();
+  private readonly dctx = new zstd.DCtx();
+
+  constructor(private readonly level = DEFAULT_ZSTD_LEVEL) {
+    if (!Number.isInteger(level) || level < zstd.minCLevel() || level > zstd.maxCLevel()) {
+      throw new RangeError(`zstd levels run from ${zstd.minCLevel()} to ${zstd.maxCLevel()}, got ${level}`);
+    }
+  }
+
+  /** Room `encode` may need in its target for a chunk of `length` bytes. */
+  static bound(length: number): number {
+    return Math.max(length, zstd.compressBound(length));
+  }
+
+  /**
+   * Encode `data` into `target` at `offset`, which must have `bound(data.length)` bytes of
+   * room; returns how it was stored.
+   */
+  encode(data: Buffer, target: Buffer, offset: number): EncodedChunk {
+    const keepBelow = Math.floor(data.length * (1 - MIN_GAIN));
+    if (keepBelow > 0) {
+      const room = target.subarray(offset, offset + zstd.compressBound(data.length));
+      const length = this.cctx.compress(room, data, this.level);
+      if (length <= keepBelow) return { codec: ChunkCodec.zstd, storedLength: length };
+    }
+    data.copy(target, offset);
+    return { codec: ChunkCodec.raw, storedLength: data.length };
+  }
+
+  /**
+   * The chunk's bytes from its stored bytes. Never allocates more than `rawLength`; throws
+   * ChunkDecodeError when the stored bytes do not decode to exactly `rawLength` bytes.
+   */
+  decode(codec: ChunkCodecValue, stored: Buffer, rawLength: number): Buffer {
+    if (codec === ChunkCodec.raw) {
+      if (stored.length !== rawLength) throw new ChunkDecodeError("a raw record of the wrong length");
+      return stored;
+    }
+    const out = Buffer.allocUnsafe(rawLength);
+    let length: number;
+    try {
+      length = this.dctx.decompress(out, stored);
+    } catch (error) {
+      throw new ChunkDecodeError("the zstd frame does not decode", { cause: error });
+    }
+    if (length !== rawLength) {
+      throw new ChunkDecodeError(`the zstd frame holds ${length} bytes, not ${rawLength}`);
+    }
+    return out;
+  }
+}

@@ -1,0 +1,111 @@
+// Chunk-level deltas and deduplication, end to end: only the chunks the server lacks
+// travel, renamed and copied files and content of another set cost no content bytes,
+// and `push --force` records a new version without sending content.
+
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { copyFile, mkdir, open, readdir, readFile, rename, stat, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { test } from "node:test";
+import { compareTrees, type RunResult, Sandbox } from "./helpers.js";
+
+const SIZE = 24 * 1024 * 1024;
+/** FastCDC's largest chunk (docs/chunking.md): an edit touches at most two. */
+const MAX_CHUNK = 256 * 1024;
+
+/** Content bytes the client reported sending for `path` (sentBytes of its file-done). */
+function sentFor(run: RunResult, path: string): number {
+  const done = run.events.filter((e) => e.event === "file-done" && e.op === "put" && e.path === path);
+  assert.equal(done.length, 1, `one put of ${path}: ${JSON.stringify(run.events.slice(-5))}`);
+  const sent = done[0]?.sentBytes;
+  assert.equal(typeof sent, "number", `file-done of ${path} reports sentBytes`);
+  return sent as number;
+}
+
+async function packBytes(dest: string): Promise<number> {
+  let total = 0;
+  const walk = async (dir: string): Promise<void> => {
+    for (const entry of await readdir(dir, { withFileTypes: true })) {
+      const path = join(dir, entry.name);
+      if (entry.isDirectory()) await walk(path);
+      else total += (await stat(path)).size;
+    }
+  };
+  await walk(join(dest, ".keepwatch", "packs"));
+  return total;
+}
+
+test("only changed chunks travel; renames, copies and other sets' content cost nothing", {
+  timeout: 120_000,
+}, async (t) => {
+  const box = await Sandbox.create(t);
+  const src = box.path("work");
+  const dest = box.path("dest");
+  await mkdir(src);
+  const original = randomBytes(SIZE);
+  await writeFile(join(src, "big.bin"), original);
+  await writeFile(join(src, "small.txt"), "small file\n");
+  const server = await box.startServer(dest);
+  const push = async (dir = src, args: string[] = []) => {
+    const run = await box.push(dir, server.port, args);
+    assert.equal(run.code, 0, `push exits 0\n${run.stderr}\n${box.report()}`);
+    assert.deepEqual(await compareTrees(dir, join(dest, join(dir).split("/").pop() as string)), []);
+    return run;
+  };
+
+  const first = await push();
+  assert.equal(sentFor(first, "big.bin"), SIZE, "a new file travels whole");
+
+  // One byte flipped in the middle.
+  const handle = await open(join(src, "big.bin"), "r+");
+  await handle.write(Buffer.from([(original[SIZE / 2] as number) ^ 0xff]), 0, 1, SIZE / 2);
+  await handle.close();
+  const flipped = await push();
+  const flipSent = sentFor(flipped, "big.bin");
+  assert.ok(flipSent > 0 && flipSent <= 2 * MAX_CHUNK, `a 1-byte flip sent ${flipSent} bytes`);
+
+  // 100 bytes inserted at the start.
+  await writeFile(
+    join(src, "big.bin"),
+    Buffer.concat([randomBytes(100), await readFile(join(src, "big.bin"))]),
+  );
+  const inserted = await push();
+  const insertSent = sentFor(inserted, "big.bin");
+  assert.ok(insertSent > 0 && insertSent <= 2 * MAX_CHUNK, `100 inserted bytes sent ${insertSent} bytes`);
+
+  // A rename and a copy within SRC: no content bytes.
+  await rename(join(src, "big.bin"), join(src, "renamed.bin"));
+  await copyFile(join(src, "renamed.bin"), join(src, "copy.bin"));
+  const moved = await push();
+  assert.equal(sentFor(moved, "renamed.bin"), 0, "a renamed file sends no content");
+  assert.equal(sentFor(moved, "copy.bin"), 0, "a copied file sends no content");
+
+  // Another set with the same content (its own client state knows nothing): no chunk
+  // bytes travel and the server's packs do not grow.
+  const other = box.path("other");
+  await mkdir(other);
+  await copyFile(join(src, "renamed.bin"), join(other, "same.bin"));
+  const packsBefore = await packBytes(dest);
+  const otherRun = await box.run("push", [
+    "push",
+    other,
+    "127.0.0.1",
+    "--port",
+    String(server.port),
+    "--json",
+    "--state-dir",
+    box.path("state-other"),
+  ]);
+  assert.equal(otherRun.code, 0, otherRun.stderr);
+  assert.equal(sentFor(otherRun, "same.bin"), 0, "content stored for another set is not sent again");
+  assert.ok((await packBytes(dest)) - packsBefore < 64 * 1024, "the packs did not grow by the file");
+  assert.deepEqual(await compareTrees(other, join(dest, "other")), []);
+
+  // --force: every file again, as new versions, without content bytes.
+  const forced = await push(src, ["--force"]);
+  for (const path of ["renamed.bin", "copy.bin", "small.txt"]) {
+    assert.equal(sentFor(forced, path), 0, `--force re-records ${path} without sending it`);
+  }
+  const stored = server.events.filter((e) => e.event === "file-done" && e.op === "put").length;
+  assert.ok(stored >= 9, `the server recorded every version (${stored} puts)`);
+});
