@@ -6,15 +6,15 @@ import { createHash } from "node:crypto";
 import { KeepwatchError, ProtocolError } from "../errors.js";
 import {
   encodeHistory,
+  MAX_CHUNKS_PER_FILE,
   type ManifestBegin,
   type ManifestOp,
-  MAX_CHUNKS_PER_FILE,
 } from "../protocol/history-messages.js";
 import { MessageType } from "../protocol/messages.js";
 import { pathProblem } from "../protocol/paths.js";
 import type { ChunkRef } from "../store/metadata-store.js";
-import { commitFromHistory } from "./put-ref.js";
 import { ioError } from "./put.js";
+import { commitFromHistory } from "./put-ref.js";
 import type { RequestContext } from "./session.js";
 
 /** Index ranges per NEED frame (8 bytes each), well within the smallest allowed frame. */
