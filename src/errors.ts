@@ -58,6 +58,9 @@ export const ErrorCodes = {
   KW_TARGET_EXISTS: { exit: ExitCode.localFiles, wire: false },
   KW_TARGET_UNUSABLE: { exit: ExitCode.localFiles, wire: false },
   KW_INTERRUPTED: { exit: ExitCode.failure, wire: false },
+  KW_DEST_IN_USE: { exit: ExitCode.localFiles, wire: false },
+  KW_NO_HISTORY: { exit: ExitCode.localFiles, wire: false },
+  KW_HISTORY_DAMAGED: { exit: ExitCode.failure, wire: false },
 } as const;
 
 export type ErrorCode = keyof typeof ErrorCodes;

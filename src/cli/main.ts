@@ -9,9 +9,12 @@ import { registerClient } from "./client.js";
 import { EXIT_CODES_HELP } from "./common.js";
 import { registerHistory } from "./history.js";
 import { registerLs } from "./ls.js";
+import { registerPrune } from "./prune.js";
 import { registerPush } from "./push.js";
+import { registerRebuildMirror } from "./rebuild-mirror.js";
 import { registerRestore } from "./restore.js";
 import { registerServer } from "./server.js";
+import { registerVerify } from "./verify.js";
 
 const program = new Command();
 program
@@ -35,6 +38,9 @@ registerPush(program);
 registerLs(program);
 registerHistory(program);
 registerRestore(program);
+registerVerify(program);
+registerPrune(program);
+registerRebuildMirror(program);
 
 try {
   await program.parseAsync(process.argv);

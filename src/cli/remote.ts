@@ -54,9 +54,9 @@ export function parseSetPath(text: string): SetPath {
   return { set, path };
 }
 
-/** The wire time for --at: -1 (now) when absent. */
+/** The wire time for --at: -1 (the server's own now) when absent or "now". */
 export function requestTime(at: string | undefined): number {
-  return at === undefined ? TIME_NOW : parseTime(at);
+  return at === undefined || at.trim().toLowerCase() === "now" ? TIME_NOW : parseTime(at);
 }
 
 /** "now" or "at 2024-05-01T14:30:00.000+02:00", for sentences. */

@@ -314,6 +314,15 @@ describe("restore (client side)", () => {
     assert.deepEqual(await leftovers(root), []);
   });
 
+  test("several files in the way: the first is named, the rest counted", async () => {
+    await mkdir(join(root, "docs", "sub"), { recursive: true });
+    await writeFile(join(root, "docs", "a.txt"), "mine");
+    await writeFile(join(root, "docs", "sub", "b.txt"), "mine");
+    const items = [folder("docs"), file("docs/a.txt", "x"), folder("docs/sub"), file("docs/sub/b.txt", "y")];
+    const error = await runFailing(items, "KW_TARGET_EXISTS");
+    assert.match(error.message, /a\.txt already exists, and 1 more of the restored paths are taken in /);
+  });
+
   test("a folder where a file goes is never replaced, even with overwrite", async () => {
     await mkdir(join(root, "docs", "a.txt"), { recursive: true });
     await runFailing([folder("docs"), file("docs/a.txt", "x")], "KW_TARGET_EXISTS", { overwrite: true });

@@ -80,7 +80,8 @@ export async function restore(options: RestoreOptions): Promise<RestoreSummary> 
   await checkRoot(options.root);
   let files = 0;
   let bytes = 0;
-  const conflicts: KeepwatchError[] = [];
+  // Only the first is named, so that memory does not grow with the number in the way.
+  const conflicts: { first: KeepwatchError | null; count: number } = { first: null, count: 0 };
   await listEntries(link, { path: options.path, time: options.time, mode: 0 }, async (entry) => {
     checkEntry(options, entry);
     if (entry.kind === "file") {
@@ -91,14 +92,14 @@ export async function restore(options: RestoreOptions): Promise<RestoreSummary> 
     const inWay = await inTheWay(abs, entry.kind === "dir" ? "dir" : "file", options.overwrite);
     if (inWay === null) return;
     if (inWay.code !== "KW_TARGET_EXISTS") throw inWay;
-    conflicts.push(inWay);
+    conflicts.first ??= inWay;
+    conflicts.count += 1;
   });
-  const [first] = conflicts;
-  if (first !== undefined && conflicts.length === 1) throw first;
-  if (first !== undefined) {
+  if (conflicts.first !== null && conflicts.count === 1) throw conflicts.first;
+  if (conflicts.first !== null) {
     throw new KeepwatchError(
       "KW_TARGET_EXISTS",
-      `${first.message.replace(/;.*$/, "")}, and ${conflicts.length - 1} more of the restored paths are taken in ${options.root}; add --overwrite to replace existing files, or restore into another folder with --to.`,
+      `${conflicts.first.message.replace(/;.*$/, "")}, and ${conflicts.count - 1} more of the restored paths are taken in ${options.root}; add --overwrite to replace existing files, or restore into another folder with --to.`,
     );
   }
   await ensureRoot(options.root);

@@ -9,6 +9,7 @@ import { join, resolve } from "node:path";
 import { errnoCode, KeepwatchError } from "../errors.js";
 import { assertValidSetName } from "../protocol/paths.js";
 import { Mirror } from "../store/mirror.js";
+import { DestLock, type LockHolder } from "./dest-lock.js";
 import { History } from "./history.js";
 
 export const CONTROL_DIR = ".keepwatch";
@@ -20,6 +21,7 @@ export class Destination {
     readonly root: string,
     readonly storeId: string,
     readonly history: History,
+    private readonly lock: DestLock,
   ) {}
 
   get tempDir(): string {
@@ -43,8 +45,11 @@ export class Destination {
     }
   }
 
-  /** Open DEST, creating it if missing; throws a KeepwatchError a person can act on. */
-  static async open(dest: string): Promise<Destination> {
+  /**
+   * Open DEST, creating it if missing, and hold its lock (dest-lock.ts) until close; throws
+   * a KeepwatchError a person can act on, KW_DEST_IN_USE when another process holds it.
+   */
+  static async open(dest: string, holder: LockHolder = "server"): Promise<Destination> {
     const root = resolve(dest);
     try {
       const st = await stat(root);
@@ -60,21 +65,30 @@ export class Destination {
       }
     }
     const control = join(root, CONTROL_DIR);
+    let lock: DestLock | undefined;
     try {
       await access(root, constants.W_OK);
       await mkdir(control, { recursive: true, mode: 0o700 });
+      // Before tmp/ is emptied: it may hold the files in flight of the server holding DEST.
+      lock = DestLock.acquire(control, holder);
       await rm(join(control, "tmp"), { recursive: true, force: true });
       await mkdir(join(control, "tmp"), { mode: 0o700 });
       const storeId = await readOrCreateStoreId(join(control, "store-id"));
       const history = await History.open(control);
-      return new Destination(root, storeId, history);
+      return new Destination(root, storeId, history, lock);
     } catch (error) {
+      lock?.release();
+      if (error instanceof KeepwatchError && error.code === "KW_DEST_IN_USE") throw error;
       throw unusable(root, error);
     }
   }
 
   async close(): Promise<void> {
-    await this.history.close();
+    try {
+      await this.history.close();
+    } finally {
+      this.lock.release();
+    }
   }
 
   /** The mirror of `set`, creating its folder on first use. */
@@ -93,8 +107,9 @@ export class Destination {
       }
     } catch (error) {
       if (error instanceof KeepwatchError) throw error;
+      // A missing set folder is created by the mirror on its first write, so that merely
+      // reading a set (ls, history, restore of a name that does not exist) creates nothing.
       if (errnoCode(error) !== "ENOENT") throw error;
-      await mkdir(root, { mode: 0o755 });
     }
     const mirror = new Mirror(root, this.tempDir);
     this.mirrors.set(set, mirror);

@@ -79,7 +79,7 @@ export class Mirror {
   private readonly tempPrefix = `put-${process.pid}-${randomBytes(4).toString("hex")}-`;
   private tempCounter = 0;
   /** Folders (set-relative) known to be real directories; cleared below a deleted path. */
-  private readonly knownFolders = new Set<string>([""]);
+  private readonly knownFolders = new Set<string>();
 
   constructor(
     /** Absolute path of DEST/<set>. */
@@ -206,11 +206,26 @@ export class Mirror {
   /** Remove the file or folder at `path`; absent is fine. Never follows a link. */
   async remove(path: string): Promise<void> {
     assertValidPath(path);
-    if (!(await this.parentsAreFolders(path))) return;
+    if (!(await this.rootIsFolder()) || !(await this.parentsAreFolders(path))) return;
     const target = join(this.root, path);
     await rm(target, { recursive: true, force: true });
     this.forget(path);
     await this.syncer.sync(dirname(target));
+  }
+
+  /** False when the set's folder does not exist yet; throws when something else stands there. */
+  private async rootIsFolder(): Promise<boolean> {
+    if (this.knownFolders.has("")) return true;
+    try {
+      if ((await lstat(this.root)).isDirectory()) return true;
+    } catch (error) {
+      if (errnoCode(error) === "ENOENT") return false;
+      throw error;
+    }
+    throw new KeepwatchError(
+      "KW_SERVER_IO",
+      `The set folder ${this.root} is not a plain folder; move it away.`,
+    );
   }
 
   /** True when every folder above `path` is a real directory (not a link, not a file). */
@@ -236,6 +251,7 @@ export class Mirror {
    * where the source now has a folder. `mode` applies to the last component only.
    */
   private async ensureFolder(path: string, mode?: number): Promise<void> {
+    if (!this.knownFolders.has("")) await this.ensureRoot();
     if (path === "") return;
     if (this.knownFolders.has(path) && mode === undefined) return;
     const parts = path.split("/");
@@ -275,6 +291,23 @@ export class Mirror {
       }
       this.knownFolders.add(rel);
     }
+  }
+
+  /** Create the set's own folder on first need; never accept a link in its place. */
+  private async ensureRoot(): Promise<void> {
+    try {
+      await mkdir(this.root, { mode: 0o755 });
+      await this.syncer.sync(dirname(this.root));
+    } catch (error) {
+      if (errnoCode(error) !== "EEXIST") throw error;
+    }
+    if (!(await lstat(this.root)).isDirectory()) {
+      throw new KeepwatchError(
+        "KW_SERVER_IO",
+        `The set folder ${this.root} is not a plain folder; move it away.`,
+      );
+    }
+    this.knownFolders.add("");
   }
 
   /** If a real folder stands at `path`, remove it so a file can take its place. */

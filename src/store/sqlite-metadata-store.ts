@@ -122,6 +122,34 @@ export class SqliteMetadataStore implements MetadataStore {
     }
   }
 
+  /**
+   * Open an existing database at `file` for reading only, beside a server that may be
+   * writing it (WAL readers do not block the writer). Used by verify, which must never
+   * write; a schema other than this code's is refused rather than migrated.
+   */
+  static openReadOnly(file: string): SqliteMetadataStore {
+    let db: Database.Database | undefined;
+    try {
+      db = new Database(file, { readonly: true, fileMustExist: true });
+      const version = db.pragma("user_version", { simple: true }) as number;
+      if (version !== SCHEMA_VERSION) {
+        throw new KeepwatchError(
+          "KW_SERVER_IO",
+          `The history index ${file} has schema ${version}, not ${SCHEMA_VERSION}; use the keepwatch that wrote it, or start this one's server on it once to migrate it.`,
+        );
+      }
+      return new SqliteMetadataStore(db);
+    } catch (error) {
+      db?.close();
+      if (error instanceof KeepwatchError) throw error;
+      throw new KeepwatchError(
+        "KW_SERVER_IO",
+        `The history index ${file} cannot be read (${error instanceof Error ? error.message : String(error)}); check the folder's permissions.`,
+        { cause: error },
+      );
+    }
+  }
+
   async findContent(sha256: Buffer): Promise<ContentInfo | null> {
     const row = this.stmt.content.get(sha256);
     return row ? { sha256: row.sha256, size: row.size, chunkCount: row.chunk_count } : null;
