@@ -2,9 +2,8 @@
 // (`SET[/path/inside]`, as the mirror shows it), the --at TIME, one connection to the
 // server for a set (or for none, to list the sets), and how their results are printed.
 
-import { hostname, userInfo } from "node:os";
 import type { Command } from "commander";
-import { ServerLink } from "../client/link.js";
+import { defaultClientName, ServerLink } from "../client/link.js";
 import { errnoCode, KeepwatchError, RemoteError } from "../errors.js";
 import { type Entry, TIME_NOW } from "../protocol/history-messages.js";
 import { pathProblem, setNameProblem } from "../protocol/paths.js";
@@ -68,16 +67,6 @@ export function shownPath(target: SetPath): string {
   return target.path === "" ? target.set : `${target.set}/${target.path}`;
 }
 
-function clientName(): string {
-  let user = "unknown";
-  try {
-    user = userInfo().username;
-  } catch {
-    // no passwd entry (containers): keep "unknown"
-  }
-  return `${user}@${hostname()}`;
-}
-
 /**
  * Connect for `set` ("" binds the connection to no set, which may only list the sets),
  * run `body`, then say goodbye; on failure the connection is dropped at once.
@@ -92,7 +81,7 @@ export async function withLink<T>(
     host: resolveHost(host),
     port: flags.port,
     set,
-    clientName: clientName(),
+    clientName: defaultClientName(),
   });
   let result: T;
   try {

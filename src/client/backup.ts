@@ -3,11 +3,10 @@
 // reconnecting with backoff whenever the server goes away.
 
 import { stat } from "node:fs/promises";
-import { hostname, userInfo } from "node:os";
 import { errnoCode, KeepwatchError } from "../errors.js";
 import type { Reporter } from "../ui/events.js";
 import { Debouncer } from "./debouncer.js";
-import { ServerLink } from "./link.js";
+import { defaultClientName, ServerLink } from "./link.js";
 import { ClientState } from "./state.js";
 import { type WatchHandle, watchTree } from "./watcher.js";
 import { Worker } from "./worker.js";
@@ -64,16 +63,6 @@ export async function checkSource(root: string): Promise<void> {
   }
 }
 
-function clientName(): string {
-  let user = "unknown";
-  try {
-    user = userInfo().username;
-  } catch {
-    // no passwd entry (containers): keep "unknown"
-  }
-  return `${user}@${hostname()}`;
-}
-
 export class BackupClient {
   private state: ClientState | null = null;
   private stateStoreId = "";
@@ -84,7 +73,7 @@ export class BackupClient {
 
   private async connect(): Promise<Worker> {
     const { host, port, set, root, stateDir, reporter } = this.options;
-    const link = await ServerLink.connect({ host, port, set, clientName: clientName() });
+    const link = await ServerLink.connect({ host, port, set, clientName: defaultClientName() });
     if (!this.state || this.stateStoreId !== link.welcome.storeId) {
       this.state?.close();
       this.state = ClientState.open(stateDir, link.welcome.storeId, set, root);

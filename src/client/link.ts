@@ -2,6 +2,7 @@
 // and matches each ACK or ERROR to the request that is waiting for it.
 
 import { connect as netConnect } from "node:net";
+import { hostname, userInfo } from "node:os";
 import { errnoCode, KeepwatchError, ProtocolError, RemoteError } from "../errors.js";
 import { Connection } from "../protocol/connection.js";
 import type { Frame } from "../protocol/frame.js";
@@ -29,6 +30,17 @@ interface Waiter {
   reject: (error: KeepwatchError) => void;
   /** Frames other than ACK and ERROR that the server sends for this request (NEED, ENTRY, FILE_DATA). */
   onFrame?: (frame: Frame) => void | Promise<void>;
+}
+
+/** The name a client gives in HELLO: user@host, for the server's log. */
+export function defaultClientName(): string {
+  let user = "unknown";
+  try {
+    user = userInfo().username;
+  } catch {
+    // no passwd entry (containers): keep "unknown"
+  }
+  return `${user}@${hostname()}`;
 }
 
 export class ServerLink {
