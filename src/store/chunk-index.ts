@@ -195,6 +195,28 @@ export class ChunkIndex {
     }
   }
 
+  /**
+   * Open an existing index at `path` for reading only, without SQLite's exclusive lock. Fails
+   * with SQLITE_BUSY while a store holds it open. Used by verify, which never writes; a
+   * reader open also keeps a store from opening, so readers should close it soon.
+   */
+  static openReadOnly(path: string): ChunkIndex {
+    const db = new Database(path, { readonly: true, fileMustExist: true, timeout: 0 });
+    try {
+      const version = db.pragma("user_version", { simple: true }) as number;
+      if (version !== INDEX_SCHEMA_VERSION) {
+        throw new KeepwatchError(
+          "KW_SERVER_IO",
+          `The chunk index ${path} has schema version ${version}, not ${INDEX_SCHEMA_VERSION}; use the keepwatch that wrote it.`,
+        );
+      }
+      return new ChunkIndex(db, false);
+    } catch (error) {
+      db.close();
+      throw error;
+    }
+  }
+
   locate(id: Buffer): ChunkLocation | undefined {
     const row = this.stmt.locate.get(id);
     return row ? { ...toChunk(row), path: row.path } : undefined;
