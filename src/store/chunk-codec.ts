@@ -29,10 +29,15 @@ export class ChunkCodecContext {
   private readonly cctx = new zstd.CCtx();
   private readonly dctx = new zstd.DCtx();
 
-  constructor(private readonly level = DEFAULT_ZSTD_LEVEL) {
+  constructor(level = DEFAULT_ZSTD_LEVEL) {
     if (!Number.isInteger(level) || level < zstd.minCLevel() || level > zstd.maxCLevel()) {
       throw new RangeError(`zstd levels run from ${zstd.minCLevel()} to ${zstd.maxCLevel()}, got ${level}`);
     }
+    // Set once for compress2: the level, and the content size in every frame's header,
+    // which decode relies on to never produce more than the index says.
+    this.cctx.setParameter(zstd.CParameter.compressionLevel, level);
+    this.cctx.setParameter(zstd.CParameter.contentSizeFlag, 1);
+    this.cctx.setParameter(zstd.CParameter.checksumFlag, 0);
   }
 
   /** Room `encode` may need in its target for a chunk of `length` bytes. */
@@ -48,7 +53,7 @@ export class ChunkCodecContext {
     const keepBelow = Math.floor(data.length * (1 - MIN_GAIN));
     if (keepBelow > 0) {
       const room = target.subarray(offset, offset + zstd.compressBound(data.length));
-      const length = this.cctx.compress(room, data, this.level);
+      const length = this.cctx.compress2(room, data);
       if (length <= keepBelow) return { codec: ChunkCodec.zstd, storedLength: length };
     }
     data.copy(target, offset);
