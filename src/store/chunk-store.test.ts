@@ -371,7 +371,9 @@ describe("LocalChunkStore", () => {
       await rm(join(base, `run-${n}`), { recursive: true, force: true });
     };
     for (let n = 0; n < plans.length; n += 2) {
-      await Promise.all([runPlan(n), ...(n + 1 < plans.length ? [runPlan(n + 1)] : [])]);
+      // allSettled: a failing run must not end the test while its pair still writes files.
+      const pair = await Promise.allSettled([runPlan(n), ...(n + 1 < plans.length ? [runPlan(n + 1)] : [])]);
+      for (const result of pair) if (result.status === "rejected") throw result.reason;
     }
     assert.ok(orphansSeen > 0, "some kills left a pack file for the next open to remove");
   });
