@@ -2,15 +2,15 @@
 //   1. inner-loop variants, to keep the fastest (all cut the same boundaries);
 //   2. throughput of the chunker alone and of chunker + SHA-256 of every chunk, with the
 //      default parameters, over 1 GiB of incompressible data pushed in 1 MiB pieces;
-//   3. for candidate parameters: chunks per GiB, throughput, the manifest (32 + 4 bytes per
-//      chunk), and what an edit costs: new chunk bytes (chunks of the edited file whose
-//      SHA-256 the original lacks) after one byte flipped mid-file, after 100 bytes inserted
-//      at the start, and on average over many random insertions or deletions of 1–64 bytes
-//      and of 1–64 KiB.
+//   3. for candidate parameters: chunks per GiB, throughput, the full manifest (32 + 4 bytes
+//      per chunk), and what an edit costs: new chunk bytes (chunks of the edited file whose
+//      SHA-256 the original lacks) and the manifest as protocol v2 COPY/NEW ops after one
+//      byte flipped mid-file and after 100 bytes inserted at the start, and the mean new
+//      bytes over many random insertions or deletions of 1–64 bytes and of 1–64 KiB.
 // It follows /work/shared/BENCHMARKING.md: ~2 GiB of memory is touched and freed in another
 // process first, the data is generated (and so touched) before any timing, every figure is
 // a median of several runs with its min–max, variants are interleaved (A B A B …), each run
-// waits (up to 20 s) for the machine to be quiet, and the load average, the share of the
+// waits (up to 60 s) for the machine to be quiet, and the load average, the share of the
 // other vCPU that other processes used, and our on-CPU share are printed per run.
 //
 // Run: npx tsx bench/chunking.ts [--quick] [--throughput | --candidates]
@@ -88,6 +88,11 @@ const fmt = (value: number, digits = 0): string =>
   value.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
 
 /** "median (min–max)" of MB/s figures, and the same in MiB/s. */
+/** "median (min–max)". */
+function spread(values: number[]): string {
+  return `${fmt(median(values))} (${fmt(Math.min(...values))}–${fmt(Math.max(...values))})`;
+}
+
 function rates(mbps: number[]): string {
   const mib = mbps.map((r) => (r * 1e6) / MiB);
   return `${fmt(median(mbps))} MB/s (${fmt(Math.min(...mbps))}–${fmt(Math.max(...mbps))}); ${fmt(median(mib))} MiB/s (${fmt(Math.min(...mib))}–${fmt(Math.max(...mib))})`;
@@ -116,7 +121,7 @@ function sleepSync(ms: number): void {
 }
 
 /**
- * Waits (up to 20 s; not with --quick) for half a second in which the whole machine was less
+ * Waits (up to 60 s; not with --quick) for half a second in which the whole machine was less
  * than 25% busy, so a run starts while other sessions leave a core free. Returns the seconds
  * waited.
  */
@@ -128,12 +133,14 @@ function waitQuiet(): number {
     sleepSync(500);
     const b = machineTicks();
     const waited = (performance.now() - t0) / 1000;
-    if ((b.busy - a.busy) / Math.max(1, b.total - a.total) < 0.25 || waited > 20) return waited;
+    if ((b.busy - a.busy) / Math.max(1, b.total - a.total) < 0.25 || waited > 60) return waited;
   }
 }
 
 interface Timing {
   mbps: number;
+  /** Bytes over our CPU time: what the code does per second of CPU, whatever else ran. */
+  cpuMbps: number;
   /** Share of the other vCPUs' time that was busy during the run (others' load), 0–1. */
   othersBusy: number;
   /** Our CPU time over wall time: below 1 when we were descheduled. */
@@ -163,11 +170,18 @@ function timed(bytes: number, fn: () => void): Timing {
   const ours = total > 0 ? (cpuS / wallS / ncpu) * total : 0;
   const othersBusy =
     ncpu > 1 && total > 0 ? Math.min(1, Math.max(0, (busy - ours) / (total * ((ncpu - 1) / ncpu)))) : 0;
-  return { mbps: bytes / wallS / 1e6, othersBusy, onCpu: cpuS / wallS, waited, load };
+  return {
+    mbps: bytes / wallS / 1e6,
+    cpuMbps: bytes / cpuS / 1e6,
+    othersBusy,
+    onCpu: cpuS / wallS,
+    waited,
+    load,
+  };
 }
 
 function runLine(name: string, t: Timing): string {
-  return `  ${name.padEnd(40)} ${fmt(t.mbps).padStart(6)} MB/s   load before ${t.load}   others busy ${fmt(t.othersBusy * 100)}%   on-CPU ${fmt(t.onCpu * 100)}%   waited ${t.waited.toFixed(1)} s`;
+  return `  ${name.padEnd(40)} ${fmt(t.mbps).padStart(6)} MB/s (${fmt(t.cpuMbps).padStart(6)} per CPU-s)   load before ${t.load}   others busy ${fmt(t.othersBusy * 100)}%   on-CPU ${fmt(t.onCpu * 100)}%   waited ${t.waited.toFixed(1)} s`;
 }
 
 /** Touches and frees ~2 GiB in a separate process (BENCHMARKING.md pitfall 1). */
@@ -373,17 +387,29 @@ function variantTwoBytes(src: Buffer, x: Params): number {
 
 // ---------------------------------------------------------------- edits
 
-/** Bytes of the edited file's chunks whose hash the original lacks, and the edited chunk count. */
-function newBytes(original: Set<string>, edited: { ids: string[]; lengths: number[] }) {
+/**
+ * What an edited file costs against the original: bytes and count of its chunks whose hash
+ * the original lacks, and the size of its manifest sent as protocol v2 ops against the
+ * original (docs/protocol.md 11.2: COPY runs of 9 bytes, NEW entries of 37 bytes).
+ */
+function editCost(original: Map<string, number>, edited: { ids: string[]; lengths: number[] }) {
   let bytes = 0;
   let chunks = 0;
+  let opsBytes = 0;
+  let runEnd = -1; // index in the original just after the current COPY run
   edited.ids.forEach((id, i) => {
-    if (!original.has(id)) {
+    const at = original.get(id);
+    if (at === undefined) {
       bytes += edited.lengths[i] as number;
       chunks++;
+      opsBytes += 37;
+      runEnd = -1;
+    } else {
+      if (at !== runEnd) opsBytes += 9;
+      runEnd = at + 1;
     }
   });
-  return { bytes, chunks, total: edited.ids.length };
+  return { bytes, chunks, opsBytes };
 }
 
 interface EditStats {
@@ -494,7 +520,7 @@ function main(): void {
     ["two bytes/step", variantTwoBytes],
     ["library (two bytes/step), 1 MiB pushes", countChunks],
   ];
-  const variantRates = new Map<string, number[]>();
+  const variantRates = new Map<string, Timing[]>();
   for (let run = 0; run < (THROUGHPUT ? RUNS : 0); run++) {
     for (const [name, fn] of variants) {
       let count = 0;
@@ -503,7 +529,7 @@ function main(): void {
       });
       if (count !== expected) throw new Error(`${name} cut ${count} chunks, the library ${expected}`);
       console.log(runLine(name, t));
-      variantRates.set(name, [...(variantRates.get(name) ?? []), t.mbps]);
+      variantRates.set(name, [...(variantRates.get(name) ?? []), t]);
     }
   }
 
@@ -517,12 +543,12 @@ function main(): void {
     ["chunker + SHA-256", () => chunkHashes(data, defaults)],
     ["SHA-256 alone (1 MiB)", () => sha256Pieces(data)],
   ];
-  const workloadRates = new Map<string, number[]>();
+  const workloadRates = new Map<string, Timing[]>();
   for (let run = 0; run < (THROUGHPUT ? RUNS : 0); run++) {
     for (const [name, fn] of workloads) {
       const t = timed(DATA_BYTES, fn);
       console.log(runLine(name, t));
-      workloadRates.set(name, [...(workloadRates.get(name) ?? []), t.mbps]);
+      workloadRates.set(name, [...(workloadRates.get(name) ?? []), t]);
     }
   }
 
@@ -535,14 +561,17 @@ function main(): void {
   const editRows: string[] = [];
   for (const candidate of CANDIDATES_PART ? CANDIDATES : []) {
     countChunks(warm, candidate);
-    const speeds: number[] = [];
+    const speeds: Timing[] = [];
     for (let run = 0; run < CANDIDATE_RUNS; run++) {
       const t = timed(DATA_BYTES, () => countChunks(data, candidate));
       console.log(runLine(label(candidate), t));
-      speeds.push(t.mbps);
+      speeds.push(t);
     }
     const original = chunkHashes(data, candidate);
-    const ids = new Set(original.ids);
+    const ids = new Map<string, number>();
+    original.ids.forEach((id, i) => {
+      if (!ids.has(id)) ids.set(id, i);
+    });
     const ends = new Float64Array(original.lengths.length);
     let end = 0;
     original.lengths.forEach((length, i) => {
@@ -551,9 +580,9 @@ function main(): void {
     });
     const mid = data.length >> 1;
     data[mid] = (data[mid] as number) ^ 1;
-    const flipped = newBytes(ids, chunkHashes(data, candidate));
+    const flipped = editCost(ids, chunkHashes(data, candidate));
     data[mid] = (data[mid] as number) ^ 1;
-    const inserted = newBytes(ids, chunkHashes(data, candidate, generate(100, 7)));
+    const inserted = editCost(ids, chunkHashes(data, candidate, generate(100, 7)));
     const small = randomEdits(data, candidate, ends, 1, 64);
     const large = randomEdits(data, candidate, ends, 1 * KiB, 64 * KiB);
     const count = original.ids.length;
@@ -563,16 +592,16 @@ function main(): void {
         label(candidate),
         fmt((count * GiB) / DATA_BYTES),
         `${fmt(DATA_BYTES / count / KiB, 1)} KiB`,
-        `${fmt(median(speeds))} (${fmt(Math.min(...speeds))}–${fmt(Math.max(...speeds))})`,
+        spread(speeds.map((t) => t.mbps)),
+        spread(speeds.map((t) => t.cpuMbps)),
         `${fmt(manifest / 1000)} KB`,
-        `${fmt((flipped.bytes + manifest) / 1000)} KB`,
       ].join(" | "),
     );
     editRows.push(
       [
         label(candidate),
-        `${fmt(flipped.bytes / 1000)} KB / ${flipped.chunks}`,
-        `${fmt(inserted.bytes / 1000)} KB / ${inserted.chunks}`,
+        `${fmt(flipped.bytes / 1000)} KB / ${flipped.chunks} / ${flipped.opsBytes} B`,
+        `${fmt(inserted.bytes / 1000)} KB / ${inserted.chunks} / ${inserted.opsBytes} B`,
         editCell(small),
         editCell(large),
       ].join(" | "),
@@ -581,23 +610,43 @@ function main(): void {
 
   console.log("\n## Summary\n");
   console.log(`load average at end: ${loadLine()}\n`);
-  console.log("| inner loop | MB/s median (min–max) |\n| --- | --- |");
-  for (const [name, r] of variantRates) {
-    console.log(`| ${name} | ${fmt(median(r))} (${fmt(Math.min(...r))}–${fmt(Math.max(...r))}) |`);
-  }
-  console.log(`\n| ${label(defaults)}, 1 MiB pushes | median (min–max) of ${RUNS} |\n| --- | --- |`);
-  for (const [name, r] of workloadRates) console.log(`| ${name} | ${rates(r)} |`);
+  if (THROUGHPUT) printThroughput(variantRates, workloadRates, defaults);
+  if (!CANDIDATES_PART) return;
   const size = DATA_BYTES === GiB ? "1 GiB" : `${fmt(DATA_BYTES / MiB)} MiB`;
   console.log(
-    `\n| params min/avg/max | chunks per GiB | mean size | MB/s chunker alone, median (min–max) of ${CANDIDATE_RUNS} | manifest of ${size} (36 B/chunk) | 1 byte flipped: new bytes + whole manifest |`,
+    `\n| params min/avg/max | chunks per GiB | mean size | MB/s chunker alone, median (min–max) of ${CANDIDATE_RUNS} | per CPU-second | full manifest of ${size} (36 B/chunk) |`,
   );
   console.log(`| ${Array(6).fill("---").join(" | ")} |`);
   for (const row of costRows) console.log(`| ${row} |`);
   console.log(
-    `\n| params min/avg/max | 1 byte flipped mid-file: new bytes / chunks | 100 B inserted at start: new bytes / chunks | ${RANDOM_EDITS} edits of 1–64 B: mean new bytes / chunks / share ≤ 3 chunks | ${RANDOM_EDITS} edits of 1–64 KiB: same |`,
+    `\n| params min/avg/max | 1 byte flipped mid-file: new bytes / chunks / manifest ops | 100 B inserted at start: same | ${RANDOM_EDITS} edits of 1–64 B: mean new bytes / chunks / share ≤ 3 chunks | ${RANDOM_EDITS} edits of 1–64 KiB: same |`,
   );
   console.log(`| ${Array(5).fill("---").join(" | ")} |`);
   for (const row of editRows) console.log(`| ${row} |`);
+}
+
+function printThroughput(
+  variantRates: Map<string, Timing[]>,
+  workloadRates: Map<string, Timing[]>,
+  defaults: Params,
+): void {
+  const onCpu = (r: Timing[]): string => spread(r.map((t) => t.onCpu * 100));
+  console.log(
+    `| inner loop | MB/s, median (min–max) of ${RUNS} | MB/s per CPU-second | on-CPU % |\n| --- | --- | --- | --- |`,
+  );
+  for (const [name, r] of variantRates) {
+    console.log(
+      `| ${name} | ${spread(r.map((t) => t.mbps))} | ${spread(r.map((t) => t.cpuMbps))} | ${onCpu(r)} |`,
+    );
+  }
+  console.log(
+    `\n| ${label(defaults)}, 1 MiB pushes | median (min–max) of ${RUNS} | MB/s per CPU-second | on-CPU % |\n| --- | --- | --- | --- |`,
+  );
+  for (const [name, r] of workloadRates) {
+    console.log(
+      `| ${name} | ${rates(r.map((t) => t.mbps))} | ${spread(r.map((t) => t.cpuMbps))} | ${onCpu(r)} |`,
+    );
+  }
 }
 
 main();

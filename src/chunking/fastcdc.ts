@@ -132,7 +132,7 @@ export class Chunker {
     const chunks: Chunk[] = [];
     let start = 0;
     if (this.carryLength > 0) {
-      const cut = findEnd(this.rule, src, 0, end, this.carryLength, 0);
+      const cut = findEnd(this.rule, src, 0, end, this.carryLength, this.hash);
       if (cut < 0) {
         this.hash = hashAtEnd;
         this.keep(src, 0);
