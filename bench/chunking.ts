@@ -479,6 +479,16 @@ function randomEdits(
   };
 }
 
+/** Mean, standard deviation, 5th/50th/95th percentiles and share cut at maxSize, in KiB. */
+function sizeStats(lengths: number[], maxSize: number): string {
+  const sorted = Float64Array.from(lengths).sort();
+  const mean = sorted.reduce((a, b) => a + b, 0) / sorted.length;
+  const sd = Math.sqrt(sorted.reduce((a, b) => a + (b - mean) ** 2, 0) / sorted.length);
+  const pct = (q: number): string => fmt((sorted[Math.floor(q * (sorted.length - 1))] as number) / KiB, 1);
+  const forced = sorted.filter((l) => l === maxSize).length / sorted.length;
+  return `${fmt(sd / KiB, 1)} KiB | ${pct(0.05)} / ${pct(0.5)} / ${pct(0.95)} KiB | ${fmt(forced * 100, 2)}%`;
+}
+
 const editCell = (x: EditStats): string =>
   `${fmt(x.meanBytes / 1000, 1)} KB / ${x.meanChunks.toFixed(2)} / ${fmt(x.withinThree * 100, 1)}%`;
 
@@ -592,6 +602,7 @@ function main(): void {
         label(candidate),
         fmt((count * GiB) / DATA_BYTES),
         `${fmt(DATA_BYTES / count / KiB, 1)} KiB`,
+        sizeStats(original.lengths, candidate.maxSize),
         spread(speeds.map((t) => t.mbps)),
         spread(speeds.map((t) => t.cpuMbps)),
         `${fmt(manifest / 1000)} KB`,
@@ -614,9 +625,9 @@ function main(): void {
   if (!CANDIDATES_PART) return;
   const size = DATA_BYTES === GiB ? "1 GiB" : `${fmt(DATA_BYTES / MiB)} MiB`;
   console.log(
-    `\n| params min/avg/max | chunks per GiB | mean size | MB/s chunker alone, median (min–max) of ${CANDIDATE_RUNS} | per CPU-second | full manifest of ${size} (36 B/chunk) |`,
+    `\n| params min/avg/max | chunks per GiB | mean size | standard deviation | 5th / 50th / 95th percentile | cut at maxSize | MB/s chunker alone, median (min–max) of ${CANDIDATE_RUNS} | per CPU-second | full manifest of ${size} (36 B/chunk) |`,
   );
-  console.log(`| ${Array(6).fill("---").join(" | ")} |`);
+  console.log(`| ${Array(9).fill("---").join(" | ")} |`);
   for (const row of costRows) console.log(`| ${row} |`);
   console.log(
     `\n| params min/avg/max | 1 byte flipped mid-file: new bytes / chunks / manifest ops | 100 B inserted at start: same | ${RANDOM_EDITS} edits of 1–64 B: mean new bytes / chunks / share ≤ 3 chunks | ${RANDOM_EDITS} edits of 1–64 KiB: same |`,

@@ -19,9 +19,13 @@
 // set up untimed with the initial transfer; nothing is deleted until all runs are done.
 // All sources sit in the page cache (warm); caches are not dropped.
 //
-// Run: npx tsx bench/delta.ts [--quick] [--keep]
-//   --quick  128 MiB and 16 MiB files instead of 1 GiB and 100 MiB
-//   --keep   leave the generated data in /tmp/kw-delta-*
+// Run: npx tsx bench/delta.ts [--quick] [--keep] [--no-wait]
+//   --quick    128 MiB and 16 MiB files instead of 1 GiB and 100 MiB
+//   --keep     leave the generated data in /tmp/kw-delta-*
+//   --no-wait  do not wait for a quiet machine before each run (a sanity check of the bench
+//              itself; the byte counts are unaffected, the wall times are then flagged)
+// Takes about 5 minutes on a quiet machine (much longer when other work keeps it busy: each
+// measured run waits up to 3 minutes for a quiet second).
 // Installs rsync with apt-get if it is missing (says so). Results: printed, and written as JSON
 // to bench/out/delta.json (bench/out/delta-quick.json with --quick).
 
@@ -59,13 +63,14 @@ const GiB = 2 ** 30;
 
 const args = new Set(process.argv.slice(2));
 for (const arg of args) {
-  if (arg !== "--quick" && arg !== "--keep") {
-    console.error(`unknown argument ${arg}; use --quick and/or --keep`);
+  if (arg !== "--quick" && arg !== "--keep" && arg !== "--no-wait") {
+    console.error(`unknown argument ${arg}; use --quick, --keep, --no-wait`);
     process.exit(2);
   }
 }
 const QUICK = args.has("--quick");
 const KEEP = args.has("--keep");
+const NO_WAIT = args.has("--no-wait");
 const OUT = join(ROOT, "bench", "out", QUICK ? "delta-quick.json" : "delta.json");
 
 const config = QUICK
@@ -328,6 +333,26 @@ function syncDisks(): void {
   spawnSync("sync");
 }
 
+const CLK_TCK = Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout.trim()) || 100;
+
+/**
+ * CPU seconds (user + sys) from /proc/<pid>/stat: the process's own (all its threads) and that of
+ * its children it has reaped. The bench's own `children` figure grows by exactly the measured
+ * client once it has exited (the servers and the daemon are not reaped until the end).
+ */
+function cpuOf(pid: number | "self"): { own: number; children: number } {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return {
+      own: (Number(f[11]) + Number(f[12])) / CLK_TCK,
+      children: (Number(f[13]) + Number(f[14])) / CLK_TCK,
+    };
+  } catch {
+    return { own: Number.NaN, children: Number.NaN };
+  }
+}
+
 /** CPU time of the whole machine from /proc/stat (all cores), in ticks. */
 function machineTicks(): { idle: number; total: number } {
   const first = readFileSync("/proc/stat", "utf8").split("\n")[0] ?? "";
@@ -346,6 +371,10 @@ async function busyOver(ms: number): Promise<number> {
 /** Wait until the machine has been under QUIET_BUSY busy for one second, at most QUIET_WAIT_S. */
 async function waitQuiet(): Promise<{ busy: number; waitedS: number; quiet: boolean }> {
   const t0 = performance.now();
+  if (NO_WAIT) {
+    const busy = await busyOver(200);
+    return { busy, waitedS: 0, quiet: busy < QUIET_BUSY };
+  }
   for (;;) {
     const busy = await busyOver(1000);
     const waitedS = (performance.now() - t0) / 1000;
@@ -408,7 +437,7 @@ async function prepareRun(label: string): Promise<Prep> {
   const load = loadLine();
   console.log(
     `    [${label}] load average ${load}; machine ${fmt(q.busy * 100, 0)}% busy in the second before ` +
-      `(waited ${fmt(q.waitedS, 0)} s${q.quiet ? "" : `, never under ${QUIET_BUSY * 100}%: run is contended`}); ` +
+      `(${NO_WAIT ? "--no-wait" : `waited ${fmt(q.waitedS, 0)} s`}${q.quiet ? "" : NO_WAIT ? `; over ${QUIET_BUSY * 100}%: run is contended` : `, never under ${QUIET_BUSY * 100}%: run is contended`}); ` +
       `warm-up ${fmt(warmupS, 2)} s`,
   );
   return { source, sourceChanged, load, warmupS, busyBefore: q.busy, waitedS: q.waitedS, quiet: q.quiet };
@@ -681,6 +710,8 @@ interface KwRun {
   fileDones: { path?: string; op?: string; size?: number; sentBytes?: number }[];
   /** from the push's own JSON event times (ms resolution) */
   phases: { startupS: number; scanS: number; transferS: number; exitS: number };
+  /** CPU seconds (user + sys) of the push, and of the server while the push ran */
+  cpu: { clientS: number; serverS: number };
   verified: string[];
 }
 
@@ -690,6 +721,7 @@ async function kwPush(
   stateDir: string,
   dest: string,
   proxy: CountingProxy,
+  serverPid: number,
   scenario: ScenarioId | "initial",
   file: string,
   round: number,
@@ -700,6 +732,8 @@ async function kwPush(
   const outFile = join(work, `push-${scenario}-r${round}.jsonl`);
   const fd = openSync(outFile, "w");
   const before = proxy.counts();
+  const cpuSelf0 = cpuOf("self").children;
+  const cpuServer0 = cpuOf(serverPid).own;
   const spawnedAt = Date.now();
   const t0 = performance.now();
   const push = startCli(
@@ -711,6 +745,7 @@ async function kwPush(
   const wallS = (performance.now() - t0) / 1000;
   const exitedAt = Date.now();
   const wire = await wireSince(proxy, before);
+  const cpu = { clientS: cpuOf("self").children - cpuSelf0, serverS: cpuOf(serverPid).own - cpuServer0 };
   if (prep) checkSourceAfter(label, prep);
   if (exitCode !== 0)
     console.log(`    warning: ${label}: push exited with ${exitCode}: ${push.stderr().trim()}`);
@@ -746,6 +781,7 @@ async function kwPush(
       transferS: (lastDone - at("scan-done")) / 1000,
       exitS: (exitedAt - lastDone) / 1000,
     },
+    cpu,
     verified,
   };
   console.log(
@@ -754,6 +790,7 @@ async function kwPush(
       `sentBytes ${file} ${fmtInt(run.fileSentBytes)} (all files ${fmtInt(run.totalSentBytes)}); ` +
       `phases startup ${fmt(run.phases.startupS, 2)} s, scan ${fmt(run.phases.scanS, 2)} s, ` +
       `transfer ${fmt(run.phases.transferS, 2)} s, exit ${fmt(run.phases.exitS, 2)} s; ` +
+      `CPU client ${fmt(cpu.clientS, 2)} s, server ${fmt(cpu.serverS, 2)} s; ` +
       `mirror ${verified.length === 0 ? "matches SRC" : "DIFFERS"}`,
   );
   return run;
@@ -768,6 +805,8 @@ interface RsyncRun {
   exitCode: number | null;
   wire: Wire;
   stats: RsyncStats;
+  /** CPU seconds (user + sys) of the rsync client, and of the daemon's per-connection processes */
+  cpu: { clientS: number; serverS: number };
   verified: string[];
 }
 
@@ -776,6 +815,7 @@ async function rsyncRun(
   module: string,
   dest: string,
   proxy: CountingProxy,
+  daemonPid: number,
   scenario: ScenarioId | "initial",
   round: number,
   timed: boolean,
@@ -783,6 +823,8 @@ async function rsyncRun(
   const label = `rsync ${scenario} r${round}`;
   const prep = timed ? await prepareRun(label) : undefined;
   const before = proxy.counts();
+  const cpuSelf0 = cpuOf("self").children;
+  const cpuDaemon0 = cpuOf(daemonPid).children;
   const t0 = performance.now();
   const child = startProcess(
     "rsync",
@@ -792,6 +834,17 @@ async function rsyncRun(
   const exitCode = await waitExit(child, label);
   const wallS = (performance.now() - t0) / 1000;
   const wire = await wireSince(proxy, before);
+  const clientS = cpuOf("self").children - cpuSelf0;
+  // The daemon reaps its per-connection process (and that one its own children) shortly after
+  // the connection closes: wait until its children's CPU stops changing.
+  let serverS = cpuOf(daemonPid).children - cpuDaemon0;
+  for (let i = 0; i < 20; i++) {
+    await sleep(50);
+    const now = cpuOf(daemonPid).children - cpuDaemon0;
+    if (now === serverS && now > 0) break;
+    serverS = now;
+  }
+  const cpu = { clientS, serverS };
   if (prep) checkSourceAfter(label, prep);
   if (exitCode !== 0)
     console.log(`    warning: ${label}: rsync exited with ${exitCode}: ${child.stderr().trim()}`);
@@ -804,6 +857,7 @@ async function rsyncRun(
     `    [${label}] ${fmt(wallS, 2)} s (exit ${exitCode}); wire ${fmtInt(wire.total)} B ` +
       `(up ${fmtInt(wire.up)}, down ${fmtInt(wire.down)}); --stats sent ${fmtInt(stats.totalSent)} + ` +
       `received ${fmtInt(stats.totalReceived)}, literal ${fmtInt(stats.literal)}, matched ${fmtInt(stats.matched)}; ` +
+      `CPU client ${fmt(cpu.clientS, 2)} s, daemon ${fmt(cpu.serverS, 2)} s; ` +
       `copy ${verified.length === 0 ? "matches SRC" : "DIFFERS"}`,
   );
   return {
@@ -815,6 +869,7 @@ async function rsyncRun(
     exitCode,
     wire,
     stats,
+    cpu,
     verified,
   };
 }
@@ -926,6 +981,7 @@ async function main(): Promise<void> {
     for (let r = 1; r <= ROUNDS; r++) modules.set(`r${r}`, join(work, `rsync-dest-r${r}`));
     daemon = await startRsyncDaemon(work, modules);
     rsyncProxy = await CountingProxy.start(daemon.port);
+    const rsyncPid = daemon.child.pid;
     console.log(
       `rsync daemon on ${HOST}:${daemon.port} (config ${daemon.configFile}); counting proxy ${HOST}:${rsyncProxy.port}`,
     );
@@ -945,16 +1001,31 @@ async function main(): Promise<void> {
       const kwProxy = await CountingProxy.start(server.port);
       try {
         console.log("  setup (untimed): initial transfer");
-        kwRuns.push(await kwPush(work, src, stateDir, kwDest, kwProxy, "initial", BIG, round, false));
-        rsRuns.push(await rsyncRun(src, `r${round}`, rsDest, rsyncProxy, "initial", round, false));
+        kwRuns.push(
+          await kwPush(work, src, stateDir, kwDest, kwProxy, server.child.pid, "initial", BIG, round, false),
+        );
+        rsRuns.push(await rsyncRun(src, `r${round}`, rsDest, rsyncProxy, rsyncPid, "initial", round, false));
         for (const scenario of SCENARIOS) {
           const change = applyChange(src, scenario.id, round);
           if (round === 1) changes.push(`${scenario.id}: ${change}`);
           console.log(`  ${scenario.label}: ${change}`);
           kwRuns.push(
-            await kwPush(work, src, stateDir, kwDest, kwProxy, scenario.id, scenario.file, round, true),
+            await kwPush(
+              work,
+              src,
+              stateDir,
+              kwDest,
+              kwProxy,
+              server.child.pid,
+              scenario.id,
+              scenario.file,
+              round,
+              true,
+            ),
           );
-          rsRuns.push(await rsyncRun(src, `r${round}`, rsDest, rsyncProxy, scenario.id, round, true));
+          rsRuns.push(
+            await rsyncRun(src, `r${round}`, rsDest, rsyncProxy, rsyncPid, scenario.id, round, true),
+          );
         }
       } finally {
         await stop(server.child);
@@ -988,6 +1059,8 @@ async function main(): Promise<void> {
           startupS: summarize(kw.map((r) => r.phases.startupS)),
           scanS: summarize(kw.map((r) => r.phases.scanS)),
           exitS: summarize(kw.map((r) => r.phases.exitS)),
+          clientCpuS: summarize(kw.map((r) => r.cpu.clientS)),
+          serverCpuS: summarize(kw.map((r) => r.cpu.serverS)),
         },
         rsync: {
           wireTotal: rsWire,
@@ -998,6 +1071,8 @@ async function main(): Promise<void> {
           literal: summarize(rs.map((r) => r.stats.literal)),
           matched: summarize(rs.map((r) => r.stats.matched)),
           wallS: summarize(rs.map((r) => r.wallS)),
+          clientCpuS: summarize(rs.map((r) => r.cpu.clientS)),
+          serverCpuS: summarize(rs.map((r) => r.cpu.serverS)),
         },
         ratio: kwWire.median / rsWire.median,
         target: scenario ? { max: scenario.target, text: scenario.targetText } : undefined,
@@ -1016,6 +1091,7 @@ async function main(): Promise<void> {
       rsync: { version: rsyncVersion, note: rsyncNote },
       config: {
         ...config,
+        noWait: NO_WAIT,
         insertBytes: INSERT_BYTES,
         rounds: ROUNDS,
         warmupBytes: WARMUP_BYTES,
@@ -1094,6 +1170,16 @@ async function main(): Promise<void> {
           `file-done → exit ${fmt(k.exitS.median, 2)} s; CLI start-up alone (--version) ${fmt(startup.median, 2)} s`,
       );
     }
+    const cpuRows = scenarioResults.map((s) => [
+      s.label,
+      `${fmt(s.keepwatch.clientCpuS.median, 2)} s / ${fmt(s.keepwatch.serverCpuS.median, 2)} s`,
+      `${fmt(s.rsync.clientCpuS.median, 2)} s / ${fmt(s.rsync.serverCpuS.median, 2)} s`,
+    ]);
+    console.log(
+      `\nCPU user + sys, client / server side (medians of ${ROUNDS}; from /proc, ${1000 / CLK_TCK} ms ticks; ` +
+        "keepwatch's client figure includes Node + tsx start-up)",
+    );
+    printTable(["scenario", "keepwatch push / server", "rsync client / daemon"], cpuRows);
     const initial = scenarioResults.find((s) => s.id === "initial");
     if (initial) {
       console.log(
