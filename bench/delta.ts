@@ -30,7 +30,6 @@
 // to bench/out/delta.json (bench/out/delta-quick.json with --quick).
 
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { createCipheriv, createHash } from "node:crypto";
 import {
   closeSync,
   copyFileSync,
@@ -50,10 +49,30 @@ import {
   writeSync,
 } from "node:fs";
 import { connect, createServer } from "node:net";
-import { cpus, loadavg, totalmem } from "node:os";
+import { cpus, totalmem } from "node:os";
 import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { type ByteCounts, CountingProxy } from "./counting-proxy.js";
+import {
+  ByteStream,
+  busyOver,
+  CLK_TCK,
+  fmt,
+  fmtSummary,
+  gitDescribe,
+  type JsonEvent,
+  killAll,
+  live,
+  loadLine,
+  median,
+  parseLines,
+  type Summary,
+  sleep,
+  sourceFingerprint,
+  summarize,
+  syncDisks,
+  warmMemory,
+} from "./lib.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const MAIN = join(ROOT, "src", "cli", "main.ts");
@@ -133,36 +152,17 @@ const SCENARIOS: Scenario[] = [
 
 // ---------------------------------------------------------------- small helpers
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-/** Median; for an even count, the mean of the two middle values. */
-function median(values: number[]): number {
-  const s = [...values].sort((a, b) => a - b);
-  if (s.length === 0) return Number.NaN;
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
-}
-
-interface Summary {
-  median: number;
-  min: number;
-  max: number;
-  runs: number[];
-}
-
-function summarize(values: number[]): Summary {
-  const s = [...values].sort((a, b) => a - b);
-  return { median: median(s), min: s[0] ?? Number.NaN, max: s[s.length - 1] ?? Number.NaN, runs: values };
-}
-
-function fmt(value: number, digits: number): string {
-  return Number.isFinite(value) ? value.toFixed(digits) : "n/a";
-}
-
-function fmtSummary(s: Summary, digits: number, unit: string): string {
-  return `${fmt(s.median, digits)} ${unit} (min–max ${fmt(s.min, digits)}–${fmt(s.max, digits)})`;
+/** Resolves with `value` unless `promise` settles first; the timer never outlives the race. */
+async function raceTimeout<T, U>(promise: Promise<T>, ms: number, value: U): Promise<T | U> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<U>((r) => {
+    timer = setTimeout(() => r(value), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** Whole bytes with thousands separators. */
@@ -176,32 +176,11 @@ function fmtBytesSummary(s: Summary): string {
   return s.min === s.max ? base : `${base} (${fmtInt(s.min)}–${fmtInt(s.max)})`;
 }
 
-function loadLine(): string {
-  const [one, five, fifteen] = loadavg();
-  return `${fmt(one ?? Number.NaN, 2)} ${fmt(five ?? Number.NaN, 2)} ${fmt(fifteen ?? Number.NaN, 2)}`;
-}
-
 function humanBytes(bytes: number): string {
   if (bytes >= GiB) return `${fmt(bytes / GiB, bytes % GiB === 0 ? 0 : 2)} GiB`;
   if (bytes >= MiB) return `${fmt(bytes / MiB, bytes % MiB === 0 ? 0 : 1)} MiB`;
   if (bytes >= 1024) return `${fmt(bytes / 1024, 1)} KiB`;
   return `${fmt(bytes, 0)} B`;
-}
-
-/** Deterministic, incompressible bytes: AES-128-CTR over zeros, keyed by a seed string. */
-class ByteStream {
-  private readonly cipher;
-  private zeros = Buffer.alloc(0);
-
-  constructor(seed: string) {
-    const key = createHash("sha256").update(seed).digest().subarray(0, 16);
-    this.cipher = createCipheriv("aes-128-ctr", key, Buffer.alloc(16));
-  }
-
-  next(length: number): Buffer {
-    if (this.zeros.length < length) this.zeros = Buffer.alloc(length);
-    return this.cipher.update(this.zeros.subarray(0, length));
-  }
 }
 
 function writeAll(fd: number, data: Buffer, position: number): void {
@@ -319,22 +298,6 @@ function compareTrees(src: string, copy: string, skip: string[] = []): string[] 
   return diffs;
 }
 
-/** Pitfall 1: touch and free ~2 GiB in a short separate process. Returns its duration (s). */
-function warmMemory(): number {
-  const code = `const n=${WARMUP_BYTES / (256 * MiB)};const keep=[];for(let i=0;i<n;i++){const b=Buffer.allocUnsafeSlow(${256 * MiB});b.fill(i+1);keep.push(b)}`;
-  const t0 = performance.now();
-  const r = spawnSync(process.execPath, ["-e", code], { stdio: "inherit" });
-  if (r.status !== 0) throw new Error("the memory warm-up process failed");
-  return (performance.now() - t0) / 1000;
-}
-
-/** Flush dirty pages so one run's write-back does not land in the next (this drops no caches). */
-function syncDisks(): void {
-  spawnSync("sync");
-}
-
-const CLK_TCK = Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout.trim()) || 100;
-
 /**
  * CPU seconds (user + sys) from /proc/<pid>/stat: the process's own (all its threads) and that of
  * its children it has reaped. The bench's own `children` figure grows by exactly the measured
@@ -353,21 +316,6 @@ function cpuOf(pid: number | "self"): { own: number; children: number } {
   }
 }
 
-/** CPU time of the whole machine from /proc/stat (all cores), in ticks. */
-function machineTicks(): { idle: number; total: number } {
-  const first = readFileSync("/proc/stat", "utf8").split("\n")[0] ?? "";
-  const nums = first.trim().split(/\s+/).slice(1).map(Number);
-  const idle = (nums[3] ?? 0) + (nums[4] ?? 0);
-  return { idle, total: nums.reduce((a, b) => a + b, 0) };
-}
-
-async function busyOver(ms: number): Promise<number> {
-  const a = machineTicks();
-  await sleep(ms);
-  const b = machineTicks();
-  return b.total > a.total ? 1 - (b.idle - a.idle) / (b.total - a.total) : 0;
-}
-
 /** Wait until the machine has been under QUIET_BUSY busy for one second, at most QUIET_WAIT_S. */
 async function waitQuiet(): Promise<{ busy: number; waitedS: number; quiet: boolean }> {
   const t0 = performance.now();
@@ -381,36 +329,6 @@ async function waitQuiet(): Promise<{ busy: number; waitedS: number; quiet: bool
     if (busy < QUIET_BUSY) return { busy, waitedS, quiet: true };
     if (waitedS > QUIET_WAIT_S) return { busy, waitedS, quiet: false };
   }
-}
-
-/** Fingerprint of the non-test sources and package files: others edit src/ while this runs. */
-function sourceFingerprint(): string {
-  const hash = createHash("sha256");
-  const walk = (dir: string) => {
-    const entries = readdirSync(dir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1));
-    for (const entry of entries) {
-      const path = join(dir, entry.name);
-      if (entry.isDirectory()) walk(path);
-      else if (entry.name.endsWith(".ts") && !entry.name.endsWith(".test.ts")) {
-        hash.update(`${relative(ROOT, path)}\0`);
-        hash.update(readFileSync(path));
-      }
-    }
-  };
-  walk(join(ROOT, "src"));
-  for (const file of ["package.json", "package-lock.json"]) {
-    if (existsSync(join(ROOT, file))) hash.update(readFileSync(join(ROOT, file)));
-  }
-  return hash.digest("hex").slice(0, 12);
-}
-
-function gitDescribe(): { head: string; dirtySrcFiles: number } {
-  const git = (gitArgs: string[]) => spawnSync("git", gitArgs, { cwd: ROOT, encoding: "utf8" }).stdout;
-  const status = git(["status", "--porcelain", "--", "src", "package.json", "package-lock.json"]);
-  return {
-    head: git(["rev-parse", "--short", "HEAD"]).trim(),
-    dirtySrcFiles: status.split("\n").filter((l) => l.trim()).length,
-  };
 }
 
 let firstSource = "";
@@ -428,7 +346,7 @@ interface Prep {
 async function prepareRun(label: string): Promise<Prep> {
   syncDisks();
   const q = await waitQuiet();
-  const warmupS = warmMemory();
+  const warmupS = warmMemory(WARMUP_BYTES);
   const source = sourceFingerprint();
   if (firstSource === "") firstSource = source;
   const sourceChanged = source !== firstSource;
@@ -461,8 +379,6 @@ interface Child {
   stderr: () => string;
 }
 
-const live = new Set<ChildProcess>();
-
 /** Spawns `command`; stdout goes to a file descriptor or is collected. */
 function startProcess(command: string, commandArgs: string[], stdout: "pipe" | number): Child {
   const proc = spawn(command, commandArgs, { cwd: ROOT, stdio: ["ignore", stdout, "pipe"] });
@@ -494,8 +410,7 @@ function startCli(cliArgs: string[], stdout: "pipe" | number): Child {
 async function stop(child: Child): Promise<void> {
   if (child.proc.exitCode !== null || child.proc.signalCode !== null) return;
   child.proc.kill("SIGTERM");
-  const timeout = sleep(15_000).then(() => "timeout" as const);
-  if ((await Promise.race([child.exit, timeout])) === "timeout") {
+  if ((await raceTimeout(child.exit, 15_000, "timeout" as const)) === "timeout") {
     console.log(`  warning: pid ${child.pid} did not stop within 15 s of SIGTERM; killing it`);
     child.proc.kill("SIGKILL");
     await child.exit;
@@ -504,8 +419,7 @@ async function stop(child: Child): Promise<void> {
 
 /** Waits for the exit; kills the process after RUN_TIMEOUT_MS. */
 async function waitExit(child: Child, label: string): Promise<number | null> {
-  const timeout = sleep(RUN_TIMEOUT_MS).then(() => "timeout" as const);
-  const r = await Promise.race([child.exit, timeout]);
+  const r = await raceTimeout(child.exit, RUN_TIMEOUT_MS, "timeout" as const);
   if (r === "timeout") {
     console.log(`    warning: ${label} still running after ${RUN_TIMEOUT_MS / 1000} s; killing it`);
     child.proc.kill("SIGKILL");
@@ -513,34 +427,6 @@ async function waitExit(child: Child, label: string): Promise<number | null> {
     return null;
   }
   return r.code;
-}
-
-function killAll(): void {
-  for (const proc of live) proc.kill("SIGKILL");
-}
-
-interface JsonEvent {
-  time: string;
-  event: string;
-  path?: string;
-  op?: string;
-  size?: number;
-  sentBytes?: number;
-  port?: number;
-  [key: string]: unknown;
-}
-
-function parseLines(text: string): JsonEvent[] {
-  const events: JsonEvent[] = [];
-  for (const line of text.split("\n")) {
-    if (!line.trim()) continue;
-    try {
-      events.push(JSON.parse(line) as JsonEvent);
-    } catch {
-      // not JSON
-    }
-  }
-  return events;
 }
 
 async function freePort(): Promise<number> {
@@ -939,11 +825,13 @@ async function main(): Promise<void> {
 
   const work = mkdtempSync("/tmp/kw-delta-");
   console.log(`data folder: ${work}${KEEP ? " (kept: --keep)" : " (removed at the end)"}`);
-  process.on("SIGINT", () => {
-    killAll();
-    if (!KEEP) rmSync(work, { recursive: true, force: true });
-    process.exit(130);
-  });
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    process.on(signal, () => {
+      killAll();
+      if (!KEEP) rmSync(work, { recursive: true, force: true });
+      process.exit(signal === "SIGINT" ? 130 : 143);
+    });
+  }
 
   let daemon: RsyncDaemon | undefined;
   let rsyncProxy: CountingProxy | undefined;

@@ -15,7 +15,6 @@
 // running it again (BENCHMARKING.md pitfall 2: file creation is slow right after mass deletion).
 
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { createCipheriv, createHash } from "node:crypto";
 import {
   closeSync,
   existsSync,
@@ -30,10 +29,29 @@ import {
   writeFileSync,
   writeSync,
 } from "node:fs";
-import { cpus, loadavg, totalmem } from "node:os";
-import { dirname, join, relative, resolve } from "node:path";
+import { cpus, totalmem } from "node:os";
+import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
+import {
+  ByteStream,
+  busyOver,
+  CLK_TCK,
+  fmt,
+  fmtSummary,
+  gitDescribe,
+  type JsonEvent,
+  killAll,
+  live,
+  loadLine,
+  median,
+  parseLines,
+  sleep,
+  sourceFingerprint,
+  summarize,
+  syncDisks,
+  warmMemory,
+} from "./lib.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const MAIN = join(ROOT, "src", "cli", "main.ts");
@@ -65,13 +83,7 @@ const SAMPLE_MS = 50;
 const QUIET_BUSY = 0.25;
 const QUIET_WAIT_S = 180;
 const WARMUP_BYTES = 2 * GiB;
-const CLK_TCK = Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout.trim()) || 100;
-
 // ---------------------------------------------------------------- small helpers
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
 
 function sorted(values: number[]): number[] {
   return [...values].sort((a, b) => a - b);
@@ -85,59 +97,10 @@ function percentile(values: number[], p: number): number {
   return s[rank - 1] as number;
 }
 
-/** Median; for an even count, the mean of the two middle values. */
-function median(values: number[]): number {
-  const s = sorted(values);
-  if (s.length === 0) return Number.NaN;
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
-}
-
-interface Summary {
-  median: number;
-  min: number;
-  max: number;
-  runs: number[];
-}
-
-function summarize(values: number[]): Summary {
-  const s = sorted(values);
-  return { median: median(s), min: s[0] ?? Number.NaN, max: s[s.length - 1] ?? Number.NaN, runs: values };
-}
-
-function fmt(value: number, digits: number): string {
-  return Number.isFinite(value) ? value.toFixed(digits) : "n/a";
-}
-
-function fmtSummary(s: Summary, digits: number, unit: string): string {
-  return `${fmt(s.median, digits)} ${unit} (min–max ${fmt(s.min, digits)}–${fmt(s.max, digits)})`;
-}
-
-function loadLine(): string {
-  const [one, five, fifteen] = loadavg();
-  return `${fmt(one ?? Number.NaN, 2)} ${fmt(five ?? Number.NaN, 2)} ${fmt(fifteen ?? Number.NaN, 2)}`;
-}
-
 function humanBytes(bytes: number): string {
   if (bytes >= GiB) return `${fmt(bytes / GiB, 2)} GiB`;
   if (bytes >= MiB) return `${fmt(bytes / MiB, 1)} MiB`;
   return `${fmt(bytes / 1024, 1)} KiB`;
-}
-
-/** Deterministic, incompressible bytes: AES-128-CTR over zeros, keyed by a seed string. */
-class ByteStream {
-  private readonly cipher;
-  private zeros = Buffer.alloc(0);
-
-  constructor(seed: string) {
-    const key = createHash("sha256").update(seed).digest().subarray(0, 16);
-    this.cipher = createCipheriv("aes-128-ctr", key, Buffer.alloc(16));
-  }
-
-  next(length: number): Buffer {
-    if (this.zeros.length < length) this.zeros = Buffer.alloc(length);
-    return this.cipher.update(this.zeros.subarray(0, length));
-  }
 }
 
 /** mulberry32: a small deterministic PRNG for file sizes. */
@@ -202,36 +165,6 @@ function countTree(root: string): { files: number; bytes: number } {
   return { files, bytes };
 }
 
-/** Pitfall 1: touch and free ~2 GiB in a short separate process. Returns its duration (s). */
-function warmMemory(): number {
-  const code = `const n=${WARMUP_BYTES / (256 * MiB)};const keep=[];for(let i=0;i<n;i++){const b=Buffer.allocUnsafeSlow(${256 * MiB});b.fill(i+1);keep.push(b)}`;
-  const t0 = performance.now();
-  const r = spawnSync(process.execPath, ["-e", code], { stdio: "inherit" });
-  if (r.status !== 0) throw new Error("the memory warm-up process failed");
-  return (performance.now() - t0) / 1000;
-}
-
-/** Flush dirty pages so one run's write-back does not land in the next (this drops no caches). */
-function syncDisks(): void {
-  spawnSync("sync");
-}
-
-/** CPU time of the whole machine from /proc/stat (all cores), in ticks. */
-function machineTicks(): { idle: number; total: number } {
-  const first = readFileSync("/proc/stat", "utf8").split("\n")[0] ?? "";
-  const nums = first.trim().split(/\s+/).slice(1).map(Number);
-  const idle = (nums[3] ?? 0) + (nums[4] ?? 0);
-  return { idle, total: nums.reduce((a, b) => a + b, 0) };
-}
-
-/** Fraction of all cores busy over the next `ms`. */
-async function busyOver(ms: number): Promise<number> {
-  const a = machineTicks();
-  await sleep(ms);
-  const b = machineTicks();
-  return b.total > a.total ? 1 - (b.idle - a.idle) / (b.total - a.total) : 0;
-}
-
 /**
  * Other work shares these 2 cores (other sessions' test runs). Wait until the machine has been
  * under QUIET_BUSY busy for one second, at most QUIET_WAIT_S; the run is flagged otherwise.
@@ -244,47 +177,6 @@ async function waitQuiet(): Promise<{ busy: number; waitedS: number; quiet: bool
     if (busy < QUIET_BUSY) return { busy, waitedS, quiet: true };
     if (waitedS > QUIET_WAIT_S) return { busy, waitedS, quiet: false };
   }
-}
-
-/**
- * Others edit src/ while this runs, and every run starts the CLI from the working tree: a
- * fingerprint of the non-test sources (plus package.json and the lock file) is taken before
- * and after each run so that figures from different code are flagged.
- */
-function sourceFingerprint(): string {
-  const hash = createHash("sha256");
-  const walk = (dir: string) => {
-    const entries = readdirSync(dir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1));
-    for (const entry of entries) {
-      const path = join(dir, entry.name);
-      if (entry.isDirectory()) walk(path);
-      else if (entry.name.endsWith(".ts") && !entry.name.endsWith(".test.ts")) {
-        hash.update(`${relative(ROOT, path)}\0`);
-        hash.update(readFileSync(path));
-      }
-    }
-  };
-  walk(join(ROOT, "src"));
-  for (const file of ["package.json", "package-lock.json"]) {
-    if (existsSync(join(ROOT, file))) hash.update(readFileSync(join(ROOT, file)));
-  }
-  return hash.digest("hex").slice(0, 12);
-}
-
-function gitDescribe(): { head: string; dirtySrcFiles: number } {
-  const head = spawnSync("git", ["rev-parse", "--short", "HEAD"], {
-    cwd: ROOT,
-    encoding: "utf8",
-  }).stdout.trim();
-  const status = spawnSync(
-    "git",
-    ["status", "--porcelain", "--", "src", "package.json", "package-lock.json"],
-    {
-      cwd: ROOT,
-      encoding: "utf8",
-    },
-  ).stdout;
-  return { head, dirtySrcFiles: status.split("\n").filter((l) => l.trim()).length };
 }
 
 let firstSource = "";
@@ -303,7 +195,7 @@ interface Prep {
 async function prepareRun(label: string): Promise<Prep> {
   syncDisks();
   const q = await waitQuiet();
-  const warmupS = warmMemory();
+  const warmupS = warmMemory(WARMUP_BYTES);
   const source = sourceFingerprint();
   if (firstSource === "") firstSource = source;
   const sourceChanged = source !== firstSource;
@@ -336,8 +228,6 @@ interface Child {
   stderr: () => string;
 }
 
-const live = new Set<ChildProcess>();
-
 function startCli(cliArgs: string[], stdout: "pipe" | number): Child {
   const proc = spawn(process.execPath, ["--import", "tsx", MAIN, ...cliArgs], {
     cwd: ROOT,
@@ -368,10 +258,6 @@ async function stop(child: Child): Promise<void> {
     child.proc.kill("SIGKILL");
     await child.exit;
   }
-}
-
-function killAll(): void {
-  for (const proc of live) proc.kill("SIGKILL");
 }
 
 /** Polls /proc/<pid>/status (VmHWM) and /proc/<pid>/stat (utime+stime) every SAMPLE_MS. */
@@ -425,29 +311,6 @@ class Sampler {
   get cpuS(): number {
     return this.userS + this.sysS;
   }
-}
-
-interface JsonEvent {
-  time: string;
-  event: string;
-  path?: string;
-  op?: string;
-  size?: number;
-  port?: number;
-  [key: string]: unknown;
-}
-
-function parseLines(text: string): JsonEvent[] {
-  const events: JsonEvent[] = [];
-  for (const line of text.split("\n")) {
-    if (!line.trim()) continue;
-    try {
-      events.push(JSON.parse(line) as JsonEvent);
-    } catch {
-      // not JSON (should not happen with --json)
-    }
-  }
-  return events;
 }
 
 interface Server {
