@@ -206,7 +206,9 @@ describe("LocalChunkStore", () => {
     const dir = await tempFolder();
     const store = await LocalChunkStore.open(dir, SMALL);
     try {
-      const chunks = makeChunks(60, 20_000);
+      // Sizes are random and half the chunks compress: 120 of them fill about a dozen
+      // 64 KiB packs, so "at least 5 sealed" cannot fail by chance.
+      const chunks = makeChunks(120, 20_000);
       for (const c of chunks) await store.put(c.id, c.data);
       await store.flush();
       const open = (await store.locate((chunks.at(-1) as Chunk).id))?.pack;
