@@ -66,6 +66,7 @@ import {
   loadLine,
   median,
   parseLines,
+  raceTimeout,
   type Summary,
   sleep,
   sourceFingerprint,
@@ -151,19 +152,6 @@ const SCENARIOS: Scenario[] = [
 ];
 
 // ---------------------------------------------------------------- small helpers
-
-/** Resolves with `value` unless `promise` settles first; the timer never outlives the race. */
-async function raceTimeout<T, U>(promise: Promise<T>, ms: number, value: U): Promise<T | U> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<U>((r) => {
-    timer = setTimeout(() => r(value), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** Whole bytes with thousands separators. */
 function fmtInt(value: number): string {
@@ -1016,7 +1004,9 @@ async function main(): Promise<void> {
       fmtBytesSummary(s.keepwatch.wireTotal),
       fmtBytesSummary(s.rsync.wireTotal),
       fmt(s.ratio, 4),
-      s.target ? `${s.target.text} ${s.meetsTarget ? "met" : "NOT met"}` : "—",
+      s.target
+        ? `${s.target.text} ${s.meetsTarget ? "met" : "NOT met"}${QUICK ? " (set for the full sizes)" : ""}`
+        : "—",
       `${fmtInt(s.keepwatch.fileSentBytes.median)} (${s.file})`,
       `${fmtInt(s.rsync.statsSent.median)} + ${fmtInt(s.rsync.statsReceived.median)}`,
     ]);

@@ -159,3 +159,16 @@ export function parseLines(text: string): JsonEvent[] {
   }
   return events;
 }
+
+/** Resolves with `value` unless `promise` settles first; the timer never outlives the race. */
+export async function raceTimeout<T, U>(promise: Promise<T>, ms: number, value: U): Promise<T | U> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<U>((r) => {
+    timer = setTimeout(() => r(value), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -46,6 +46,7 @@ import {
   loadLine,
   median,
   parseLines,
+  raceTimeout,
   sleep,
   sourceFingerprint,
   summarize,
@@ -252,8 +253,7 @@ function startCli(cliArgs: string[], stdout: "pipe" | number): Child {
 async function stop(child: Child): Promise<void> {
   if (child.proc.exitCode !== null || child.proc.signalCode !== null) return;
   child.proc.kill("SIGTERM");
-  const timeout = sleep(15_000).then(() => "timeout" as const);
-  if ((await Promise.race([child.exit, timeout])) === "timeout") {
+  if ((await raceTimeout(child.exit, 15_000, "timeout" as const)) === "timeout") {
     console.log(`  warning: pid ${child.pid} did not stop within 15 s of SIGTERM; killing it`);
     child.proc.kill("SIGKILL");
     await child.exit;
