@@ -8,23 +8,12 @@
 
 import assert from "node:assert/strict";
 import { createHash, randomBytes, randomInt } from "node:crypto";
-import {
-  chmod,
-  cp,
-  mkdir,
-  open,
-  readdir,
-  readFile,
-  rm,
-  stat,
-  symlink,
-  utimes,
-  writeFile,
-} from "node:fs/promises";
+import { chmod, cp, mkdir, readdir, readFile, rm, stat, symlink, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { History } from "../src/server/history.js";
 import { ChunkCodecContext } from "../src/store/chunk-codec.js";
+import { flipByte } from "../src/store/chunk-store.conformance.js";
 import type { LocalChunkStore } from "../src/store/local-chunk-store.js";
 import type { VersionRecord } from "../src/store/metadata-store.js";
 import { RECORD_HEADER_BYTES } from "../src/store/pack-format.js";
@@ -113,19 +102,6 @@ async function packFiles(dest: string): Promise<string[]> {
     for (const name of await readdir(join(packs, fan)).catch(() => [])) out.push(name);
   }
   return out;
-}
-
-/** Flip one bit of the file at `offset`. */
-async function flipByte(path: string, offset: number): Promise<void> {
-  const handle = await open(path, "r+");
-  try {
-    const byte = Buffer.alloc(1);
-    await handle.read(byte, 0, 1, offset);
-    byte[0] = (byte[0] as number) ^ 0x10;
-    await handle.write(byte, 0, 1, offset);
-  } finally {
-    await handle.close();
-  }
 }
 
 // The tests are independent (each its own sandbox), so they may run side by side.

@@ -4,6 +4,7 @@
 
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
+import { open } from "node:fs/promises";
 import { describe, test } from "node:test";
 import { KeepwatchError } from "../errors.js";
 import type { ChunkId, ChunkStore } from "./chunk-store.js";
@@ -328,4 +329,17 @@ export function runChunkStoreConformance(name: string, open: () => Promise<Chunk
       });
     });
   });
+}
+
+/** Flip the bits in `mask` of the byte at `offset` of a file (to simulate damaged storage). */
+export async function flipByte(path: string, offset: number, mask = 0x10): Promise<void> {
+  const handle = await open(path, "r+");
+  try {
+    const byte = Buffer.alloc(1);
+    await handle.read(byte, 0, 1, offset);
+    byte[0] = (byte[0] as number) ^ mask;
+    await handle.write(byte, 0, 1, offset);
+  } finally {
+    await handle.close();
+  }
 }

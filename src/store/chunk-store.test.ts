@@ -13,6 +13,7 @@ import {
   assertReadable,
   type Chunk,
   chunkOf,
+  flipByte,
   listIds,
   makeChunk,
   makeChunks,
@@ -79,18 +80,6 @@ async function packFiles(dir: string): Promise<string[]> {
     for (const name of await readdir(join(dir, "packs", fan))) out.push(join("packs", fan, name));
   }
   return out.sort();
-}
-
-async function flipByte(path: string, offset: number): Promise<void> {
-  const handle = await open(path, "r+");
-  try {
-    const one = Buffer.alloc(1);
-    await handle.read(one, 0, 1, offset);
-    one[0] = (one[0] as number) ^ 0x10;
-    await handle.write(one, 0, 1, offset);
-  } finally {
-    await handle.close();
-  }
 }
 
 function assertCorrupt(id: Buffer) {

@@ -4,11 +4,12 @@
 
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
-import { mkdtemp, open, rm, truncate } from "node:fs/promises";
+import { mkdtemp, rm, truncate } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, test } from "node:test";
 import { ChunkCodecContext } from "./chunk-codec.js";
+import { flipByte } from "./chunk-store.conformance.js";
 import { RECORD_HEADER_BYTES } from "./pack-format.js";
 import { checkRecord, listPackFiles, PackWalker, type WalkedRecord } from "./pack-scan.js";
 import { PackWriter, type RecordPlace } from "./pack-writer.js";
@@ -56,18 +57,6 @@ async function walk(path: string): Promise<WalkedRecord[]> {
   return out;
 }
 
-async function flip(path: string, offset: number): Promise<void> {
-  const handle = await open(path, "r+");
-  try {
-    const byte = Buffer.alloc(1);
-    await handle.read(byte, 0, 1, offset);
-    byte[0] = (byte[0] as number) ^ 0x40;
-    await handle.write(byte, 0, 1, offset);
-  } finally {
-    await handle.close();
-  }
-}
-
 test("a sound pack walks as its records, in order, each checked", async () => {
   const pack = await writePack(6);
   const records = await walk(pack.path);
@@ -81,7 +70,11 @@ test("a sound pack walks as its records, in order, each checked", async () => {
 test("damaged stored bytes name their chunk; the records after it still read", async () => {
   const pack = await writePack(5);
   const hit = pack.chunks[2] as Written["chunks"][number];
-  await flip(pack.path, hit.place.offset + RECORD_HEADER_BYTES + Math.floor(hit.place.storedLength / 2));
+  await flipByte(
+    pack.path,
+    hit.place.offset + RECORD_HEADER_BYTES + Math.floor(hit.place.storedLength / 2),
+    0x40,
+  );
   const records = await walk(pack.path);
   assert.equal(records.length, 5);
   const bad = records[2];
@@ -94,7 +87,7 @@ test("damaged stored bytes name their chunk; the records after it still read", a
 test("a damaged record header: the stretch is reported and the walk finds the next record", async () => {
   const pack = await writePack(5);
   const hit = pack.chunks[1] as Written["chunks"][number];
-  await flip(pack.path, hit.place.offset + 10);
+  await flipByte(pack.path, hit.place.offset + 10, 0x40);
   const records = await walk(pack.path);
   const kinds = records.map((r) => r.kind);
   assert.deepEqual(kinds, ["sound", "damaged", "sound", "sound", "sound"]);
