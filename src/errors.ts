@@ -41,6 +41,8 @@ export const ErrorCodes = {
   KW_CHUNK_CORRUPT: { exit: ExitCode.failure, wire: true },
   KW_CONTENT_UNKNOWN: { exit: ExitCode.failure, wire: true },
   KW_NOT_FOUND: { exit: ExitCode.failure, wire: true },
+  KW_AUTH_FAILED: { exit: ExitCode.refused, wire: true },
+  KW_FORBIDDEN: { exit: ExitCode.refused, wire: true },
   // local conditions (never on the wire)
   KW_USAGE: { exit: ExitCode.usage, wire: false },
   KW_SOURCE_MISSING: { exit: ExitCode.localFiles, wire: false },
@@ -61,6 +63,11 @@ export const ErrorCodes = {
   KW_DEST_IN_USE: { exit: ExitCode.localFiles, wire: false },
   KW_NO_HISTORY: { exit: ExitCode.localFiles, wire: false },
   KW_HISTORY_DAMAGED: { exit: ExitCode.failure, wire: false },
+  KW_FINGERPRINT_MISMATCH: { exit: ExitCode.refused, wire: false },
+  KW_TLS_FAILED: { exit: ExitCode.refused, wire: false },
+  KW_IDENTITY_DAMAGED: { exit: ExitCode.localFiles, wire: false },
+  KW_NO_IDENTITY: { exit: ExitCode.localFiles, wire: false },
+  KW_SECRET_UNREADABLE: { exit: ExitCode.localFiles, wire: false },
 } as const;
 
 export type ErrorCode = keyof typeof ErrorCodes;

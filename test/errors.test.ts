@@ -4,9 +4,9 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
-import { connect } from "node:net";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { connect as tlsConnect } from "node:tls";
 import { encodeFrame, FrameDecoder, MAGIC } from "../src/protocol/frame.js";
 import { decode, encode, MessageType } from "../src/protocol/messages.js";
 import {
@@ -241,26 +241,29 @@ describe("mistakes: one sentence, the right exit code, nothing written", { timeo
     assert.equal(await exists(box.stateDir), false, "no client state was written");
   });
 
-  it("push to something that is not keepwatch: exit 5, KW_NOT_KEEPWATCH, names host:port", async () => {
+  it("push to something that is not keepwatch: exit 5 (KW_TLS_FAILED, or KW_NOT_KEEPWATCH with --insecure), names host:port", async () => {
     const http = await startPlainListener((socket) => {
       socket.end("HTTP/1.1 400 Bad Request\r\n\r\n");
     });
     box.onCleanup(() => http.close());
     const plain = await box.push(src, http.port, [], { json: false });
-    assertFatal(plain, { exit: 5, mentions: [`${LOOPBACK}:${http.port}`] });
+    assertFatal(plain, { exit: 5, mentions: [`${LOOPBACK}:${http.port}`, "TLS"] });
     const json = await box.push(src, http.port);
-    assertFatalJson(json, { exit: 5, code: "KW_NOT_KEEPWATCH" });
-    assert.ok(http.connections >= 2, "the push did connect");
+    assertFatalJson(json, { exit: 5, code: "KW_TLS_FAILED" });
+    assert.equal(http.received[0]?.[0], 0x16, "the client opened with a TLS handshake record");
+    const insecure = await box.push(src, http.port, ["--insecure"]);
+    assertFatalJson(insecure, { exit: 5, code: "KW_NOT_KEEPWATCH" });
+    assert.equal(http.connections, 3, "each push did connect");
     assert.ok(
-      http.received[0]?.subarray(0, MAGIC.length).equals(MAGIC),
-      "the client sent the keepwatch preamble",
+      http.received[2]?.subarray(0, MAGIC.length).equals(MAGIC),
+      "without TLS the client sent the keepwatch preamble",
     );
     assert.equal(await exists(box.stateDir), false, "no client state was written");
   });
 
   it("a client speaking protocol versions 7-9 gets KW_VERSION_MISMATCH; the server keeps serving", async () => {
     const since = server.events.length;
-    const socket = connect({ host: LOOPBACK, port: server.port });
+    const socket = tlsConnect({ host: LOOPBACK, port: server.port, rejectUnauthorized: false });
     const decoder = new FrameDecoder();
     const frames: { type: number; requestId: number; payload: Buffer }[] = [];
     let decodeError: unknown = null;
@@ -273,7 +276,7 @@ describe("mistakes: one sentence, the right exit code, nothing written", { timeo
         decodeError = error;
       }
     });
-    socket.on("connect", () => {
+    socket.on("secureConnect", () => {
       const hello = encode.hello({
         minVersion: 7,
         maxVersion: 9,

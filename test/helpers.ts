@@ -9,6 +9,7 @@ import { createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import type { ClientSecurity } from "../src/client/security.js";
 
 export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 export const CLI = join(REPO, "src", "cli", "main.ts");
@@ -231,6 +232,16 @@ export class Sandbox {
     return join(this.root, "state");
   }
 
+  /** The user config folder (known servers, local-access files) of this sandbox's processes. */
+  get configDir(): string {
+    return join(this.root, "config");
+  }
+
+  /** What an in-process ServerLink needs to connect as this sandbox's user. */
+  security(extra: Partial<ClientSecurity> = {}): ClientSecurity {
+    return { insecure: false, secret: null, configDir: this.configDir, ...extra };
+  }
+
   path(...parts: string[]): string {
     return join(this.root, ...parts);
   }
@@ -241,7 +252,14 @@ export class Sandbox {
   }
 
   env(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
-    const env: NodeJS.ProcessEnv = { ...process.env, KEEPWATCH_STATE_DIR: this.stateDir, ...extra };
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      KEEPWATCH_STATE_DIR: this.stateDir,
+      KEEPWATCH_CONFIG_DIR: this.configDir,
+      ...extra,
+    };
+    // A secret in the runner's own environment must not leak into the tests.
+    if (!("KEEPWATCH_SECRET" in extra)) delete env.KEEPWATCH_SECRET;
     // The runner's own marker would make a child think it is a test file.
     delete env.NODE_TEST_CONTEXT;
     delete env.KEEPWATCH_DEBUG;

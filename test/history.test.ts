@@ -464,7 +464,13 @@ test("a connection bound to no set may only list the sets", { timeout: 60_000 },
   const server = await box.startServer(box.path("dest"));
   await pushOk(box, src, server);
   const connect = () =>
-    ServerLink.connect({ host: LOOPBACK, port: server.port, set: "", clientName: "test" });
+    ServerLink.connect({
+      host: LOOPBACK,
+      port: server.port,
+      set: "",
+      clientName: "test",
+      security: box.security(),
+    });
 
   const good = await connect();
   const sets: string[] = [];

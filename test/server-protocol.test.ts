@@ -8,241 +8,37 @@
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import { mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
-import { connect, type Socket } from "node:net";
 import { join } from "node:path";
 import { after, afterEach, before, beforeEach, describe, it } from "node:test";
-import { encodeFrame, type Frame, FrameDecoder, HEADER_SIZE, MAGIC } from "../src/protocol/frame.js";
-import {
-  decode,
-  encode,
-  MessageType,
-  messageTypeName,
-  PROTOCOL_VERSION,
-  type Welcome,
-} from "../src/protocol/messages.js";
+import { encodeFrame, HEADER_SIZE } from "../src/protocol/frame.js";
+import { decode, encode, MessageType, PROTOCOL_VERSION } from "../src/protocol/messages.js";
 import { SMALL_FILE_BYTES } from "../src/server/put.js";
-import { LOOPBACK, readTree, Sandbox, type ServerHandle, sleep, stackLines } from "./helpers.js";
+import { readTree, Sandbox, type ServerHandle, sleep, stackLines } from "./helpers.js";
+import {
+  ANSWER_MS,
+  closeAllClients,
+  errorText,
+  expectAck,
+  expectClosed,
+  expectError,
+  expectSilence,
+  helloPayload,
+  localToken,
+  rawClient as openRawClient,
+  type RawClient,
+  type RawClientOptions,
+  setRawToken,
+  showFrame,
+} from "./raw-client.js";
 
-/** How long an answer may take before a case fails. */
-const ANSWER_MS = 3000;
+/** A raw client whose welcomed sets are remembered (they are the only folders DEST may hold). */
+function rawClient(port: number, options: RawClientOptions = {}): Promise<RawClient> {
+  return openRawClient(port, { onWelcome: (set) => knownSets.add(set), ...options });
+}
+
 /** A file this size is received into a temporary file (larger ones are not held in memory). */
 const LARGE = SMALL_FILE_BYTES + 64 * 1024;
 const DATA_CHUNK = 256 * 1024;
-
-// ---------------------------------------------------------------------------------------
-// A tiny client built on node:net and the real encoders
-
-interface RawClient {
-  readonly socket: Socket;
-  /** Resolves when the socket is closed (by the server, or by us). */
-  readonly closed: Promise<void>;
-  readonly isClosed: boolean;
-  /** PINGs the server sent (each was answered with a PONG). */
-  readonly pings: number;
-  /** Frames received and not taken yet by nextFrame/waitFor. */
-  readonly queued: readonly Frame[];
-  send(type: number, id: number, payload?: Buffer): void;
-  /** Raw bytes, for broken frames and several frames in one write. */
-  write(bytes: Buffer): void;
-  nextFrame(timeoutMs?: number): Promise<Frame>;
-  waitFor(what: string, predicate: (frame: Frame) => boolean, timeoutMs?: number): Promise<Frame>;
-  /** HELLO with this build's protocol version and an empty token; resolves with the WELCOME. */
-  hello(set: string): Promise<Welcome>;
-  destroy(): void;
-}
-
-const openClients = new Set<RawClient>();
-
-function closeAllClients(): void {
-  for (const client of openClients) client.destroy();
-  openClients.clear();
-}
-
-/** Connect to 127.0.0.1:`port` and send the preamble (unless `magic` is false). */
-async function rawClient(port: number, options: { magic?: boolean } = {}): Promise<RawClient> {
-  const socket = connect({ host: LOOPBACK, port });
-  const decoder = new FrameDecoder();
-  const queue: Frame[] = [];
-  let waiters: (() => void)[] = [];
-  let isClosed = false;
-  let decodeError: unknown = null;
-  let pings = 0;
-  const wake = () => {
-    const now = waiters;
-    waiters = [];
-    for (const fn of now) fn();
-  };
-  const changed = () => new Promise<void>((resolvePromise) => waiters.push(resolvePromise));
-  socket.on("error", () => {
-    // ECONNRESET and the like: "closed" says it.
-  });
-  const closed = new Promise<void>((resolvePromise) =>
-    socket.on("close", () => {
-      isClosed = true;
-      wake();
-      resolvePromise();
-    }),
-  );
-  socket.on("data", (chunk: Buffer) => {
-    let frames: Frame[];
-    try {
-      frames = decoder.push(chunk);
-    } catch (error) {
-      decodeError = error;
-      socket.destroy();
-      wake();
-      return;
-    }
-    for (const frame of frames) {
-      if (frame.type === MessageType.PING) {
-        pings++;
-        if (socket.writable) socket.write(encodeFrame(MessageType.PONG, frame.requestId));
-        continue;
-      }
-      queue.push(frame);
-    }
-    wake();
-  });
-  await new Promise<void>((resolvePromise, reject) => {
-    socket.once("connect", () => resolvePromise());
-    socket.once("error", reject);
-  });
-  if (options.magic ?? true) socket.write(MAGIC);
-
-  const take = async (
-    what: string,
-    predicate: (frame: Frame) => boolean,
-    timeoutMs: number,
-  ): Promise<Frame> => {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const index = queue.findIndex(predicate);
-      if (index >= 0) return queue.splice(index, 1)[0] as Frame;
-      if (decodeError !== null) {
-        throw new Error(`waiting for ${what}: the server's bytes did not decode: ${String(decodeError)}`);
-      }
-      const received = queue.length === 0 ? "nothing" : queue.map(showFrame).join(" | ");
-      if (isClosed) throw new Error(`waiting for ${what}: the connection closed; received ${received}`);
-      const left = deadline - Date.now();
-      if (left <= 0)
-        throw new Error(`waiting for ${what}: nothing within ${timeoutMs} ms; received ${received}`);
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([
-        changed(),
-        new Promise<void>((resolvePromise) => {
-          timer = setTimeout(resolvePromise, left);
-        }),
-      ]);
-      clearTimeout(timer);
-    }
-  };
-
-  const client: RawClient = {
-    socket,
-    closed,
-    get isClosed() {
-      return isClosed;
-    },
-    get pings() {
-      return pings;
-    },
-    get queued() {
-      return queue;
-    },
-    send(type, id, payload) {
-      socket.write(encodeFrame(type, id, payload));
-    },
-    write(bytes) {
-      socket.write(bytes);
-    },
-    nextFrame(timeoutMs = ANSWER_MS) {
-      return take("the next frame", () => true, timeoutMs);
-    },
-    waitFor(what, predicate, timeoutMs = ANSWER_MS) {
-      return take(what, predicate, timeoutMs);
-    },
-    async hello(set) {
-      client.send(MessageType.HELLO, 0, helloPayload(set));
-      const frame = await client.nextFrame();
-      assert.equal(showFrame(frame), `WELCOME id 0`, `HELLO for set ${JSON.stringify(set)}`);
-      knownSets.add(set);
-      return decode.welcome(frame.payload);
-    },
-    destroy() {
-      socket.destroy();
-      openClients.delete(client);
-    },
-  };
-  openClients.add(client);
-  return client;
-}
-
-function helloPayload(setName: string, minVersion = PROTOCOL_VERSION, maxVersion = PROTOCOL_VERSION): Buffer {
-  return encode.hello({
-    minVersion,
-    maxVersion,
-    clientName: "raw-test-client",
-    setName,
-    token: Buffer.alloc(0),
-  });
-}
-
-/** "ERROR id 3 KW_BAD_PATH", "ACK id 2", "WELCOME id 0": what a frame is, for assertions. */
-function showFrame(frame: Frame): string {
-  const name = messageTypeName(frame.type);
-  if (frame.type === MessageType.ERROR) {
-    try {
-      return `ERROR id ${frame.requestId} ${decode.error(frame.payload).code}`;
-    } catch (error) {
-      return `ERROR id ${frame.requestId} (undecodable: ${String(error)})`;
-    }
-  }
-  return `${name} id ${frame.requestId}`;
-}
-
-function errorText(frame: Frame): string {
-  try {
-    return frame.type === MessageType.ERROR ? decode.error(frame.payload).message : "";
-  } catch {
-    return "";
-  }
-}
-
-/** The next frame must be ERROR `code` for request `id`. */
-async function expectError(client: RawClient, id: number, code: string, what: string): Promise<Frame> {
-  const frame = await client.nextFrame();
-  assert.equal(showFrame(frame), `ERROR id ${id} ${code}`, `${what} (message: ${errorText(frame)})`);
-  return frame;
-}
-
-/** The answer for request `id` (answers may come in any order) must be an ACK. */
-async function expectAck(client: RawClient, id: number, what: string): Promise<void> {
-  const frame = await client.waitFor(`the answer to request ${id} (${what})`, (f) => f.requestId === id);
-  assert.equal(showFrame(frame), `ACK id ${id}`, `${what} (message: ${errorText(frame)})`);
-  assert.equal(frame.payload.length, 0, `${what}: ACK has an empty payload`);
-}
-
-/** The server closes the connection within `timeoutMs`, having sent nothing more. */
-async function expectClosed(client: RawClient, what: string, timeoutMs = ANSWER_MS): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  const timedOut = await Promise.race([
-    client.closed.then(() => false),
-    new Promise<boolean>((resolvePromise) => {
-      timer = setTimeout(() => resolvePromise(true), timeoutMs);
-    }),
-  ]);
-  clearTimeout(timer);
-  assert.equal(timedOut, false, `${what}: the server should close the connection within ${timeoutMs} ms`);
-  assert.deepEqual(client.queued.map(showFrame), [], `${what}: nothing more after the ERROR`);
-  client.destroy();
-}
-
-/** Nothing arrives for `ms` and the connection stays open. */
-async function expectSilence(client: RawClient, ms: number, what: string): Promise<void> {
-  await sleep(ms);
-  assert.deepEqual(client.queued.map(showFrame), [], `${what}: no further frame`);
-  assert.equal(client.isClosed, false, `${what}: the connection stays open`);
-}
 
 // ---------------------------------------------------------------------------------------
 // Requests
@@ -447,6 +243,7 @@ describe("the server against a hand-made protocol client", { timeout: 90_000 }, 
     dest = join(outer, "dest");
     await mkdir(outer);
     server = await box.startServer(dest);
+    setRawToken(await localToken(box.configDir, server.port));
   });
   beforeEach(async () => {
     tmpBaseline = new Set(await readdir(tmpDir()));
@@ -970,7 +767,7 @@ describe("the server against a hand-made protocol client", { timeout: 90_000 }, 
       client.write(encodeFrame(MessageType.PUT_DATA, 1, content.subarray(DATA_CHUNK)).subarray(0, 1000));
       await sleep(20);
       if (how === "end") client.socket.end();
-      else client.socket.resetAndDestroy();
+      else client.tcp.resetAndDestroy();
       await client.closed;
       client.destroy();
       await assertTmpEmpty(`a PUT cut mid-frame (${how})`);

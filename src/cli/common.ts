@@ -1,8 +1,12 @@
 // What every command shares: option parsing (host, port, output mode), turning errors
 // into one sentence and an exit code, and stopping on Ctrl-C.
 
-import { InvalidArgumentError } from "commander";
+import { type Command, InvalidArgumentError } from "commander";
+import type { ClientSecurity } from "../client/security.js";
+import { readSecret } from "../client/security.js";
 import { ExitCode, KeepwatchError } from "../errors.js";
+import { defaultConfigDir } from "../security/config-dir.js";
+import { parseFingerprint } from "../security/fingerprint.js";
 import { DEFAULT_PORT } from "../server/server.js";
 import type { Reporter } from "../ui/events.js";
 import { chooseMode, createPrinter, type Side } from "../ui/index.js";
@@ -23,7 +27,72 @@ Exit codes:
   2  usage error (unknown command or option, bad value)
   3  a local folder or file problem (missing source, destination not writable, ...)
   4  network problem (server unreachable, port in use, connection lost, time-out)
-  5  refused by the peer (protocol version mismatch, not a keepwatch peer, bad name)`;
+  5  refused (wrong secret, set not allowed, server fingerprint changed, protocol
+     version mismatch, not a keepwatch peer, bad name)`;
+
+/** How a client reaches a server: the options every connecting command has. */
+export interface ConnectionFlags {
+  secretFile?: string;
+  fingerprint?: string;
+  insecure?: boolean;
+}
+
+export function withConnectionOptions(command: Command): Command {
+  return command
+    .option(
+      "--secret-file <file>",
+      "file holding this client's secret (else $KEEPWATCH_SECRET; none is needed for a server of the same user on this machine)",
+    )
+    .option(
+      "--fingerprint <fp>",
+      "the server's TLS fingerprint (keepwatch fingerprint DEST prints it); pinned on first use otherwise",
+      parseFingerprintOption,
+    )
+    .option("--insecure", "plain TCP, for a server started with --insecure: nothing is encrypted");
+}
+
+function parseFingerprintOption(value: string): string {
+  const fingerprint = parseFingerprint(value);
+  if (fingerprint === null) {
+    throw new InvalidArgumentError('a fingerprint looks like "SHA256:" and 43 letters, digits, + or /.');
+  }
+  return fingerprint;
+}
+
+/** The ClientSecurity the flags ask for; `say` receives notes for the person (pins, warnings). */
+export async function clientSecurity(
+  flags: ConnectionFlags,
+  say: (
+    note:
+      | { kind: "pinned"; where: string; fingerprint: string; file: string }
+      | { kind: "warning"; message: string },
+  ) => void,
+): Promise<ClientSecurity> {
+  if (flags.insecure && flags.fingerprint !== undefined) {
+    throw usageError(
+      "--fingerprint and --insecure contradict each other: without TLS there is no fingerprint to check.",
+    );
+  }
+  const { secret, warning } = await readSecret(flags.secretFile);
+  if (warning !== undefined) say({ kind: "warning", message: warning });
+  return {
+    insecure: flags.insecure ?? false,
+    secret,
+    fingerprint: flags.fingerprint,
+    configDir: defaultConfigDir(),
+    onPinned: (where, fingerprint, file) => say({ kind: "pinned", where, fingerprint, file }),
+  };
+}
+
+/** clientSecurity for commands with a Reporter: notes become events. */
+export function reporterNotes(reporter: Reporter): Parameters<typeof clientSecurity>[1] {
+  return (note) =>
+    reporter.emit(
+      note.kind === "pinned"
+        ? { kind: "server-pinned", where: note.where, fingerprint: note.fingerprint, file: note.file }
+        : { kind: "warning", message: note.message },
+    );
+}
 
 /** "localhost" means the IPv4 loopback address, as in the prototype. */
 export function resolveHost(host: string | undefined): string {

@@ -6,8 +6,10 @@ import "./threadpool.js";
 import { Command, CommanderError } from "commander";
 import { ExitCode } from "../errors.js";
 import { registerClient } from "./client.js";
+import { registerClients } from "./clients.js";
 import { EXIT_CODES_HELP } from "./common.js";
 import { registerHistory } from "./history.js";
+import { registerFingerprint } from "./identity.js";
 import { registerLs } from "./ls.js";
 import { registerPrune } from "./prune.js";
 import { registerPush } from "./push.js";
@@ -41,6 +43,8 @@ registerRestore(program);
 registerVerify(program);
 registerPrune(program);
 registerRebuildMirror(program);
+registerClients(program);
+registerFingerprint(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -8,10 +8,20 @@ import { errnoCode, KeepwatchError, RemoteError } from "../errors.js";
 import { type Entry, TIME_NOW } from "../protocol/history-messages.js";
 import { pathProblem, setNameProblem } from "../protocol/paths.js";
 import { printable } from "../ui/index.js";
-import { DEFAULT_PORT, type Output, openOutput, parsePort, resolveHost, usageError } from "./common.js";
+import {
+  type ConnectionFlags,
+  clientSecurity,
+  DEFAULT_PORT,
+  type Output,
+  openOutput,
+  parsePort,
+  resolveHost,
+  usageError,
+  withConnectionOptions,
+} from "./common.js";
 import { formatLocalTime, parseTime, TIME_FORMS } from "./time.js";
 
-export interface RemoteFlags {
+export interface RemoteFlags extends ConnectionFlags {
   port: number;
   json?: boolean;
 }
@@ -20,7 +30,7 @@ export const AT_HELP = `the moment to look at (default: now): ${TIME_FORMS}`;
 
 /** Add [HOST] (after the command's own arguments), --port and --json. */
 export function withRemoteOptions(command: Command): Command {
-  return command
+  return withConnectionOptions(command)
     .argument("[HOST]", "server address (localhost means 127.0.0.1)", "127.0.0.1")
     .option("-p, --port <port>", "server port", parsePort, DEFAULT_PORT)
     .option("--json", "print one JSON object per line");
@@ -82,6 +92,14 @@ export async function withLink<T>(
     port: flags.port,
     set,
     clientName: defaultClientName(),
+    // Notes go to stderr: stdout carries the command's data.
+    security: await clientSecurity(flags, (note) =>
+      process.stderr.write(
+        note.kind === "pinned"
+          ? `keepwatch: first connection to ${note.where}: its fingerprint ${note.fingerprint} is now pinned in ${note.file}.\n`
+          : `keepwatch: warning: ${note.message}\n`,
+      ),
+    ),
   });
   let result: T;
   try {

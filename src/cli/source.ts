@@ -6,9 +6,19 @@ import type { Command } from "commander";
 import { BackupClient, checkSource } from "../client/backup.js";
 import { defaultStateDir } from "../client/state.js";
 import { assertValidSetName } from "../protocol/paths.js";
-import { DEFAULT_PORT, type Output, type OutputOptions, parsePort, resolveHost } from "./common.js";
+import {
+  type ConnectionFlags,
+  clientSecurity,
+  DEFAULT_PORT,
+  type Output,
+  type OutputOptions,
+  parsePort,
+  reporterNotes,
+  resolveHost,
+  withConnectionOptions,
+} from "./common.js";
 
-export interface SourceFlags extends OutputOptions {
+export interface SourceFlags extends OutputOptions, ConnectionFlags {
   port: number;
   name?: string;
   stateDir?: string;
@@ -16,7 +26,7 @@ export interface SourceFlags extends OutputOptions {
 
 /** Add SRC, HOST and the options every sending command has. */
 export function withSourceOptions(command: Command): Command {
-  return command
+  return withConnectionOptions(command)
     .argument("<SRC>", "folder to back up")
     .argument("[HOST]", "server address (localhost means 127.0.0.1)", "127.0.0.1")
     .option("-p, --port <port>", "server port", parsePort, DEFAULT_PORT)
@@ -47,6 +57,7 @@ export async function createBackupClient(
     stateDir: flags.stateDir ? resolve(flags.stateDir) : defaultStateDir(),
     host: resolveHost(host),
     port: flags.port,
+    security: await clientSecurity(flags, reporterNotes(output.reporter)),
     reporter: output.reporter,
     ...(quietMs === undefined ? {} : { quietMs }),
   });

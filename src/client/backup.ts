@@ -7,6 +7,7 @@ import { errnoCode, KeepwatchError } from "../errors.js";
 import type { Reporter } from "../ui/events.js";
 import { Debouncer } from "./debouncer.js";
 import { defaultClientName, ServerLink } from "./link.js";
+import type { ClientSecurity } from "./security.js";
 import { ClientState } from "./state.js";
 import { type WatchHandle, watchTree } from "./watcher.js";
 import { Worker } from "./worker.js";
@@ -18,6 +19,7 @@ export interface BackupOptions {
   host: string;
   port: number;
   stateDir: string;
+  security: ClientSecurity;
   reporter: Reporter;
   /** A changed file is sent once it has been quiet this long (ms). */
   quietMs?: number;
@@ -73,7 +75,13 @@ export class BackupClient {
 
   private async connect(): Promise<Worker> {
     const { host, port, set, root, stateDir, reporter } = this.options;
-    const link = await ServerLink.connect({ host, port, set, clientName: defaultClientName() });
+    const link = await ServerLink.connect({
+      host,
+      port,
+      set,
+      clientName: defaultClientName(),
+      security: this.options.security,
+    });
     if (!this.state || this.stateStoreId !== link.welcome.storeId) {
       this.state?.close();
       this.state = ClientState.open(stateDir, link.welcome.storeId, set, root);
@@ -264,7 +272,15 @@ export class BackupClient {
 
 /** Errors after which retrying cannot help: the server refuses this client as it is. */
 function isFatalRefusal(code: string): boolean {
-  return code === "KW_VERSION_MISMATCH" || code === "KW_BAD_SET_NAME" || code === "KW_NOT_KEEPWATCH";
+  return [
+    "KW_VERSION_MISMATCH",
+    "KW_BAD_SET_NAME",
+    "KW_NOT_KEEPWATCH",
+    "KW_AUTH_FAILED",
+    "KW_FORBIDDEN",
+    "KW_FINGERPRINT_MISMATCH",
+    "KW_TLS_FAILED",
+  ].includes(code);
 }
 
 /** Drop paths that lie below another path in the list (the ancestor's scan covers them). */

@@ -1,8 +1,9 @@
 // The client's end of a connection: connects, performs the handshake, numbers requests
 // and matches each ACK or ERROR to the request that is waiting for it.
 
-import { connect as netConnect } from "node:net";
+import { connect as netConnect, type Socket } from "node:net";
 import { hostname, userInfo } from "node:os";
+import { type TLSSocket, connect as tlsConnect } from "node:tls";
 import { errnoCode, KeepwatchError, ProtocolError, RemoteError } from "../errors.js";
 import { Connection } from "../protocol/connection.js";
 import type { Frame } from "../protocol/frame.js";
@@ -15,12 +16,16 @@ import {
   PROTOCOL_VERSION,
   type Welcome,
 } from "../protocol/messages.js";
+import { fingerprintOf } from "../security/fingerprint.js";
+import { checkFingerprint, knownServersFile } from "../security/known-servers.js";
+import { type ClientSecurity, credentialsFor } from "./security.js";
 
 export interface LinkOptions {
   host: string;
   port: number;
   set: string;
   clientName: string;
+  security: ClientSecurity;
   /** How long to wait for the TCP connection and the WELCOME. */
   connectTimeoutMs?: number;
 }
@@ -66,7 +71,18 @@ export class ServerLink {
   static async connect(options: LinkOptions): Promise<ServerLink> {
     const timeoutMs = options.connectTimeoutMs ?? 10_000;
     const where = `${options.host}:${options.port}`;
-    const socket = netConnect({ host: options.host, port: options.port });
+    const { security } = options;
+    const { token, localFingerprint } = await credentialsFor(security, options.host, options.port);
+    const socket: Socket = security.insecure
+      ? netConnect({ host: options.host, port: options.port })
+      : tlsConnect({
+          host: options.host,
+          port: options.port,
+          minVersion: "TLSv1.3",
+          // No certificate authority vouches for a keepwatch server: its fingerprint is
+          // checked against the pin below before a single byte of ours is sent.
+          rejectUnauthorized: false,
+        });
     // Registered before the Connection's own listener, so that a refused connection is
     // reported as "unreachable" rather than as a lost connection.
     let onSocketError: (error: Error) => void = () => {};
@@ -94,8 +110,8 @@ export class ServerLink {
           ),
         timeoutMs,
       );
-      onSocketError = (error: Error) => settle(unreachable(where, error));
-      socket.once("connect", () => {
+      onSocketError = (error: Error) => settle(unreachable(where, error, security.insecure));
+      const sendHello = () => {
         conn.send(
           MessageType.HELLO,
           0,
@@ -104,10 +120,39 @@ export class ServerLink {
             maxVersion: PROTOCOL_VERSION,
             clientName: options.clientName,
             setName: options.set,
-            token: Buffer.alloc(0),
+            token,
           }),
         );
-      });
+      };
+      if (security.insecure) socket.once("connect", sendHello);
+      else {
+        socket.once("secureConnect", () => {
+          const presented = fingerprintOf((socket as TLSSocket).getPeerCertificate().raw);
+          const file = knownServersFile(security.configDir);
+          checkFingerprint({
+            where,
+            presented,
+            expected: security.fingerprint,
+            local: localFingerprint,
+            knownServersFile: file,
+          }).then(
+            (outcome) => {
+              if (settled) return;
+              if (outcome === "pinned") security.onPinned?.(where, presented, file);
+              sendHello();
+            },
+            (error: unknown) =>
+              settle(
+                error instanceof KeepwatchError
+                  ? error
+                  : new KeepwatchError(
+                      "KW_STATE_UNUSABLE",
+                      `The known-servers file cannot be used: ${String(error)}.`,
+                    ),
+              ),
+          );
+        });
+      }
       conn.once("close", (error) => {
         settle(
           error?.code === "KW_BAD_MAGIC"
@@ -118,7 +163,9 @@ export class ServerLink {
             : (error ??
                 new KeepwatchError(
                   "KW_CONNECTION_LOST",
-                  `The server at ${where} closed the connection during the handshake; check its log.`,
+                  security.insecure
+                    ? `The server at ${where} closed the connection during the handshake; if it uses TLS (started without --insecure), connect without --insecure, else check its log.`
+                    : `The server at ${where} closed the connection during the handshake; check its log.`,
                 )),
         );
       });
@@ -254,7 +301,7 @@ export class ServerLink {
   }
 }
 
-function unreachable(where: string, error: Error): KeepwatchError {
+function unreachable(where: string, error: Error, insecure: boolean): KeepwatchError {
   const code = errnoCode(error);
   if (code === "ECONNREFUSED") {
     return new KeepwatchError(
@@ -268,8 +315,28 @@ function unreachable(where: string, error: Error): KeepwatchError {
       `The host name in ${where} cannot be resolved; check its spelling.`,
     );
   }
+  if (insecure && code === "ECONNRESET") {
+    return new KeepwatchError(
+      "KW_CONNECTION_LOST",
+      `The server at ${where} reset the connection during the handshake; if it uses TLS (started without --insecure), connect without --insecure.`,
+    );
+  }
+  if (!insecure && (code === "EPROTO" || code?.startsWith("ERR_SSL") || code?.startsWith("ERR_TLS"))) {
+    return new KeepwatchError(
+      "KW_TLS_FAILED",
+      `The program at ${where} did not complete a TLS handshake (${tlsReason(error)}); if it is a keepwatch server started with --insecure, connect with --insecure too (then nothing is encrypted), else check the host and --port.`,
+    );
+  }
   return new KeepwatchError(
     "KW_UNREACHABLE",
     `The server at ${where} cannot be reached (${code ?? error.message}); check that it is running and reachable.`,
   );
+}
+
+/** OpenSSL's short reason ("wrong version number") when the error carries one. */
+function tlsReason(error: Error): string {
+  const reason = (error as { reason?: unknown }).reason;
+  if (typeof reason === "string") return reason;
+  const match = /:([a-z][a-z ]+):[^:]*:\d+:\s*$/.exec(error.message);
+  return match?.[1] ?? errnoCode(error) ?? error.message;
 }

@@ -202,6 +202,8 @@ describe("restore (client side)", () => {
       port: server.port,
       set: "src",
       clientName: "test",
+      // FakeServer speaks plain TCP; TLS and credentials have their own end-to-end tests.
+      security: { insecure: true, secret: null, configDir: join(dir, "config") },
     });
     links.push(link);
     const hub = new EventHub();

@@ -63,9 +63,7 @@ export class Connection extends EventEmitter {
         );
       }
     });
-    socket.on("error", (error: Error) => {
-      this.finish(new KeepwatchError("KW_CONNECTION_LOST", `The connection failed: ${error.message}.`));
-    });
+    socket.on("error", (error: Error) => this.finish(describeSocketError(error)));
     socket.on("close", () => this.finish(this.closeError));
     this.write(MAGIC);
     this.timer = this.startTimer();
@@ -266,4 +264,17 @@ function formatSeconds(ms: number): string {
 /** Decode an ERROR payload into the error the peer reported. */
 export function decodeRemoteError(payload: Buffer): { code: string; message: string } {
   return decode.error(payload);
+}
+
+/** A socket's error as one sentence; a TLS failure says what most likely caused it. */
+function describeSocketError(error: Error): KeepwatchError {
+  const code = (error as { code?: unknown }).code;
+  if (typeof code === "string" && (code.startsWith("ERR_SSL") || code.startsWith("ERR_TLS"))) {
+    const reason = (error as { reason?: unknown }).reason;
+    return new KeepwatchError(
+      "KW_TLS_FAILED",
+      `The TLS handshake failed (${typeof reason === "string" ? reason : code}); the peer may not speak TLS 1.3, for example a keepwatch started with --insecure.`,
+    );
+  }
+  return new KeepwatchError("KW_CONNECTION_LOST", `The connection failed: ${error.message}.`);
 }

@@ -26,7 +26,7 @@ export const LOCK_FILE = "lock";
 export const HOLDER_FILE = "lock-holder";
 
 /** The commands that take the lock, each in its mode. */
-export type LockHolder = "server" | "rebuild-mirror" | "prune" | "verify";
+export type LockHolder = "server" | "rebuild-mirror" | "prune" | "verify" | "fingerprint";
 
 type LockMode = "write" | "exclusive" | "read";
 
@@ -35,6 +35,7 @@ const MODES: Record<LockHolder, LockMode> = {
   "rebuild-mirror": "write",
   prune: "exclusive",
   verify: "read",
+  fingerprint: "write",
 };
 
 interface HolderInfo {

@@ -91,6 +91,22 @@ export class Destination {
     }
   }
 
+  get controlDir(): string {
+    return join(this.root, CONTROL_DIR);
+  }
+
+  /** Whether `set` has versions in the history or a folder in the mirror. */
+  async setHasData(set: string): Promise<boolean> {
+    if ((await this.history.meta.sets()).includes(set)) return true;
+    try {
+      await lstat(join(this.root, set));
+      return true;
+    } catch (error) {
+      if (errnoCode(error) === "ENOENT") return false;
+      throw error;
+    }
+  }
+
   /** The mirror of `set`, creating its folder on first use. */
   async mirror(set: string): Promise<Mirror> {
     assertValidSetName(set);

@@ -46,7 +46,9 @@ export async function handleList(id: number, message: ListRequest, ctx: RequestC
  */
 async function listSets(id: number, time: number, ctx: RequestContext): Promise<void> {
   const meta = ctx.history.meta;
+  const readable = ctx.readableSets();
   for (const set of await meta.sets()) {
+    if (readable !== null && !readable.includes(set)) continue;
     const newest = await meta.newestVersion(set, atTime(time));
     if (newest === null) continue;
     const files = (await meta.listAt(set, atTime(time))).filter((v) => v.kind === "file").length;

@@ -49,7 +49,7 @@ export class ManifestRequest {
       return;
     }
     if (this.begin.base.length > 0) {
-      this.base = await this.ctx.history.chunksOf(this.begin.base);
+      this.base = await this.ctx.reuseScope().content(this.begin.base);
       if (!this.base) {
         this.fail(
           new KeepwatchError(
@@ -93,11 +93,13 @@ export class ManifestRequest {
     }
     const needed: number[] = [];
     const asked = new Set<string>();
+    // Chunks the store holds for other clients' sets are asked for all the same (access.ts).
+    const scope = this.ctx.reuseScope();
     for (let i = 0; i < this.chunks.length; i++) {
       const ref = this.chunks[i] as ChunkRef;
       const key = ref.id.toString("hex");
       // A chunk that occurs twice in the file travels once.
-      if (asked.has(key) || (await this.ctx.history.chunks.has(ref.id))) continue;
+      if (asked.has(key) || (await scope.chunk(ref.id))) continue;
       asked.add(key);
       needed.push(i);
     }

@@ -15,7 +15,8 @@ export async function handlePutRef(id: number, m: FileHeader, ctx: RequestContex
       new KeepwatchError("KW_BAD_PATH", `The path ${JSON.stringify(m.path)} was refused because ${problem}.`),
     );
   }
-  const chunks = await ctx.history.chunksOf(m.sha256);
+  // Only a content this client's own sets hold: another client's is "unknown" (access.ts).
+  const chunks = await ctx.reuseScope().content(m.sha256);
   const stored = chunks?.reduce((sum, c) => sum + c.length, 0);
   if (!chunks || stored !== m.size) {
     return ctx.reject(

@@ -2,11 +2,17 @@
 // a Session for each, and shuts everything down cleanly.
 
 import { createServer, type Server as NetServer, type Socket } from "node:net";
+import { createSecureContext, type SecureContext, TLSSocket } from "node:tls";
 import { errnoCode, KeepwatchError } from "../errors.js";
 import { Connection } from "../protocol/connection.js";
 import { MAX_FRAME_PAYLOAD } from "../protocol/frame.js";
+import { defaultConfigDir } from "../security/config-dir.js";
+import { loadOrCreateIdentity } from "../security/identity.js";
+import { removeLocalAccess, writeLocalAccess } from "../security/local-access.js";
 import type { Reporter } from "../ui/events.js";
+import { AccessControl } from "./access.js";
 import { ByteBudget } from "./budget.js";
+import { ClientRegistry, readOrCreateLocalSecret } from "./clients.js";
 import { Destination } from "./destination.js";
 import { Session, type SessionLimits } from "./session.js";
 
@@ -19,7 +25,14 @@ export interface ServerOptions {
   reporter: Reporter;
   maxConnections?: number;
   limits?: Partial<SessionLimits>;
+  /** Plain TCP instead of TLS: nothing that travels is protected. */
+  insecure?: boolean;
+  /** Where the local-access file for this user's own clients goes (local-access.ts). */
+  configDir?: string;
 }
+
+/** How often the server looks for clients the operator removed or changed. */
+const RECHECK_MS = 1000;
 
 const DEFAULT_LIMITS: SessionLimits = {
   window: 64,
@@ -34,13 +47,28 @@ export class KeepwatchServer {
   private closing = false;
   /** Small files in flight are held in memory up to this many bytes in all. */
   private readonly budget = new ByteBudget(64 * 1024 * 1024);
+  private readonly recheckTimer: NodeJS.Timeout;
 
   private constructor(
     private readonly net: NetServer,
     readonly destination: Destination,
     readonly host: string,
     readonly port: number,
-  ) {}
+    private readonly access: AccessControl,
+    private readonly tls: SecureContext | null,
+    /** The server's TLS fingerprint; null with --insecure. */
+    readonly fingerprint: string | null,
+    private readonly localAccess: { configDir: string; secret: string } | null,
+  ) {
+    let seen = access.registry.changeCounter();
+    this.recheckTimer = setInterval(() => {
+      const now = access.registry.changeCounter();
+      if (now === seen) return;
+      seen = now;
+      for (const session of this.sessions) session.recheck();
+    }, RECHECK_MS);
+    this.recheckTimer.unref();
+  }
 
   static async start(options: ServerOptions): Promise<KeepwatchServer> {
     const limits = { ...DEFAULT_LIMITS, ...options.limits };
@@ -58,21 +86,70 @@ export class KeepwatchServer {
     });
     const port = await listen(net, options.host, options.port);
     let destination: Destination;
+    let registry: ClientRegistry | undefined;
+    let tls: SecureContext | null = null;
+    let fingerprint: string | null = null;
     try {
       destination = await Destination.open(options.dest);
+      try {
+        registry = ClientRegistry.open(destination.controlDir);
+        if (!options.insecure) {
+          const identity = await loadOrCreateIdentity(destination.controlDir);
+          tls = createSecureContext({ key: identity.keyPem, cert: identity.certPem, minVersion: "TLSv1.3" });
+          fingerprint = identity.fingerprint;
+        }
+      } catch (error) {
+        registry?.close();
+        await destination.close();
+        throw error;
+      }
     } catch (error) {
       for (const socket of early) socket.destroy();
       await new Promise<void>((resolve) => net.close(() => resolve()));
       throw error;
     }
-    server = new KeepwatchServer(net, destination, options.host, port);
+    const secret = await readOrCreateLocalSecret(destination.controlDir);
+    const access = new AccessControl(registry, secret);
+    const configDir = options.configDir ?? defaultConfigDir();
+    let localAccess: { configDir: string; secret: string } | null = { configDir, secret };
+    try {
+      await writeLocalAccess(configDir, {
+        port,
+        fingerprint,
+        secret,
+        dest: destination.root,
+        pid: process.pid,
+      });
+    } catch (error) {
+      localAccess = null;
+      options.reporter.emit({
+        kind: "warning",
+        message: `The file that lets this user's own clients connect without a secret cannot be written in ${configDir} (${errnoCode(error) ?? String(error)}); they need a secret (keepwatch clients add).`,
+      });
+    }
+    server = new KeepwatchServer(net, destination, options.host, port, access, tls, fingerprint, localAccess);
     for (const socket of early.splice(0)) server.accept(socket, limits, maxConnections, options.reporter);
-    options.reporter.emit({ kind: "listening", host: options.host, port, dest: destination.root });
+    options.reporter.emit({
+      kind: "listening",
+      host: options.host,
+      port,
+      dest: destination.root,
+      fingerprint,
+    });
     return server;
   }
 
-  private accept(socket: Socket, limits: SessionLimits, maxConnections: number, reporter: Reporter): void {
-    const peer = `${socket.remoteAddress}:${socket.remotePort}`;
+  private accept(raw: Socket, limits: SessionLimits, maxConnections: number, reporter: Reporter): void {
+    const peer = `${raw.remoteAddress}:${raw.remotePort}`;
+    const peerAddress = raw.remoteAddress;
+    // Past twice the limit a connection is dropped unread: answering it (a TLS handshake
+    // and a typed error) would let a flood cost the server more than it costs the sender.
+    if (this.sockets.size >= 2 * maxConnections) {
+      raw.destroy();
+      return;
+    }
+    // The session's HELLO timer also bounds the TLS handshake.
+    const socket = this.tls ? new TLSSocket(raw, { isServer: true, secureContext: this.tls }) : raw;
     const conn = new Connection(socket, {
       idleTimeoutMs: limits.idleTimeoutMs,
       keepaliveMs: Math.floor(limits.idleTimeoutMs / 3),
@@ -82,7 +159,9 @@ export class KeepwatchServer {
       conn.fail(new KeepwatchError("KW_SHUTTING_DOWN", "The server is shutting down; try again later."));
       return;
     }
-    if (this.sockets.size >= maxConnections) {
+    this.sockets.add(socket);
+    conn.on("close", () => this.sockets.delete(socket));
+    if (this.sockets.size > maxConnections) {
       conn.fail(
         new KeepwatchError(
           "KW_TOO_MANY_CONNECTIONS",
@@ -91,22 +170,31 @@ export class KeepwatchServer {
       );
       return;
     }
-    this.sockets.add(socket);
-    const session = new Session(conn, this.destination, limits, reporter, peer, this.budget);
+    const session = new Session(
+      conn,
+      this.destination,
+      limits,
+      reporter,
+      peer,
+      this.budget,
+      this.access,
+      peerAddress,
+    );
     this.sessions.add(session);
-    conn.on("close", () => {
-      this.sockets.delete(socket);
-      this.sessions.delete(session);
-    });
+    conn.on("close", () => this.sessions.delete(session));
   }
 
   /** Stop accepting, say goodbye to every client, wait for started commits, close. */
   async close(): Promise<void> {
     this.closing = true;
+    clearInterval(this.recheckTimer);
     const stopped = new Promise<void>((resolve) => this.net.close(() => resolve()));
     await Promise.allSettled([...this.sessions].map((s) => s.shutdown()));
     for (const socket of this.sockets) socket.destroy();
     await stopped;
+    if (this.localAccess)
+      await removeLocalAccess(this.localAccess.configDir, this.port, this.localAccess.secret);
+    this.access.registry.close();
     await this.destination.close();
   }
 }

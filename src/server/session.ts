@@ -16,7 +16,9 @@ import {
 import { setNameProblem } from "../protocol/paths.js";
 import type { Mirror } from "../store/mirror.js";
 import type { Reporter } from "../ui/events.js";
+import type { AccessControl, ReuseScope } from "./access.js";
 import type { ByteBudget } from "./budget.js";
+import type { Principal } from "./clients.js";
 import type { Destination } from "./destination.js";
 import type { History } from "./history.js";
 import { handleList } from "./list.js";
@@ -44,6 +46,10 @@ export interface RequestContext {
   readonly budget: ByteBudget;
   /** Every version of every file of every set on this server. */
   readonly history: History;
+  /** The sets this connection's client may read, or null for all. */
+  readableSets(): string[] | null;
+  /** What this connection's client may reuse from the history without sending it. */
+  reuseScope(): ReuseScope;
   /** False once the connection has closed: long answers stop early. */
   readonly isOpen: boolean;
   /** Run `work` without holding up the connection's frames; shutdown waits for it. */
@@ -78,6 +84,8 @@ export class Session implements RequestContext {
   mirror!: Mirror;
   set = "";
   clientName = "";
+  /** Whom the connection speaks for, once HELLO was accepted. */
+  principal: Principal | null = null;
 
   constructor(
     private readonly conn: Connection,
@@ -86,6 +94,8 @@ export class Session implements RequestContext {
     readonly reporter: Reporter,
     readonly peer: string,
     readonly budget: ByteBudget,
+    private readonly access: AccessControl,
+    private readonly peerAddress: string | undefined,
   ) {
     // The server MUST receive HELLO within helloTimeoutMs.
     this.helloTimer = setTimeout(() => {
@@ -101,6 +111,9 @@ export class Session implements RequestContext {
         if (entry.kind === "put") void entry.put.discard();
       }
       this.inFlight.clear();
+      if (!wasReady && error) {
+        reporter.emit({ kind: "peer-refused", peer, code: error.code, reason: error.message });
+      }
       if (wasReady) {
         reporter.emit({
           kind: "peer-disconnected",
@@ -134,6 +147,26 @@ export class Session implements RequestContext {
 
   get isOpen(): boolean {
     return this.state === "ready";
+  }
+
+  readableSets(): string[] | null {
+    return this.principal ? this.access.readableSets(this.principal) : [];
+  }
+
+  reuseScope(): ReuseScope {
+    if (!this.principal) throw new Error("reuseScope before HELLO");
+    return this.access.reuseScope(this.principal, this.destination.history);
+  }
+
+  /** Close the connection if its client was removed or its secret or sets changed. */
+  recheck(): void {
+    if (this.state !== "ready" || !this.principal || this.access.stillValid(this.principal)) return;
+    this.conn.fail(
+      new KeepwatchError(
+        "KW_AUTH_FAILED",
+        `The operator removed or changed client ${this.principal.name}, so the server closed its connection; ask the operator for a new secret.`,
+      ),
+    );
   }
 
   send(type: number, id: number, payload?: Buffer): void {
@@ -273,6 +306,8 @@ export class Session implements RequestContext {
           `${MIN_PROTOCOL_VERSION}-${PROTOCOL_VERSION}; install the same keepwatch version on both sides.`,
       );
     }
+    // Who it is first: a stranger learns nothing about the sets, not even which names are valid.
+    const principal = this.access.authenticate(hello.token, this.peerAddress);
     // An empty set name binds the connection to no set: it may only list the sets.
     const problem = hello.setName === "" ? null : setNameProblem(hello.setName);
     if (problem !== null) {
@@ -281,7 +316,11 @@ export class Session implements RequestContext {
         `The set name ${JSON.stringify(hello.setName)} was refused because ${problem}; choose another with --name.`,
       );
     }
-    if (hello.setName !== "") this.mirror = await this.destination.mirror(hello.setName);
+    if (hello.setName !== "") {
+      this.access.authorize(principal, hello.setName, await this.destination.setHasData(hello.setName));
+      this.mirror = await this.destination.mirror(hello.setName);
+    }
+    this.principal = principal;
     this.set = hello.setName;
     this.clientName = hello.clientName;
     this.state = "ready";
@@ -301,6 +340,7 @@ export class Session implements RequestContext {
       kind: "peer-connected",
       peer: this.peer,
       client: hello.clientName,
+      principal: principal.name,
       set: hello.setName,
     });
   }

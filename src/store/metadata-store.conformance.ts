@@ -76,6 +76,35 @@ export function runMetadataStoreConformance(name: string, open: () => Promise<Op
       }
     });
 
+    test("contentInSets and chunkInSets see only what versions of the given sets use", async () => {
+      const { store, cleanup } = await open();
+      try {
+        await store.commitVersion(file("mine", "a.txt", "shared words", 1000, ["shared ", "words"]));
+        await store.commitVersion(file("theirs", "b.txt", "secret plan", 1001, ["secret ", "plan"]));
+        assert.equal(await store.contentInSets(sha("shared words"), ["mine"]), true);
+        assert.equal(await store.contentInSets(sha("secret plan"), ["mine"]), false, "another set's content");
+        assert.equal(await store.contentInSets(sha("secret plan"), ["mine", "theirs"]), true);
+        assert.equal(await store.contentInSets(sha("secret plan"), []), false, "no sets, nothing");
+        assert.equal(await store.contentInSets(sha("never stored"), ["mine", "theirs"]), false);
+        const [secret] = chunksOf("secret ");
+        const [shared] = chunksOf("shared ");
+        assert.equal(await store.chunkInSets((shared as ChunkRef).id, ["mine"]), true);
+        assert.equal(
+          await store.chunkInSets((secret as ChunkRef).id, ["mine"]),
+          false,
+          "another set's chunk",
+        );
+        assert.equal(await store.chunkInSets((secret as ChunkRef).id, ["theirs"]), true);
+        assert.equal(
+          await store.chunkInSets((secret as ChunkRef).id, ['mine", "theirs']),
+          false,
+          "names are data",
+        );
+      } finally {
+        await cleanup();
+      }
+    });
+
     test("versionAt, history and listAt see the tree as it was at any moment", async () => {
       const { store, cleanup } = await open();
       try {

@@ -84,6 +84,15 @@ export interface MetadataStore {
   /** Names of all sets, sorted. */
   sets(): Promise<string[]>;
 
+  /**
+   * Whether some version in one of `sets` has the content `sha256`. A client may build on
+   * a content (PUT_REF, a manifest's base) only if its own sets hold it.
+   */
+  contentInSets(sha256: Buffer, sets: readonly string[]): Promise<boolean>;
+
+  /** Whether some version in one of `sets` has a content made with the chunk `chunkId`. */
+  chunkInSets(chunkId: ChunkId, sets: readonly string[]): Promise<boolean>;
+
   /** Every version of every set, in commit order (for verify and prune). */
   allVersions(): AsyncIterable<VersionRecord>;
 

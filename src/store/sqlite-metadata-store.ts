@@ -99,6 +99,19 @@ export class SqliteMetadataStore implements MetadataStore {
       ),
       all: db.prepare<[], VersionRow>(`SELECT ${VERSION_COLUMNS} ${VERSION_JOINS} ORDER BY v.id`),
       referenced: db.prepare<[], { chunk_id: Buffer }>("SELECT DISTINCT chunk_id FROM content_chunks"),
+      // The set names travel as one JSON array, so that a statement serves any number of sets.
+      contentInSets: db.prepare<[Buffer, string], { found: number }>(
+        `SELECT 1 AS found FROM contents c
+         JOIN versions v ON v.content_id = c.id
+         JOIN sets s ON s.id = v.set_id
+         WHERE c.sha256 = ? AND s.name IN (SELECT value FROM json_each(?)) LIMIT 1`,
+      ),
+      chunkInSets: db.prepare<[Buffer, string], { found: number }>(
+        `SELECT 1 AS found FROM content_chunks cc
+         JOIN versions v ON v.content_id = cc.content_id
+         JOIN sets s ON s.id = v.set_id
+         WHERE cc.chunk_id = ? AND s.name IN (SELECT value FROM json_each(?)) LIMIT 1`,
+      ),
     };
   }
 
@@ -213,6 +226,14 @@ export class SqliteMetadataStore implements MetadataStore {
 
   async sets(): Promise<string[]> {
     return this.stmt.sets.all().map((r) => r.name);
+  }
+
+  async contentInSets(sha256: Buffer, sets: readonly string[]): Promise<boolean> {
+    return sets.length > 0 && this.stmt.contentInSets.get(sha256, JSON.stringify(sets)) !== undefined;
+  }
+
+  async chunkInSets(chunkId: ChunkId, sets: readonly string[]): Promise<boolean> {
+    return sets.length > 0 && this.stmt.chunkInSets.get(chunkId, JSON.stringify(sets)) !== undefined;
   }
 
   async *allVersions(): AsyncIterable<VersionRecord> {

@@ -6,9 +6,13 @@ export type Operation = "put" | "delete" | "mkdir" | "restore";
 
 export type ProgressEvent =
   /** server: listening for clients. */
-  | { kind: "listening"; host: string; port: number; dest: string }
-  /** server: a client finished its handshake. */
-  | { kind: "peer-connected"; peer: string; client: string; set: string }
+  | { kind: "listening"; host: string; port: number; dest: string; fingerprint: string | null }
+  /** server: a client finished its handshake; `principal` is the credential it used. */
+  | { kind: "peer-connected"; peer: string; client: string; principal: string; set: string }
+  /** server: a connection was closed before its handshake ended (TLS, credentials, set). */
+  | { kind: "peer-refused"; peer: string; code: string; reason: string }
+  /** client: a server's fingerprint was recorded in the known-servers file. */
+  | { kind: "server-pinned"; where: string; fingerprint: string; file: string }
   /** server: a client's connection ended (reason absent after a clean goodbye). */
   | { kind: "peer-disconnected"; peer: string; set: string; reason?: string }
   /** client: handshake done. */

@@ -32,7 +32,13 @@ describe("createPrinter", () => {
       side: "server",
       stream: stream as unknown as NodeJS.WriteStream,
     });
-    printer.reporter.emit({ kind: "listening", host: "127.0.0.1", port: 7468, dest: "/x" });
+    printer.reporter.emit({
+      kind: "listening",
+      host: "127.0.0.1",
+      port: 7468,
+      dest: "/x",
+      fingerprint: null,
+    });
     printer.close();
     const line = JSON.parse(String(stream.read())) as Record<string, unknown>;
     assert.equal(line.event, "listening");

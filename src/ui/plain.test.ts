@@ -61,8 +61,14 @@ describe("PlainPrinter", () => {
 
   it("words the server side as storing into a set", () => {
     const lines = print("server", [
-      { kind: "listening", host: "::1", port: 7468, dest: "/x/dest" },
-      { kind: "peer-connected", peer: "10.0.0.2:51234", client: "laptop", set: "photos" },
+      { kind: "listening", host: "::1", port: 7468, dest: "/x/dest", fingerprint: "SHA256:abc" },
+      {
+        kind: "peer-connected",
+        peer: "10.0.0.2:51234",
+        client: "laptop",
+        principal: "laptop",
+        set: "photos",
+      },
       { kind: "file-start", path: "a.jpg", size: 2_621_440 },
       { kind: "file-done", path: "a.jpg", op: "put", size: 2_621_440, set: "photos" },
       { kind: "file-done", path: "albums", op: "mkdir", size: 0, set: "photos" },
@@ -72,8 +78,8 @@ describe("PlainPrinter", () => {
     assert.deepEqual(
       lines.map((line) => line.slice(25)),
       [
-        "listening on [::1]:7468, mirroring into /x/dest",
-        "client laptop connected from 10.0.0.2:51234, set photos",
+        "listening on [::1]:7468, mirroring into /x/dest, TLS fingerprint SHA256:abc",
+        "client laptop (laptop) connected from 10.0.0.2:51234, set photos",
         "stored a.jpg (2.5 MiB) in set photos",
         "created directory albums in set photos",
         "client at 10.0.0.2:51234 (set photos) disconnected",

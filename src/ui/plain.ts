@@ -78,12 +78,21 @@ function reuse(event: { size: number; sentBytes?: number }): string {
 export function describeEvent(event: ProgressEvent, side: Side): string | null {
   switch (event.kind) {
     case "listening":
-      return `listening on ${hostPort(event.host, event.port)}, mirroring into ${printable(event.dest)}`;
+      return (
+        `listening on ${hostPort(event.host, event.port)}, mirroring into ${printable(event.dest)}, ` +
+        (event.fingerprint === null
+          ? "WITHOUT TLS (--insecure): anyone on the network can read and change what travels"
+          : `TLS fingerprint ${event.fingerprint}`)
+      );
     case "peer-connected":
-      return `client ${printable(event.client)} connected from ${printable(event.peer)}, set ${printable(event.set)}`;
+      return `client ${printable(event.client)} (${printable(event.principal)}) connected from ${printable(event.peer)}, set ${printable(event.set)}`;
+    case "peer-refused":
+      return `refused a connection from ${printable(event.peer)}: ${printable(event.reason)} (${printable(event.code)})`;
+    case "server-pinned":
+      return `first connection to ${printable(event.where)}: its fingerprint ${event.fingerprint} is now pinned in ${printable(event.file)}`;
     case "peer-disconnected":
       return (
-        `client at ${printable(event.peer)} (set ${printable(event.set)}) disconnected` +
+        `client at ${printable(event.peer)} (${event.set === "" ? "no set" : `set ${printable(event.set)}`}) disconnected` +
         (event.reason === undefined ? "" : `: ${printable(event.reason)}`)
       );
     case "connected":

@@ -59,7 +59,13 @@ describe("ProgressModel totals", () => {
 
   it("never reports less queued than done or under way (transfers nobody announced)", () => {
     const { at } = setup();
-    let s = at(0, { kind: "peer-connected", peer: "10.0.0.2:5000", client: "laptop", set: "docs" });
+    let s = at(0, {
+      kind: "peer-connected",
+      peer: "10.0.0.2:5000",
+      client: "laptop",
+      principal: "laptop",
+      set: "docs",
+    });
     s = at(1, { kind: "file-start", path: "x", size: 40 });
     assert.deepEqual(s.queued, { files: 1, bytes: 40 });
     s = at(2, { kind: "file-done", path: "x", op: "put", size: 40, set: "docs" });

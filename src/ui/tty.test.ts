@@ -147,12 +147,28 @@ describe("TtyPrinter", () => {
 
   it("shows the server waiting for clients, then receiving", () => {
     const { terminal, printer } = open(80, "server");
-    printer.emit({ kind: "listening", host: "0.0.0.0", port: 7468, dest: "/srv/mirror" });
-    printer.emit({ kind: "peer-connected", peer: "10.0.0.2:5000", client: "laptop", set: "docs" });
+    printer.emit({
+      kind: "listening",
+      host: "0.0.0.0",
+      port: 7468,
+      dest: "/srv/mirror",
+      fingerprint: "SHA256:abc",
+    });
+    printer.emit({
+      kind: "peer-connected",
+      peer: "10.0.0.2:5000",
+      client: "laptop",
+      principal: "laptop",
+      set: "docs",
+    });
     printer.emit({ kind: "file-start", path: "a", size: 100 });
     printer.close();
     const lines = terminal.screen();
-    assert.ok(lines.some((line) => line.endsWith("listening on 0.0.0.0:7468, mirroring into /srv/mirror")));
+    assert.ok(
+      lines.some((line) =>
+        line.endsWith("listening on 0.0.0.0:7468, mirroring into /srv/mirror, TLS fingerprint SHA256:abc"),
+      ),
+    );
     assert.ok(lines.some((line) => line.startsWith("receiving 0/1 files · 0 B/100 B [")));
   });
 });

@@ -13,6 +13,8 @@ const LOGGED: ReadonlySet<ProgressEventKind> = new Set<ProgressEventKind>([
   "disconnected",
   "peer-connected",
   "peer-disconnected",
+  "peer-refused",
+  "server-pinned",
   "warning",
   "error",
   "info",
