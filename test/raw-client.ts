@@ -56,6 +56,8 @@ export interface RawClientOptions {
   token?: Buffer;
   /** Told of every set that got a WELCOME. */
   onWelcome?: (set: string) => void;
+  /** Answer the server's PINGs (default true); false plays a peer that went silent. */
+  answerPings?: boolean;
 }
 
 let defaultToken: Buffer = Buffer.alloc(0);
@@ -117,7 +119,9 @@ export async function rawClient(port: number, options: RawClientOptions = {}): P
     for (const frame of frames) {
       if (frame.type === MessageType.PING) {
         pings++;
-        if (socket.writable) socket.write(encodeFrame(MessageType.PONG, frame.requestId));
+        if ((options.answerPings ?? true) && socket.writable) {
+          socket.write(encodeFrame(MessageType.PONG, frame.requestId));
+        }
         continue;
       }
       queue.push(frame);

@@ -5,7 +5,7 @@ import { connect as netConnect, type Socket } from "node:net";
 import { hostname, userInfo } from "node:os";
 import { type TLSSocket, connect as tlsConnect } from "node:tls";
 import { errnoCode, KeepwatchError, ProtocolError, RemoteError } from "../errors.js";
-import { Connection } from "../protocol/connection.js";
+import { Connection, tlsFailureReason } from "../protocol/connection.js";
 import type { Frame } from "../protocol/frame.js";
 import {
   decode,
@@ -321,22 +321,15 @@ function unreachable(where: string, error: Error, insecure: boolean): KeepwatchE
       `The server at ${where} reset the connection during the handshake; if it uses TLS (started without --insecure), connect without --insecure.`,
     );
   }
-  if (!insecure && (code === "EPROTO" || code?.startsWith("ERR_SSL") || code?.startsWith("ERR_TLS"))) {
+  const tlsReason = insecure ? null : tlsFailureReason(error);
+  if (tlsReason !== null) {
     return new KeepwatchError(
       "KW_TLS_FAILED",
-      `The program at ${where} did not complete a TLS handshake (${tlsReason(error)}); if it is a keepwatch server started with --insecure, connect with --insecure too (then nothing is encrypted), else check the host and --port.`,
+      `The program at ${where} did not complete a TLS handshake (${tlsReason}); if it is a keepwatch server started with --insecure, connect with --insecure too (then nothing is encrypted), else check the host and --port.`,
     );
   }
   return new KeepwatchError(
     "KW_UNREACHABLE",
     `The server at ${where} cannot be reached (${code ?? error.message}); check that it is running and reachable.`,
   );
-}
-
-/** OpenSSL's short reason ("wrong version number") when the error carries one. */
-function tlsReason(error: Error): string {
-  const reason = (error as { reason?: unknown }).reason;
-  if (typeof reason === "string") return reason;
-  const match = /:([a-z][a-z ]+):[^:]*:\d+:\s*$/.exec(error.message);
-  return match?.[1] ?? errnoCode(error) ?? error.message;
 }

@@ -268,13 +268,29 @@ export function decodeRemoteError(payload: Buffer): { code: string; message: str
 
 /** A socket's error as one sentence; a TLS failure says what most likely caused it. */
 function describeSocketError(error: Error): KeepwatchError {
-  const code = (error as { code?: unknown }).code;
-  if (typeof code === "string" && (code.startsWith("ERR_SSL") || code.startsWith("ERR_TLS"))) {
-    const reason = (error as { reason?: unknown }).reason;
+  const reason = tlsFailureReason(error);
+  if (reason !== null) {
     return new KeepwatchError(
       "KW_TLS_FAILED",
-      `The TLS handshake failed (${typeof reason === "string" ? reason : code}); the peer may not speak TLS 1.3, for example a keepwatch started with --insecure.`,
+      `The TLS handshake failed (${reason}); the peer may not speak TLS 1.3, for example a keepwatch started with --insecure.`,
     );
   }
   return new KeepwatchError("KW_CONNECTION_LOST", `The connection failed: ${error.message}.`);
+}
+
+/**
+ * OpenSSL's short reason ("wrong version number") when `error` comes from the TLS layer,
+ * else null. Node reports some as ERR_SSL_* and some as a system error EPROTO whose
+ * message holds OpenSSL's text.
+ */
+export function tlsFailureReason(error: Error): string | null {
+  const code = (error as { code?: unknown }).code;
+  const isTls =
+    (typeof code === "string" && (code === "EPROTO" || /^ERR_(SSL|TLS)_/.test(code))) ||
+    error.message.includes("SSL routines");
+  if (!isTls) return null;
+  const reason = (error as { reason?: unknown }).reason;
+  if (typeof reason === "string") return reason;
+  const match = /SSL routines:[^:]*:([^:]+):/.exec(error.message);
+  return match?.[1] ?? (typeof code === "string" ? code : "TLS error");
 }
