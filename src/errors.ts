@@ -42,6 +42,7 @@ export const ErrorCodes = {
   KW_CONTENT_UNKNOWN: { exit: ExitCode.failure, wire: true },
   KW_NOT_FOUND: { exit: ExitCode.failure, wire: true },
   KW_AUTH_FAILED: { exit: ExitCode.refused, wire: true },
+  KW_FILE_TOO_LARGE: { exit: ExitCode.failure, wire: true },
   KW_FORBIDDEN: { exit: ExitCode.refused, wire: true },
   // local conditions (never on the wire)
   KW_USAGE: { exit: ExitCode.usage, wire: false },

@@ -223,9 +223,12 @@ export class ChunkedTransfer implements FileTransfer {
       try {
         sent = await this.sendManifest(fd, header, scanned.chunks, base);
       } catch (error) {
-        if (!(base && error instanceof RemoteError && error.code === "KW_CONTENT_UNKNOWN")) throw error;
-        // The server no longer holds the base (pruned): describe the file from scratch.
-        this.state.forgetContent(base.sha256);
+        const retry =
+          error instanceof RemoteError && ["KW_CONTENT_UNKNOWN", "KW_FILE_TOO_LARGE"].includes(error.code);
+        if (!(base && retry)) throw error;
+        // The server no longer holds the base (pruned), or has no room for the base's chunk
+        // list as well: describe the file from scratch.
+        if (error.code === "KW_CONTENT_UNKNOWN") this.state.forgetContent(base.sha256);
         sent = await this.sendManifest(fd, header, scanned.chunks, null);
       }
       if (sent === null) return { status: "changed" };

@@ -5,6 +5,7 @@
 
 import { EventEmitter } from "node:events";
 import type { Socket } from "node:net";
+import { TLSSocket } from "node:tls";
 import { ErrorCodes, KeepwatchError, ProtocolError } from "../errors.js";
 import { encodeFrame, type Frame, FrameDecoder, MAGIC, MAX_FRAME_PAYLOAD } from "./frame.js";
 import { decode, encode, MessageType } from "./messages.js";
@@ -43,6 +44,7 @@ export class Connection extends EventEmitter {
   private timer: NodeJS.Timeout | undefined;
   private bytesIn = 0;
   private bytesOut = 0;
+  private handshaken: boolean;
 
   constructor(
     socket: Socket,
@@ -52,6 +54,14 @@ export class Connection extends EventEmitter {
     this.socket = socket;
     this.decoder = new FrameDecoder(options.maxPayload ?? MAX_FRAME_PAYLOAD);
     socket.setNoDelay(true);
+    this.handshaken = !(socket instanceof TLSSocket);
+    if (!this.handshaken) {
+      const done = () => {
+        this.handshaken = true;
+      };
+      socket.once("secure", done);
+      socket.once("secureConnect", done);
+    }
     socket.on("data", (chunk: Buffer) => this.onData(chunk));
     socket.on("end", () => {
       if (!this.closed) {
@@ -79,6 +89,11 @@ export class Connection extends EventEmitter {
 
   get isClosed(): boolean {
     return this.closed;
+  }
+
+  /** False while a TLS handshake is under way: nothing can reach the peer yet. */
+  get isHandshaken(): boolean {
+    return this.handshaken;
   }
 
   get counters(): { bytesIn: number; bytesOut: number } {

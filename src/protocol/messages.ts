@@ -6,8 +6,8 @@ import { type ErrorCode, isErrorCode, ProtocolError } from "../errors.js";
 import { FieldReader, FieldWriter } from "./fields.js";
 import { MAX_FRAME_PAYLOAD } from "./frame.js";
 
-export const PROTOCOL_VERSION = 2;
-export const MIN_PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
+export const MIN_PROTOCOL_VERSION = 3;
 
 /** Longest path (in UTF-8 bytes) a message may carry; see paths.ts for the full rules. */
 export const MAX_PATH_BYTES = 4096;
@@ -67,7 +67,7 @@ export interface Hello {
   maxVersion: number;
   clientName: string;
   setName: string;
-  /** Credentials; empty until client authentication exists. */
+  /** The client's secret in UTF-8 (protocol section 12.2). */
   token: Buffer;
 }
 

@@ -60,7 +60,7 @@ export class History {
   }
 
   /** A content's bytes, chunk by chunk, each verified against its id by the store. */
-  async *read(chunks: ChunkRef[]): AsyncIterable<Buffer> {
+  async *read(chunks: Iterable<ChunkRef>): AsyncIterable<Buffer> {
     for (const ref of chunks) {
       const data = await this.chunks.get(ref.id);
       if (data.length !== ref.length) {

@@ -12,30 +12,48 @@ import {
 } from "../protocol/history-messages.js";
 import { MessageType } from "../protocol/messages.js";
 import { pathProblem } from "../protocol/paths.js";
+import { ChunkList } from "../store/chunk-list.js";
 import type { ChunkRef } from "../store/metadata-store.js";
 import { ioError } from "./put.js";
 import { commitFromHistory } from "./put-ref.js";
 import type { RequestContext } from "./session.js";
+
+/**
+ * What manifests in flight may hold in memory together: the new chunk list at 48 bytes a
+ * chunk (chunk-list.ts and the NEED bookkeeping), so that the largest list the protocol
+ * allows (4,194,304 chunks, 192 MiB) fits, and the
+ * base's list at ~250 bytes a chunk (objects from the index). A request that could never
+ * fit is refused with KW_FILE_TOO_LARGE (the client then sends it without a base); the
+ * others wait for room, which holds up their connection.
+ */
+export const MANIFEST_MEMORY = 256 * 1024 * 1024;
+/** The list (36 bytes), its sort order (4), the asked flags (1) and the NEED list (4). */
+const NEW_BYTES_PER_CHUNK = 48;
+const BASE_BYTES_PER_CHUNK = 256;
 
 /** Index ranges per NEED frame (8 bytes each), well within the smallest allowed frame. */
 const RANGES_PER_NEED = 4096;
 
 export class ManifestRequest {
   private base: ChunkRef[] | null = null;
-  private readonly chunks: ChunkRef[] = [];
+  private readonly chunks: ChunkList;
   private total = 0;
   /** After MANIFEST_END: the indices still to come, in the order the client sends them. */
-  private needed: number[] | null = null;
+  private needed: Uint32Array | null = null;
   private nextNeeded = 0;
   /** Set once an ERROR was sent; later frames are swallowed until the request ends. */
   private failed = false;
   private ended = false;
+  /** Bytes of the server's manifest memory this request holds. */
+  private reserved = 0;
 
   constructor(
     private readonly id: number,
     private readonly begin: ManifestBegin,
     private readonly ctx: RequestContext,
-  ) {}
+  ) {
+    this.chunks = new ChunkList(begin.chunkCount);
+  }
 
   async open(): Promise<void> {
     const problem = pathProblem(this.begin.path);
@@ -48,6 +66,7 @@ export class ManifestRequest {
       );
       return;
     }
+    if (!(await this.reserve(this.begin.chunkCount * NEW_BYTES_PER_CHUNK))) return;
     if (this.begin.base.length > 0) {
       this.base = await this.ctx.reuseScope().content(this.begin.base);
       if (!this.base) {
@@ -57,7 +76,9 @@ export class ManifestRequest {
             `The server no longer holds the base of ${JSON.stringify(this.begin.path)}; send the manifest without it.`,
           ),
         );
+        return;
       }
+      if (!(await this.reserve(this.base.length * BASE_BYTES_PER_CHUNK))) return;
     }
     this.ctx.reporter.emit({ kind: "file-start", path: this.begin.path, size: this.begin.size });
   }
@@ -67,14 +88,17 @@ export class ManifestRequest {
     if (this.failed) return;
     for (const op of ops) {
       if (op.op === "new") {
-        this.add({ id: op.id, length: op.length });
+        this.add(op.id, op.length);
         continue;
       }
       const base = this.base ?? [];
       if (op.start + op.count > base.length) {
         throw this.violation(`a COPY op reaches chunk ${op.start + op.count} of a base with ${base.length}`);
       }
-      for (let i = op.start; i < op.start + op.count; i++) this.add(base[i] as ChunkRef);
+      for (let i = op.start; i < op.start + op.count; i++) {
+        const ref = base[i] as ChunkRef;
+        this.add(ref.id, ref.length);
+      }
     }
   }
 
@@ -91,18 +115,20 @@ export class ManifestRequest {
         `the manifest has ${this.chunks.length} chunks and ${this.total} bytes, not ${this.begin.chunkCount} and ${this.begin.size}`,
       );
     }
-    const needed: number[] = [];
-    const asked = new Set<string>();
     // Chunks the store holds for other clients' sets are asked for all the same (access.ts).
     const scope = this.ctx.reuseScope();
+    // A chunk that occurs twice in the file travels once: only first occurrences are asked.
+    const first = this.chunks.firstOccurrences();
+    const asked = new Uint8Array(this.chunks.length);
+    let count = 0;
     for (let i = 0; i < this.chunks.length; i++) {
-      const ref = this.chunks[i] as ChunkRef;
-      const key = ref.id.toString("hex");
-      // A chunk that occurs twice in the file travels once.
-      if (asked.has(key) || (await scope.chunk(ref.id))) continue;
-      asked.add(key);
-      needed.push(i);
+      if (first[i] === 1 && !(await scope.chunk(this.chunks.id(i)))) {
+        asked[i] = 1;
+        count++;
+      }
     }
+    const needed = new Uint32Array(count);
+    for (let i = 0, n = 0; i < asked.length; i++) if (asked[i] === 1) needed[n++] = i;
     this.needed = needed;
     this.sendNeed(needed);
     // Assembling a large file takes a while: it must not hold up the connection's other frames.
@@ -116,7 +142,7 @@ export class ManifestRequest {
       throw this.violation(`CHUNK ${index} was not the next one the server asked for`);
     }
     this.nextNeeded++;
-    const ref = this.chunks[index] as ChunkRef;
+    const ref = this.chunks.at(index);
     if (data.length !== ref.length || !createHash("sha256").update(data).digest().equals(ref.id)) {
       this.fail(
         new KeepwatchError(
@@ -141,8 +167,36 @@ export class ManifestRequest {
     if (this.nextNeeded === this.needed.length) this.ctx.track(this.commit());
   }
 
+  /** `bytes` more of the server's manifest memory; false (and refused) if they never fit. */
+  private async reserve(bytes: number): Promise<boolean> {
+    if (this.reserved + bytes > this.ctx.manifestBudget.limit) {
+      this.fail(
+        new KeepwatchError(
+          "KW_FILE_TOO_LARGE",
+          `The manifest of ${JSON.stringify(this.begin.path)} (${this.begin.chunkCount} chunks${this.base ? `, on a base of ${this.base.length}` : ""}) needs more memory than this server gives one request; it was not stored.`,
+        ),
+      );
+      return false;
+    }
+    // Waiting here holds up this connection's frames, which slows its client down.
+    await this.ctx.manifestBudget.acquire(bytes);
+    this.reserved += bytes;
+    if (!this.ctx.isOpen) this.releaseMemory();
+    return this.ctx.isOpen;
+  }
+
+  /** Give back the manifest memory (at the end, or when the connection closes). */
+  releaseMemory(): void {
+    if (this.reserved === 0) return;
+    this.ctx.manifestBudget.give(this.reserved);
+    this.reserved = 0;
+    this.base = null;
+    this.chunks.clear();
+  }
+
   /** PUT_ABORT: the client gave up (the file changed while it re-read it). */
   abort(): void {
+    this.releaseMemory();
     this.ended = true;
     if (this.failed) this.ctx.release(this.id);
     else this.ctx.ack(this.id);
@@ -157,23 +211,25 @@ export class ManifestRequest {
     try {
       await commitFromHistory(this.ctx, this.begin, this.chunks);
     } catch (error) {
+      this.releaseMemory();
       this.ctx.reject(this.id, ioError(error, this.begin.path));
       return;
     }
+    this.releaseMemory();
     const { path, size } = this.begin;
     this.ctx.reporter.emit({ kind: "file-done", path, op: "put", size, set: this.ctx.set });
     this.ctx.ack(this.id);
   }
 
-  private add(ref: ChunkRef): void {
+  private add(id: Buffer, length: number): void {
     if (this.chunks.length >= Math.min(this.begin.chunkCount, MAX_CHUNKS_PER_FILE)) {
       throw this.violation(`the manifest has more than the ${this.begin.chunkCount} chunks announced`);
     }
-    this.chunks.push(ref);
-    this.total += ref.length;
+    this.chunks.push(id, length);
+    this.total += length;
   }
 
-  private sendNeed(needed: number[]): void {
+  private sendNeed(needed: Uint32Array): void {
     const ranges: [number, number][] = [];
     for (const index of needed) {
       const last = ranges[ranges.length - 1];
@@ -194,6 +250,7 @@ export class ManifestRequest {
   private fail(error: KeepwatchError): void {
     this.failed = true;
     this.ended = this.needed !== null;
+    this.releaseMemory();
     this.ctx.reject(this.id, error, !this.ended);
   }
 

@@ -4,6 +4,7 @@
 import { KeepwatchError } from "../errors.js";
 import type { FileHeader } from "../protocol/history-messages.js";
 import { pathProblem } from "../protocol/paths.js";
+import type { ChunkRefs } from "../store/metadata-store.js";
 import { ioError } from "./put.js";
 import type { RequestContext } from "./session.js";
 
@@ -44,7 +45,7 @@ export async function handlePutRef(id: number, m: FileHeader, ctx: RequestContex
 export async function commitFromHistory(
   ctx: RequestContext,
   m: FileHeader,
-  chunks: { id: Buffer; length: number }[],
+  chunks: ChunkRefs,
 ): Promise<void> {
   const pending = await ctx.mirror.writePending(ctx.history.read(chunks), m.sha256);
   try {

@@ -22,6 +22,8 @@ export class PutRequest {
   private failed = false;
   /** Set when the request was thrown away (its connection closed). */
   private discarded = false;
+  /** PUT_END or PUT_ABORT arrived: the request waits for its answer and takes no more frames. */
+  finished = false;
   /** Cuts the content into chunks for the history as it arrives. */
   private readonly ingest: Ingest;
 

@@ -14,6 +14,7 @@ import { AccessControl } from "./access.js";
 import { ByteBudget } from "./budget.js";
 import { ClientRegistry, readOrCreateLocalSecret } from "./clients.js";
 import { Destination } from "./destination.js";
+import { MANIFEST_MEMORY } from "./manifest.js";
 import { Session, type SessionLimits } from "./session.js";
 
 export const DEFAULT_PORT = 7468;
@@ -44,9 +45,13 @@ const DEFAULT_LIMITS: SessionLimits = {
 export class KeepwatchServer {
   private readonly sessions = new Set<Session>();
   private readonly sockets = new Set<Socket>();
+  /** Every TCP connection until it is really closed, refused ones included. */
+  private readonly open = new Set<Socket>();
   private closing = false;
   /** Small files in flight are held in memory up to this many bytes in all. */
   private readonly budget = new ByteBudget(64 * 1024 * 1024);
+  /** Manifests' chunk lists, at MANIFEST_BYTES_PER_CHUNK each (manifest.ts). */
+  private readonly manifestBudget = new ByteBudget(MANIFEST_MEMORY);
   private readonly recheckTimer: NodeJS.Timeout;
 
   private constructor(
@@ -144,10 +149,12 @@ export class KeepwatchServer {
     const peerAddress = raw.remoteAddress;
     // Past twice the limit a connection is dropped unread: answering it (a TLS handshake
     // and a typed error) would let a flood cost the server more than it costs the sender.
-    if (this.sockets.size >= 2 * maxConnections) {
+    if (this.open.size >= 2 * maxConnections) {
       raw.destroy();
       return;
     }
+    this.open.add(raw);
+    raw.once("close", () => this.open.delete(raw));
     // The session's HELLO timer also bounds the TLS handshake.
     const socket = this.tls ? new TLSSocket(raw, { isServer: true, secureContext: this.tls }) : raw;
     const conn = new Connection(socket, {
@@ -177,6 +184,7 @@ export class KeepwatchServer {
       reporter,
       peer,
       this.budget,
+      this.manifestBudget,
       this.access,
       peerAddress,
     );

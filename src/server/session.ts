@@ -44,6 +44,8 @@ export interface RequestContext {
   readonly reporter: Reporter;
   /** Memory the server allows for small files in flight, shared by all sessions. */
   readonly budget: ByteBudget;
+  /** Memory the server allows for manifests' chunk lists, shared by all sessions. */
+  readonly manifestBudget: ByteBudget;
   /** Every version of every file of every set on this server. */
   readonly history: History;
   /** The sets this connection's client may read, or null for all. */
@@ -94,12 +96,19 @@ export class Session implements RequestContext {
     readonly reporter: Reporter,
     readonly peer: string,
     readonly budget: ByteBudget,
+    readonly manifestBudget: ByteBudget,
     private readonly access: AccessControl,
     private readonly peerAddress: string | undefined,
   ) {
     // The server MUST receive HELLO within helloTimeoutMs.
     this.helloTimer = setTimeout(() => {
-      conn.fail(new KeepwatchError("KW_TIMEOUT", "No HELLO arrived in time, so the connection was closed."));
+      const error = new KeepwatchError(
+        "KW_TIMEOUT",
+        "No HELLO arrived in time, so the connection was closed.",
+      );
+      // A peer that never finished TLS cannot be told; it is dropped at once.
+      if (conn.isHandshaken) conn.fail(error);
+      else conn.destroy(error);
     }, limits.helloTimeoutMs);
     this.helloTimer.unref();
     conn.setHandler((frame) => this.onFrame(frame));
@@ -109,6 +118,7 @@ export class Session implements RequestContext {
       this.state = "closed";
       for (const entry of this.inFlight.values()) {
         if (entry.kind === "put") void entry.put.discard();
+        if (entry.kind === "manifest") entry.manifest.releaseMemory();
       }
       this.inFlight.clear();
       if (!wasReady && error) {
@@ -216,8 +226,11 @@ export class Session implements RequestContext {
         });
       case MessageType.PUT_DATA:
         return this.putFor(frame).data(frame.payload);
-      case MessageType.PUT_END:
-        return this.track(this.putFor(frame).end(decode.putEnd(frame.payload)));
+      case MessageType.PUT_END: {
+        const put = this.putFor(frame);
+        put.finished = true;
+        return this.track(put.end(decode.putEnd(frame.payload)));
+      }
       case MessageType.PUT_ABORT: {
         decode.putAbort(frame.payload);
         const entry = this.openRequest(frame);
@@ -388,7 +401,8 @@ export class Session implements RequestContext {
 
   private putFor(frame: Frame): PutRequest {
     const entry = this.inFlight.get(frame.requestId);
-    if (entry?.kind !== "put") {
+    // After PUT_END the id stays taken until its answer, but the PUT is no longer open.
+    if (entry?.kind !== "put" || entry.put.finished) {
       throw new ProtocolError(
         "KW_UNKNOWN_REQUEST",
         `A ${messageTypeName(frame.type)} message names request ${frame.requestId}, which is not an open PUT.`,

@@ -12,6 +12,9 @@ export interface ChunkRef {
   length: number;
 }
 
+/** A content's chunks in file order: an array, or a compact list (src/store/chunk-list.ts). */
+export type ChunkRefs = Iterable<ChunkRef> & { readonly length: number };
+
 export type VersionKind = "file" | "dir" | "deleted";
 
 export interface VersionRecord {
@@ -41,7 +44,7 @@ export interface NewVersion {
   mtimeMs: number;
   mode: number;
   /** For files: the content's hash and, when the store does not have it yet, its chunks. */
-  content?: { sha256: Buffer; chunks?: ChunkRef[] };
+  content?: { sha256: Buffer; chunks?: ChunkRefs };
   /** Commit time; defaults to now (tests pass their own). */
   time?: number;
 }

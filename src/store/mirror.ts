@@ -1,7 +1,11 @@
 // The mirror of one set: the latest version of every file as a plain file under
 // DEST/<set>/. Every change is atomic (temporary file, fsync, rename, fsync of the folder)
-// and no operation ever follows a symbolic link, so a path can never reach outside the
-// set's folder whatever the mirror holds.
+// and no operation follows a symbolic link: right before each change every folder on its
+// path, the set's own folder included, is checked with lstat (never remembered, since
+// someone may replace a folder by a link at any time), so a path cannot reach outside the
+// set's folder whatever the mirror holds. What stays open is a race with a process that
+// swaps a folder for a link between that check and the change; docs/security.md says why
+// DEST must be writable by the server's user only.
 
 import { createHash, randomBytes } from "node:crypto";
 import {
@@ -79,7 +83,6 @@ export class Mirror {
   private readonly tempPrefix = `put-${process.pid}-${randomBytes(4).toString("hex")}-`;
   private tempCounter = 0;
   /** Folders (set-relative) known to be real directories; cleared below a deleted path. */
-  private readonly knownFolders = new Set<string>();
 
   constructor(
     /** Absolute path of DEST/<set>. */
@@ -183,8 +186,7 @@ export class Mirror {
       renameSync(tempPath, target);
     } catch (error) {
       if (errnoCode(error) !== "ENOENT") throw error;
-      // A folder we remembered was removed meanwhile (by another session): check again.
-      this.forget(parent);
+      // The folder was removed meanwhile (by another session): make it again.
       await this.ensureFolder(parent);
       renameSync(tempPath, target);
     }
@@ -209,15 +211,13 @@ export class Mirror {
     if (!(await this.rootIsFolder()) || !(await this.parentsAreFolders(path))) return;
     const target = join(this.root, path);
     await rm(target, { recursive: true, force: true });
-    this.forget(path);
     await this.syncer.sync(dirname(target));
   }
 
   /** False when the set's folder does not exist yet; throws when something else stands there. */
   private async rootIsFolder(): Promise<boolean> {
-    if (this.knownFolders.has("")) return true;
     try {
-      if ((await lstat(this.root)).isDirectory()) return true;
+      if (lstatSync(this.root).isDirectory()) return true;
     } catch (error) {
       if (errnoCode(error) === "ENOENT") return false;
       throw error;
@@ -234,9 +234,8 @@ export class Mirror {
     let rel = "";
     for (let i = 0; i < parts.length - 1; i++) {
       rel = rel === "" ? (parts[i] as string) : `${rel}/${parts[i]}`;
-      if (this.knownFolders.has(rel)) continue;
       try {
-        const st = await lstat(join(this.root, rel));
+        const st = lstatSync(join(this.root, rel));
         if (!st.isDirectory()) return false;
       } catch (error) {
         if (errnoCode(error) === "ENOENT") return false;
@@ -251,19 +250,18 @@ export class Mirror {
    * where the source now has a folder. `mode` applies to the last component only.
    */
   private async ensureFolder(path: string, mode?: number): Promise<void> {
-    if (!this.knownFolders.has("")) await this.ensureRoot();
+    await this.ensureRoot();
     if (path === "") return;
-    if (this.knownFolders.has(path) && mode === undefined) return;
     const parts = path.split("/");
     let rel = "";
     for (let i = 0; i < parts.length; i++) {
       rel = rel === "" ? (parts[i] as string) : `${rel}/${parts[i]}`;
       const last = i === parts.length - 1;
-      if (this.knownFolders.has(rel) && !last) continue;
       const abs = join(this.root, rel);
-      let st: Awaited<ReturnType<typeof lstat>> | null = null;
+      let st: ReturnType<typeof lstatSync> | null = null;
       try {
-        st = await lstat(abs);
+        // Synchronous: a few microseconds, where the thread pool would add tens.
+        st = lstatSync(abs);
       } catch (error) {
         if (errnoCode(error) !== "ENOENT") throw error;
       }
@@ -289,25 +287,24 @@ export class Mirror {
           await handle.close();
         }
       }
-      this.knownFolders.add(rel);
     }
   }
 
   /** Create the set's own folder on first need; never accept a link in its place. */
   private async ensureRoot(): Promise<void> {
+    if (await this.rootIsFolder()) return;
     try {
       await mkdir(this.root, { mode: 0o755 });
       await this.syncer.sync(dirname(this.root));
     } catch (error) {
       if (errnoCode(error) !== "EEXIST") throw error;
     }
-    if (!(await lstat(this.root)).isDirectory()) {
+    if (!(await this.rootIsFolder())) {
       throw new KeepwatchError(
         "KW_SERVER_IO",
         `The set folder ${this.root} is not a plain folder; move it away.`,
       );
     }
-    this.knownFolders.add("");
   }
 
   /** If a real folder stands at `path`, remove it so a file can take its place. */
@@ -315,18 +312,9 @@ export class Mirror {
     const abs = join(this.root, path);
     try {
       const st = lstatSync(abs);
-      if (st.isDirectory()) {
-        await rm(abs, { recursive: true, force: true });
-        this.forget(path);
-      }
+      if (st.isDirectory()) await rm(abs, { recursive: true, force: true });
     } catch (error) {
       if (errnoCode(error) !== "ENOENT") throw error;
-    }
-  }
-
-  private forget(path: string): void {
-    for (const known of this.knownFolders) {
-      if (known === path || known.startsWith(`${path}/`)) this.knownFolders.delete(known);
     }
   }
 }

@@ -292,14 +292,14 @@ export class SqliteMetadataStore implements MetadataStore {
     if (existing) return existing.id;
     const chunks = content.chunks;
     if (!chunks) throw new Error(`new content for ${version.path} has no chunk list`);
-    const total = chunks.reduce((sum, c) => sum + c.length, 0);
+    let total = 0;
+    for (const chunk of chunks) total += chunk.length;
     if (total !== version.size) {
       throw new Error(`the chunks of ${version.path} add up to ${total} bytes, not ${version.size}`);
     }
     const id = Number(this.stmt.addContent.run(content.sha256, version.size, chunks.length).lastInsertRowid);
-    chunks.forEach((chunk, idx) => {
-      this.stmt.addChunk.run(id, idx, chunk.id, chunk.length);
-    });
+    let idx = 0;
+    for (const chunk of chunks) this.stmt.addChunk.run(id, idx++, chunk.id, chunk.length);
     return id;
   }
 
