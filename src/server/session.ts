@@ -235,7 +235,16 @@ export class Session implements RequestContext {
         decode.putAbort(frame.payload);
         const entry = this.openRequest(frame);
         if (entry === null) return;
+        // A PUT after PUT_END, or a manifest whose chunks all arrived, is being committed:
+        // its answer is on the way, and a second one must never follow.
+        if (entry.kind === "manifest" ? entry.manifest.isEnded : entry.put.finished) {
+          throw new ProtocolError(
+            "KW_UNKNOWN_REQUEST",
+            `A PUT_ABORT names request ${frame.requestId}, which is no longer open (it is being committed).`,
+          );
+        }
         if (entry.kind === "manifest") return entry.manifest.abort();
+        entry.put.finished = true;
         return this.track(entry.put.abort());
       }
       case MessageType.PUT_REF:
