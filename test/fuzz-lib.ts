@@ -6,11 +6,12 @@
 // the connection's index, so a finding is replayed from those two numbers.
 
 import { createHash } from "node:crypto";
-import { readFile } from "node:fs/promises";
+import { chmod, lstat, readdir, readFile } from "node:fs/promises";
 import { connect, type Socket } from "node:net";
 import { join } from "node:path";
 import { chunkBuffer } from "../src/chunking/fastcdc.js";
 import { ErrorCodes, errnoCode } from "../src/errors.js";
+import { FieldWriter } from "../src/protocol/fields.js";
 import {
   encodeFrame,
   type Frame,
@@ -21,12 +22,20 @@ import {
 } from "../src/protocol/frame.js";
 import { decodeHistory, encodeHistory, type ManifestOp } from "../src/protocol/history-messages.js";
 import { decode, encode, MessageType, messageTypeName, PROTOCOL_VERSION } from "../src/protocol/messages.js";
+import { pathProblem, setNameProblem } from "../src/protocol/paths.js";
+import { CONTROL_DIR } from "../src/server/destination.js";
 
 /** The only address the fuzzer ever connects to. */
 const FUZZ_HOST = "127.0.0.1";
 
-/** The set names a well-formed HELLO uses. */
-export const FUZZ_SETS = ["fz1", "fz2", "fz3"] as const;
+/**
+ * The set names a well-formed HELLO of the run with `seed` uses: a few, and new for each
+ * seed, so that a set's history (which LIST and RESTORE answer from) grows with one seed's
+ * run only, and a seed meets the same state on a fresh server as in a long run.
+ */
+export function fuzzSets(seed: number): string[] {
+  return [1, 2, 3].map((n) => `fz${n}-${seed}`);
+}
 
 // ---------------------------------------------------------------------------------------
 // Seeded randomness
@@ -297,7 +306,8 @@ function frameOf(type: number, id: number, payload: Buffer, label?: string): Pla
   };
 }
 
-function soft(frame: PlannedFrame, what: string): PlannedFrame {
+/** Mark `frame` as mutated, saying how in its label. */
+function markMutated(frame: PlannedFrame, what: string): PlannedFrame {
   frame.mutated = true;
   frame.label += ` [${what}]`;
   return frame;
@@ -347,10 +357,14 @@ class Planner {
   constructor(
     private readonly rng: Rng,
     private readonly token: Buffer,
+    private readonly sets: string[],
+    profile: FuzzProfile = "mixed",
   ) {
-    // Calm connections get deep into the handlers; hot ones hammer the decoders.
-    this.softRate = rng.pick([0.05, 0.15, 0.3, 0.5]);
-    this.hardRate = rng.pick([0, 0.003, 0.01, 0.03, 0.1]);
+    // Calm connections get deep into the handlers; hot ones hammer the decoders. A storm
+    // mutates a field of nearly every operation: refusals that keep the connection open,
+    // so each mutated frame is handled.
+    this.softRate = profile === "storm" ? rng.pick([0.8, 0.95, 1]) : rng.pick([0.05, 0.15, 0.3, 0.5]);
+    this.hardRate = profile === "storm" ? rng.pick([0, 0.003, 0.01]) : rng.pick([0, 0.003, 0.01, 0.03, 0.1]);
   }
 
   plan(seed: number, index: number): ConnectionPlan {
@@ -390,7 +404,8 @@ class Planner {
     return this.nextId++;
   }
 
-  private soft(): boolean {
+  /** Whether the op being built gets a field-level mutation. */
+  private fieldMutation(): boolean {
     return this.rng.chance(this.softRate);
   }
 
@@ -409,7 +424,7 @@ class Planner {
         rng.bytes(rng.between(1, 16)),
       ]);
     }
-    this.set = rng.chance(0.03) ? "" : rng.pick(FUZZ_SETS);
+    this.set = rng.chance(0.03) ? "" : rng.pick(this.sets);
     let hello = frameOf(
       MessageType.HELLO,
       0,
@@ -425,7 +440,7 @@ class Planner {
       hello = this.badHello();
       if (hello.label.includes("[set")) this.set = null;
     }
-    if (afterBadPreamble) soft(hello, "after a bad preamble");
+    if (afterBadPreamble) markMutated(hello, "after a bad preamble");
     const preambleFrame: PlannedFrame = { bytes: preamble, label: "preamble", mutated: false };
     this.sent.push(hello);
     // The preamble is not a frame: it is written with the HELLO and never counted.
@@ -449,7 +464,7 @@ class Planner {
       minVersion: PROTOCOL_VERSION,
       maxVersion: PROTOCOL_VERSION,
       clientName: "fuzz",
-      setName: rng.pick(FUZZ_SETS) as string,
+      setName: rng.pick(this.sets),
       token: this.token,
     };
     switch (rng.int(8)) {
@@ -462,14 +477,14 @@ class Planner {
           [0, 0xffff],
           [0xffff, 0xffff],
         ] as const);
-        return soft(
+        return markMutated(
           frameOf(MessageType.HELLO, 0, encode.hello({ ...base, minVersion, maxVersion })),
           `versions ${minVersion}-${maxVersion}`,
         );
       }
       case 1: {
         const setName = rng.pick(HOSTILE_SET_NAMES);
-        return soft(
+        return markMutated(
           frameOf(MessageType.HELLO, 0, encode.hello({ ...base, setName })),
           `set ${JSON.stringify(setName.slice(0, 40))}`,
         );
@@ -477,7 +492,7 @@ class Planner {
       case 2: {
         const payload = encode.hello(base);
         const setOffset = 4 + 4 + payload.readUInt32BE(4);
-        return soft(
+        return markMutated(
           frameOf(MessageType.HELLO, 0, replaceField(payload, setOffset, rng.pick(INVALID_UTF8))),
           "set invalid UTF-8",
         );
@@ -488,26 +503,26 @@ class Planner {
           Buffer.alloc(1024, 0x41),
           Buffer.alloc(1025, 0x41),
         ]);
-        return soft(
+        return markMutated(
           frameOf(MessageType.HELLO, 0, encode.hello({ ...base, token })),
           `token of ${token.length} bytes`,
         );
       }
       case 4: {
         const clientName = rng.pick(["", "x".repeat(255), "x".repeat(256), "\u0000\n"]);
-        return soft(
+        return markMutated(
           frameOf(MessageType.HELLO, 0, encode.hello({ ...base, clientName })),
           `clientName of ${clientName.length}`,
         );
       }
       case 5:
-        return soft(
+        return markMutated(
           frameOf(MessageType.HELLO, rng.pick([1, 0xffff_ffff]), encode.hello(base)),
           "HELLO with a request id",
         );
       case 6:
         // Something other than HELLO first.
-        return soft(
+        return markMutated(
           frameOf(
             rng.pick([...CLIENT_TYPES, ...SERVER_TYPES]),
             0,
@@ -518,7 +533,7 @@ class Planner {
       default: {
         // HELLO, then a second HELLO right away.
         const hello = encode.hello(base);
-        return soft(
+        return markMutated(
           {
             bytes: Buffer.concat([
               encodeFrame(MessageType.HELLO, 0, hello),
@@ -611,7 +626,7 @@ class Planner {
   private withHostilePath(frame: PlannedFrame): PlannedFrame {
     const { raw, label } = this.hostilePath();
     const payload = frame.bytes.subarray(HEADER_SIZE);
-    return soft(withPayload(frame, replaceField(payload, 0, raw)), label);
+    return markMutated(withPayload(frame, replaceField(payload, 0, raw)), label);
   }
 
   private mtime(): number {
@@ -649,7 +664,7 @@ class Planner {
     let mtimeMs = this.mtime();
     let mode = rng.pick([0o644, 0o600, 0o755]);
     let hash = body.sha256;
-    const variant = this.soft() ? rng.int(10) : -1;
+    const variant = this.fieldMutation() ? rng.int(10) : -1;
     let label = "";
     if (variant === 0) {
       size = rng.pick([size + 1, Math.max(0, size - 1), ...ODD_SIZES]);
@@ -665,14 +680,14 @@ class Planner {
       label = "wrong sha256";
     }
     let begin = frameOf(MessageType.PUT_BEGIN, id, encode.putBegin({ path, size, mtimeMs, mode }));
-    if (label !== "") soft(begin, label);
+    if (label !== "") markMutated(begin, label);
     if (variant === 4) begin = this.withHostilePath(begin);
     if (variant === 5) {
       // NaN and infinities cannot be encoded: patch the mtime's bytes.
       const payload = Buffer.from(begin.bytes.subarray(HEADER_SIZE));
       const at = 4 + payload.readUInt32BE(0) + 8;
       payload.writeDoubleBE(rng.pick([Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY]), at);
-      begin = soft(withPayload(begin, payload), "mtime not finite");
+      begin = markMutated(withPayload(begin, payload), "mtime not finite");
     }
     this.add(begin);
     // The content in pieces, some of them empty, at most 256 KiB each (the reference client's size).
@@ -692,7 +707,7 @@ class Planner {
     if (variant === 6) {
       const reason = rng.pick(["changed while reading", "", "x".repeat(4096), "x".repeat(4097)]);
       this.add(
-        soft(
+        markMutated(
           frameOf(MessageType.PUT_ABORT, id, encode.putAbort({ reason })),
           `abort after ${sentBytes} bytes`,
         ),
@@ -700,20 +715,22 @@ class Planner {
       return;
     }
     if (variant === 7) {
-      this.add(soft(frameOf(MessageType.PUT_DATA, id, rng.bytes(rng.between(1, 100))), "data beyond size"));
+      this.add(
+        markMutated(frameOf(MessageType.PUT_DATA, id, rng.bytes(rng.between(1, 100))), "data beyond size"),
+      );
     }
     if (variant === 8) return; // PUT_END never comes: the request stays open until the connection ends
     let end = frameOf(MessageType.PUT_END, id, encode.putEnd({ sha256: hash }));
     if (variant === 9) {
       const sha = rng.bytes(rng.pick([0, 31, 33, 64]));
-      end = soft(
-        frameOf(MessageType.PUT_END, id, new FieldWriterLite().bytes(sha).finish()),
+      end = markMutated(
+        frameOf(MessageType.PUT_END, id, new FieldWriter().bytes(sha).finish()),
         `sha256 of ${sha.length} bytes`,
       );
     }
     this.add(end);
     if (variant !== 9 && rng.chance(0.02)) {
-      this.add(soft(frameOf(MessageType.PUT_DATA, id, Buffer.from("late")), "PUT_DATA after PUT_END"));
+      this.add(markMutated(frameOf(MessageType.PUT_DATA, id, Buffer.from("late")), "PUT_DATA after PUT_END"));
     }
   }
 
@@ -748,7 +765,7 @@ class Planner {
     let chunkCount = list.length;
     let baseField = base ? base.sha256 : Buffer.alloc(0);
     let wholeHash = sha256(whole);
-    const variant = this.soft() ? rng.int(12) : -1;
+    const variant = this.fieldMutation() ? rng.int(12) : -1;
     let label = "";
     if (variant === 0) {
       chunkCount = rng.pick([
@@ -782,7 +799,7 @@ class Planner {
         chunkCount,
       }),
     );
-    if (label !== "") soft(begin, label);
+    if (label !== "") markMutated(begin, label);
     if (variant === 4) begin = this.withHostilePath(begin);
     this.add(begin);
     let dataOps = ops;
@@ -802,14 +819,14 @@ class Planner {
     for (const payload of payloads) this.add(frameOf(MessageType.MANIFEST_DATA, id, payload));
     if (variant === 6)
       this.add(
-        soft(
+        markMutated(
           frameOf(MessageType.MANIFEST_DATA, id, Buffer.from([rng.pick([0, 3, 0xff]), 0, 0, 0])),
           "bad op tag",
         ),
       );
     if (variant === 7) {
       this.add(
-        soft(
+        markMutated(
           frameOf(MessageType.CHUNK, id, encodeHistory.chunk(0, Buffer.from("early"))),
           "CHUNK before MANIFEST_END",
         ),
@@ -817,7 +834,7 @@ class Planner {
     }
     if (variant === 8) {
       this.add(
-        soft(
+        markMutated(
           frameOf(MessageType.PUT_ABORT, id, encode.putAbort({ reason: "changed" })),
           "abort before MANIFEST_END",
         ),
@@ -826,7 +843,7 @@ class Planner {
     }
     this.add(frameOf(MessageType.MANIFEST_END, id, encode.empty()));
     if (variant === 9)
-      this.add(soft(frameOf(MessageType.MANIFEST_END, id, encode.empty()), "MANIFEST_END twice"));
+      this.add(markMutated(frameOf(MessageType.MANIFEST_END, id, encode.empty()), "MANIFEST_END twice"));
     this.flush();
     const chunks = list.map((chunk, index) => {
       const frame = frameOf(
@@ -836,13 +853,13 @@ class Planner {
         `CHUNK id ${id} #${index}`,
       );
       if (variant === 10 && rng.chance(0.5)) {
-        return soft(
+        return markMutated(
           frameOf(MessageType.CHUNK, id, encodeHistory.chunk(index, rng.bytes(chunk.data.length))),
           "chunk bytes differ",
         );
       }
       if (variant === 11 && rng.chance(0.5)) {
-        return soft(
+        return markMutated(
           frameOf(MessageType.CHUNK, id, encodeHistory.chunk(rng.pick([index + 1, 0xffff_ffff]), chunk.data)),
           "chunk index wrong",
         );
@@ -852,21 +869,21 @@ class Planner {
     const extra: PlannedFrame[] = [];
     if (rng.chance(0.02))
       extra.push(
-        soft(
+        markMutated(
           frameOf(MessageType.CHUNK, id, encodeHistory.chunk(0, Buffer.from("extra"))),
           "CHUNK after the last",
         ),
       );
     if (rng.chance(0.02))
       extra.push(
-        soft(
+        markMutated(
           frameOf(MessageType.PUT_ABORT, id, encode.putAbort({ reason: "late" })),
           "abort after MANIFEST_END",
         ),
       );
     if (rng.chance(0.02))
       extra.push(
-        soft(
+        markMutated(
           frameOf(MessageType.MANIFEST_DATA, id, encodeHistory.manifestData(ops, 1000)[0] ?? Buffer.alloc(0)),
           "MANIFEST_DATA after MANIFEST_END",
         ),
@@ -880,7 +897,7 @@ class Planner {
     const body = rng.chance(0.02) ? LARGE : rng.pick(POOL);
     let size = body.data.length;
     let hash = body.sha256;
-    const variant = this.soft() ? rng.int(3) : -1;
+    const variant = this.fieldMutation() ? rng.int(3) : -1;
     let label = "";
     if (variant === 0) {
       size = rng.pick([size + 1, 0, 2 ** 53 - 1]);
@@ -894,7 +911,7 @@ class Planner {
       id,
       encodeHistory.putRef({ path: this.path(used), size, mtimeMs: this.mtime(), mode: 0o644, sha256: hash }),
     );
-    if (label !== "") soft(frame, label);
+    if (label !== "") markMutated(frame, label);
     if (variant === 2) frame = this.withHostilePath(frame);
     this.add(frame);
   }
@@ -902,17 +919,17 @@ class Planner {
   private mkdir(used: string[]): void {
     const rng = this.rng;
     let mode = rng.pick([0o755, 0o700, 0o750]);
-    const variant = this.soft() ? rng.int(2) : -1;
+    const variant = this.fieldMutation() ? rng.int(2) : -1;
     if (variant === 0) mode = rng.pick(ODD_MODES.filter((m) => (m & 0o700) === 0o700));
     let frame = frameOf(MessageType.MKDIR, this.id(), encode.mkdir({ path: this.path(used), mode }));
-    if (variant === 0) soft(frame, `mode 0o${mode.toString(8)}`);
+    if (variant === 0) markMutated(frame, `mode 0o${mode.toString(8)}`);
     if (variant === 1) frame = this.withHostilePath(frame);
     this.add(frame);
   }
 
   private remove(used: string[]): void {
     let frame = frameOf(MessageType.DELETE, this.id(), encode.delete({ path: this.path(used) }));
-    if (this.soft()) frame = this.withHostilePath(frame);
+    if (this.fieldMutation()) frame = this.withHostilePath(frame);
     this.add(frame);
   }
 
@@ -921,20 +938,22 @@ class Planner {
     // The whole set only in mode 0: every version of every path grows with the run.
     const whole = rng.chance(0.1);
     const path = whole ? "" : this.path(used);
-    const mode = whole ? 0 : rng.pick([0, 1] as const);
+    // Mode 1 answers every version of the path and below, a list that grows all through a
+    // long run (and the server's time with it): a few of them suffice.
+    const mode = whole || rng.chance(0.97) ? 0 : 1;
     const time = rng.chance(0.8) ? -1 : rng.pick([0, 1.7e12, Date.now() + 1e9, -5, Number.MAX_VALUE]);
     let frame = frameOf(MessageType.LIST, this.id(), encodeHistory.list({ path, time, mode }));
-    const variant = this.soft() ? rng.int(3) : -1;
+    const variant = this.fieldMutation() ? rng.int(3) : -1;
     if (variant === 0) frame = this.withHostilePath(frame);
     if (variant === 1) {
       const payload = Buffer.from(frame.bytes.subarray(HEADER_SIZE));
       payload.writeUInt8(rng.pick([2, 0x7f, 0xff]), payload.length - 1);
-      frame = soft(withPayload(frame, payload), "LIST mode unknown");
+      frame = markMutated(withPayload(frame, payload), "LIST mode unknown");
     }
     if (variant === 2) {
       const payload = Buffer.from(frame.bytes.subarray(HEADER_SIZE));
       payload.writeDoubleBE(Number.NaN, payload.length - 9);
-      frame = soft(withPayload(frame, payload), "LIST time NaN");
+      frame = markMutated(withPayload(frame, payload), "LIST time NaN");
     }
     this.add(frame);
   }
@@ -944,7 +963,7 @@ class Planner {
     const path = rng.chance(0.05) ? "" : this.path(used);
     const time = rng.chance(0.8) ? -1 : rng.pick([0, 1.7e12, -7]);
     let frame = frameOf(MessageType.RESTORE, this.id(), encodeHistory.restore({ path, time }));
-    if (this.soft()) frame = this.withHostilePath(frame);
+    if (this.fieldMutation()) frame = this.withHostilePath(frame);
     this.add(frame);
   }
 
@@ -956,7 +975,7 @@ class Planner {
       this.add(frameOf(MessageType.PONG, id, encode.empty(), `PONG id ${id} (unasked)`));
     else {
       const type = rng.pick([MessageType.PING, MessageType.PONG]);
-      this.add(soft(frameOf(type, id, rng.bytes(rng.between(1, 8))), "with a payload"));
+      this.add(markMutated(frameOf(type, id, rng.bytes(rng.between(1, 8))), "with a payload"));
     }
   }
 
@@ -990,13 +1009,13 @@ class Planner {
                     time: 0,
                   })
                 : encode.empty();
-        this.add(soft(frameOf(type, rng.between(0, 3), payload), "server-only type"));
+        this.add(markMutated(frameOf(type, rng.between(0, 3), payload), "server-only type"));
         return;
       }
       case 1: {
         const id = rng.pick([0, 1, this.nextId - 1]);
         this.add(
-          soft(
+          markMutated(
             frameOf(
               MessageType.ERROR,
               id,
@@ -1012,7 +1031,7 @@ class Planner {
         const id = Math.max(1, this.nextId - 1);
         this.broken = true;
         this.add(
-          soft(
+          markMutated(
             frameOf(MessageType.MKDIR, id, encode.mkdir({ path: this.path(used), mode: 0o755 })),
             "id reused",
           ),
@@ -1021,7 +1040,10 @@ class Planner {
       }
       case 3:
         this.add(
-          soft(frameOf(MessageType.DELETE, 0, encode.delete({ path: this.path(used) })), "request id 0"),
+          markMutated(
+            frameOf(MessageType.DELETE, 0, encode.delete({ path: this.path(used) })),
+            "request id 0",
+          ),
         );
         return;
       case 4: {
@@ -1033,7 +1055,7 @@ class Planner {
           MessageType.CHUNK,
         ]);
         this.add(
-          soft(
+          markMutated(
             frameOf(
               type,
               rng.pick([this.nextId + 100, 0xffff_ffff]),
@@ -1051,7 +1073,7 @@ class Planner {
           encode.mkdir({ path: this.path(used), mode: 0o755 }),
         );
         flags.bytes.writeUInt16BE(rng.pick([1, 0x8000, 0xffff]), 6);
-        this.add(soft(flags, "flags set"));
+        this.add(markMutated(flags, "flags set"));
       }
     }
   }
@@ -1193,23 +1215,17 @@ class Planner {
   }
 }
 
-/** Minimal `bytes` field writer: the real one refuses nothing, but this reads plainer here. */
-class FieldWriterLite {
-  private readonly parts: Buffer[] = [];
-
-  bytes(value: Buffer): this {
-    this.parts.push(u32be(value.length), value);
-    return this;
-  }
-
-  finish(): Buffer {
-    return Buffer.concat(this.parts);
-  }
-}
-
 /** The frames connection `index` of the run with `seed` sends (the same on every machine). */
-export function planConnection(seed: number, index: number, token: Buffer): ConnectionPlan {
-  return new Planner(connectionRng(seed, index), token).plan(seed, index);
+/** "mixed": calm and hot connections; "storm": a field-level mutation in nearly every operation. */
+export type FuzzProfile = "mixed" | "storm";
+
+export function planConnection(
+  seed: number,
+  index: number,
+  token: Buffer,
+  profile: FuzzProfile = "mixed",
+): ConnectionPlan {
+  return new Planner(connectionRng(seed, index), token, fuzzSets(seed), profile).plan(seed, index);
 }
 
 /** The plan as text, for a finding's report: one line per frame, mutated ones with their bytes. */
@@ -1300,8 +1316,11 @@ export interface FuzzOptions {
   quietMs?: number;
   /** Stop at the first finding (default true). */
   stopOnFinding?: boolean;
+  /** How much of each connection is mutated (default "mixed"). */
+  profile?: FuzzProfile;
   signal?: AbortSignal;
-  onConnection?: (report: ConnectionReport) => void;
+  /** Called as each connection ends, with the run's figures so far. */
+  onConnection?: (report: ConnectionReport, stats: FuzzStats) => void;
 }
 
 const DEFAULT_QUIET_MS = 400;
@@ -1330,6 +1349,7 @@ export async function runFuzz(options: FuzzOptions): Promise<FuzzStats> {
     elapsedMs: 0,
     framesPerSecond: 0,
   };
+  await primeServer(options, stats);
   let next = options.firstConnection ?? 0;
   const end = options.connections === undefined ? Number.POSITIVE_INFINITY : next + options.connections;
   const stopOnFinding = options.stopOnFinding ?? true;
@@ -1340,17 +1360,39 @@ export async function runFuzz(options: FuzzOptions): Promise<FuzzStats> {
       !options.signal?.aborted &&
       !(stopOnFinding && stats.findings.length > 0)
     ) {
-      const plan = planConnection(options.seed, next++, options.token);
+      const plan = planConnection(options.seed, next++, options.token, options.profile);
       stats.connections++;
       const report = await new FuzzConnection(plan, options, stats).run();
       stats.endings[report.ending] = (stats.endings[report.ending] ?? 0) + 1;
-      options.onConnection?.(report);
+      options.onConnection?.(report, stats);
     }
   };
   await Promise.all(Array.from({ length: options.concurrency ?? 8 }, worker));
   stats.elapsedMs = Math.round(performance.now() - started);
   stats.framesPerSecond = Math.round((stats.framesDelivered * 1000) / Math.max(1, stats.elapsedMs));
   return stats;
+}
+
+/**
+ * Store every shared content in every set (a well-behaved client), so that PUT_REF and
+ * manifest bases find them from the first connection on: a replayed connection then meets
+ * the state it met in the long run.
+ */
+async function primeServer(options: FuzzOptions, stats: FuzzStats): Promise<void> {
+  const files = [...POOL, LARGE].map((c, i) => ({ path: `pool/${i}`, data: c.data }));
+  const answers = await Promise.all(
+    fuzzSets(options.seed).map((set) => putFiles({ port: options.port, token: options.token, set, files })),
+  );
+  const refused = answers.findIndex((a) => a !== "ACK");
+  if (refused >= 0) {
+    stats.findings.push({
+      seed: options.seed,
+      connection: -1,
+      kind: "refused",
+      detail: `a well-behaved client's PUTs of the shared contents to set ${fuzzSets(options.seed)[refused]} were answered: ${answers[refused]}`,
+      plan: "(the PUTs before the first connection)",
+    });
+  }
 }
 
 type WaitOutcome = "done" | "gone" | "quiet";
@@ -1407,7 +1449,8 @@ class FuzzConnection {
     } finally {
       clearTimeout(deadline);
     }
-    await this.close();
+    // A server that keeps a connection open after the client ended its side is worth a look.
+    if (!(await this.close())) ending += ", not closed by the server";
     return { index: this.plan.index, delivered: this.delivered, mutated: this.mutated, ending };
   }
 
@@ -1485,11 +1528,14 @@ class FuzzConnection {
   }
 
   /** End our side, give the server a moment to close, then make sure the socket is gone. */
-  private async close(): Promise<void> {
-    if (this.closed) return;
+  /** End our side and wait for the server to close; false when it had to be destroyed. */
+  private async close(): Promise<boolean> {
+    if (this.closed) return true;
     this.socket.end();
     await this.waitUntil(() => this.closed, CLOSE_WAIT_MS, true);
-    if (!this.closed) this.socket.destroy();
+    if (this.closed) return true;
+    this.socket.destroy();
+    return false;
   }
 
   private write(frames: PlannedFrame[]): void {
@@ -1766,45 +1812,48 @@ export async function localToken(configDir: string, port: number): Promise<Buffe
 }
 
 /**
- * A well-behaved client: HELLO, one PUT of `data` at `path`, BYE. Resolves with what the
- * server answered the PUT ("ACK", "ERROR KW_…", or how the connection failed).
+ * A well-behaved client: HELLO, one PUT per file (at most 63, within the window), BYE.
+ * Resolves with "ACK" when every PUT was acknowledged, else with what went wrong (the first
+ * ERROR, or how the connection failed).
  */
-export async function putOneFile(options: {
+export async function putFiles(options: {
   port: number;
   token: Buffer;
   set: string;
-  path: string;
-  data: Buffer;
+  files: { path: string; data: Buffer }[];
   timeoutMs?: number;
 }): Promise<string> {
   const socket = connect({ host: FUZZ_HOST, port: options.port });
   const decoder = new FrameDecoder();
-  const id = 1;
+  let acked = 0;
   return new Promise<string>((resolve) => {
     const done = (answer: string) => {
       clearTimeout(timer);
       socket.destroy();
       resolve(answer);
     };
-    const timer = setTimeout(() => done("no answer in time"), options.timeoutMs ?? 10_000);
+    const timer = setTimeout(() => done("no answer in time"), options.timeoutMs ?? 15_000);
     socket.on("error", (error) => done(`connection failed: ${error.message}`));
     socket.on("close", () => done("the server closed the connection"));
     socket.on("connect", () => {
-      socket.write(MAGIC);
-      socket.write(
-        encodeFrame(
-          MessageType.HELLO,
-          0,
-          encode.hello({
-            minVersion: PROTOCOL_VERSION,
-            maxVersion: PROTOCOL_VERSION,
-            clientName: "fuzz-check",
-            setName: options.set,
-            token: options.token,
-          }),
-        ),
-      );
+      const hello = encode.hello({
+        minVersion: PROTOCOL_VERSION,
+        maxVersion: PROTOCOL_VERSION,
+        clientName: "fuzz-check",
+        setName: options.set,
+        token: options.token,
+      });
+      socket.write(Buffer.concat([MAGIC, encodeFrame(MessageType.HELLO, 0, hello)]));
     });
+    const sendFiles = () => {
+      options.files.forEach(({ path, data }, i) => {
+        const id = i + 1;
+        const begin = encode.putBegin({ path, size: data.length, mtimeMs: Date.now(), mode: 0o644 });
+        socket.write(encodeFrame(MessageType.PUT_BEGIN, id, begin));
+        if (data.length > 0) socket.write(encodeFrame(MessageType.PUT_DATA, id, data));
+        socket.write(encodeFrame(MessageType.PUT_END, id, encode.putEnd({ sha256: sha256(data) })));
+      });
+    };
     socket.on("data", (chunk: Buffer) => {
       let frames: Frame[];
       try {
@@ -1815,30 +1864,155 @@ export async function putOneFile(options: {
       }
       for (const frame of frames) {
         if (frame.type === MessageType.PING) socket.write(encodeFrame(MessageType.PONG, frame.requestId));
-        else if (frame.type === MessageType.WELCOME) {
-          socket.write(
-            encodeFrame(
-              MessageType.PUT_BEGIN,
-              id,
-              encode.putBegin({
-                path: options.path,
-                size: options.data.length,
-                mtimeMs: Date.now(),
-                mode: 0o644,
-              }),
-            ),
-          );
-          if (options.data.length > 0) socket.write(encodeFrame(MessageType.PUT_DATA, id, options.data));
-          socket.write(encodeFrame(MessageType.PUT_END, id, encode.putEnd({ sha256: sha256(options.data) })));
-        } else if (frame.type === MessageType.ACK && frame.requestId === id) {
+        else if (frame.type === MessageType.WELCOME) sendFiles();
+        else if (frame.type === MessageType.ACK && ++acked === options.files.length) {
           socket.write(encodeFrame(MessageType.BYE, 0));
           done("ACK");
         } else if (frame.type === MessageType.ERROR) {
-          done(
-            `ERROR id ${frame.requestId} ${rawErrorCode(frame.payload)}: ${decode.error(frame.payload).message}`,
-          );
+          const path = options.files[frame.requestId - 1]?.path ?? "(the connection)";
+          const { message } = decode.error(frame.payload);
+          done(`ERROR ${rawErrorCode(frame.payload)} for ${path}: ${message}`);
         }
       }
     });
   });
+}
+
+// ---------------------------------------------------------------------------------------
+// What must hold after a run
+
+/** The server's arguments for plain TCP: `--insecure` once its `--help` (given) offers it. */
+export function serverArgs(serverHelp: string): string[] {
+  return serverHelp.includes("--insecure") ? ["--insecure"] : [];
+}
+
+/** A run's figures on one line. */
+export function formatStats(s: FuzzStats): string {
+  const top = Object.entries(s.answers)
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, 12)
+    .map(([k, v]) => `${k} ${v}`)
+    .join(", ");
+  const endings = Object.entries(s.endings)
+    .map(([k, v]) => `${k} ${v}`)
+    .join(", ");
+  return (
+    `${s.framesDelivered} frames delivered (${s.mutatedDelivered} mutated), ` +
+    `${s.framesConfirmed} confirmed handled (${s.mutatedConfirmed} mutated), ${s.connections} connections, ` +
+    `${s.elapsedMs} ms, ${s.framesPerSecond} frames/s; endings: ${endings}; answers: ${top}` +
+    (s.serverIoMessages.length > 0 ? `; ${s.serverIoMessages.length} distinct KW_SERVER_IO messages` : "")
+  );
+}
+
+/** Peak resident memory of process `pid` (VmHWM), or null where /proc does not say. */
+export async function peakRssBytes(pid: number): Promise<number | null> {
+  const status = await readFile(`/proc/${pid}/status`, "utf8").catch(() => null);
+  const match = status ? /^VmHWM:\s+(\d+)\s+kB/m.exec(status) : null;
+  return match ? Number(match[1]) * 1024 : null;
+}
+
+/** Called with a folder that cannot be listed; may fix its permissions (a test's own tree). */
+export type Unlistable = (folder: string) => Promise<void>;
+
+/**
+ * Give every folder below `root` (and `root`) owner rwx, so that it can be listed and
+ * removed: a fuzzed MKDIR may create one its owner cannot enter. Only for a test's own tree.
+ */
+export async function ownerCanEnter(root: string): Promise<void> {
+  const st = await lstat(root).catch(() => null);
+  if (!st?.isDirectory()) return;
+  if ((st.mode & 0o700) !== 0o700) await chmod(root, (st.mode & 0o7777) | 0o700);
+  for (const name of await readdir(root)) await ownerCanEnter(join(root, name));
+}
+
+async function listFolder(folder: string, fix?: Unlistable): Promise<string[]> {
+  try {
+    return (await readdir(folder)).sort();
+  } catch (error) {
+    if (!fix || (errnoCode(error) !== "EACCES" && errnoCode(error) !== "EPERM")) throw error;
+    await fix(folder);
+    return (await readdir(folder)).sort();
+  }
+}
+
+/**
+ * Every entry below `root` except `skip` (a name directly in `root`) and what it holds, one
+ * line each: path, kind, size, mode, mtime, and a file's SHA-256. Compare two of them to
+ * see that nothing there changed.
+ */
+export async function snapshotOutside(root: string, skip: string): Promise<string[]> {
+  const lines: string[] = [];
+  const walk = async (rel: string): Promise<void> => {
+    for (const name of await listFolder(rel === "" ? root : join(root, rel))) {
+      const child = rel === "" ? name : `${rel}/${name}`;
+      if (child === skip) continue;
+      const st = await lstat(join(root, child));
+      const kind = st.isDirectory() ? "dir" : st.isFile() ? "file" : st.isSymbolicLink() ? "link" : "other";
+      const hash = st.isFile() ? sha256(await readFile(join(root, child))).toString("hex") : "";
+      lines.push(
+        `${child} ${kind} ${st.isDirectory() ? 0 : st.size} 0o${(st.mode & 0o7777).toString(8)} ${st.mtimeMs} ${hash}`,
+      );
+      if (st.isDirectory()) await walk(child);
+    }
+  };
+  await walk("");
+  return lines;
+}
+
+/**
+ * What is wrong inside DEST: anything directly in it other than `.keepwatch` and folders
+ * with valid set names, a path inside a set that the wire rules forbid, and any symbolic
+ * link or special file anywhere. Only lstat: file modes the fuzzer chose do not matter.
+ */
+export async function checkDestination(dest: string, fix?: Unlistable): Promise<string[]> {
+  const problems: string[] = [];
+  const walk = async (rel: string, set: string | null): Promise<void> => {
+    for (const name of await listFolder(join(dest, rel), fix)) {
+      const child = rel === "" ? name : `${rel}/${name}`;
+      const st = await lstat(join(dest, child));
+      if (st.isSymbolicLink()) problems.push(`DEST/${child} is a symbolic link`);
+      else if (!st.isDirectory() && !st.isFile()) problems.push(`DEST/${child} is a special file`);
+      if (rel === "") {
+        if (name === CONTROL_DIR) {
+          if (!st.isDirectory()) problems.push(`DEST/${name} is not a folder`);
+          else await walk(child, null);
+          continue;
+        }
+        const problem = setNameProblem(name);
+        if (problem !== null) problems.push(`DEST/${name} is not a set's folder: ${problem}`);
+        else if (!st.isDirectory()) problems.push(`DEST/${name} is a file where only set folders belong`);
+        else await walk(child, name);
+        continue;
+      }
+      if (set !== null) {
+        const path = child.slice(set.length + 1);
+        const problem = pathProblem(path);
+        if (problem !== null)
+          problems.push(`DEST/${child} is not a valid path inside set ${set}: ${problem}`);
+      }
+      if (st.isDirectory()) await walk(child, set);
+    }
+  };
+  await walk("", null);
+  return problems.length > 25 ? [...problems.slice(0, 25), `… and ${problems.length - 25} more`] : problems;
+}
+
+/**
+ * Files a server left in DEST/.keepwatch/tmp once every connection has closed (it removes
+ * a refused or aborted file's temporary copy, within `timeoutMs`).
+ */
+export async function waitForEmptyTemp(dest: string, timeoutMs = 5000): Promise<string[]> {
+  const tmp = join(dest, CONTROL_DIR, "tmp");
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const left = await readdir(tmp).catch(() => []);
+    if (left.length === 0) return [];
+    if (Date.now() >= deadline) {
+      const names = left.slice(0, 5).join(", ");
+      return [
+        `${left.length} temporary file(s) left in DEST/${CONTROL_DIR}/tmp after every connection closed: ${names}${left.length > 5 ? ", …" : ""}`,
+      ];
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
 }

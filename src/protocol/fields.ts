@@ -4,6 +4,9 @@
 
 import { ProtocolError } from "../errors.js";
 
+/** The largest time (ms since the epoch, either side) a message may carry: that of a Date. */
+export const MAX_TIME_MS = 8.64e15;
+
 const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 export class FieldWriter {
@@ -112,6 +115,22 @@ export class FieldReader {
       throw new ProtocolError(
         "KW_BAD_MESSAGE",
         `The ${this.what} message's ${field} is not a finite number.`,
+      );
+    }
+    return v;
+  }
+
+  /**
+   * A time in milliseconds since the epoch: a finite f64 within ±8.64e15, the range of a
+   * date (100,000,000 days either side of 1970). Beyond it no clock or file system can
+   * hold the value.
+   */
+  time(field: string): number {
+    const v = this.f64(field);
+    if (Math.abs(v) > MAX_TIME_MS) {
+      throw new ProtocolError(
+        "KW_BAD_MESSAGE",
+        `The ${this.what} message's ${field} (${v}) lies beyond the range of a date (±8.64e15 ms).`,
       );
     }
     return v;

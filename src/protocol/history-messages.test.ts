@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import fc from "fast-check";
+import { MAX_TIME_MS } from "./fields.js";
 import { decodeHistory, type Entry, encodeHistory, type ManifestOp } from "./history-messages.js";
 
 const sha = fc.uint8Array({ minLength: 32, maxLength: 32 }).map((a) => Buffer.from(a));
@@ -10,7 +11,7 @@ const header = fc
   .record({
     path,
     size: fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER }),
-    mtimeMs: fc.double({ noNaN: true, noDefaultInfinity: true }),
+    mtimeMs: fc.double({ noNaN: true, noDefaultInfinity: true, min: -MAX_TIME_MS, max: MAX_TIME_MS }),
     mode: u32,
     sha256: sha,
   })

@@ -85,7 +85,7 @@ function readFileHeader(r: FieldReader): FileHeader {
   return {
     path: r.str("path", MAX_WIRE_PATH_BYTES),
     size: r.u64("size"),
-    mtimeMs: r.f64("mtimeMs"),
+    mtimeMs: r.time("mtimeMs"),
     mode: r.u32("mode"),
     sha256: r.fixed("sha256", SHA256_BYTES),
   };
@@ -239,7 +239,7 @@ export const decodeHistory = {
   list(payload: Buffer): ListRequest {
     const r = new FieldReader(payload, "LIST");
     const path = r.str("path", MAX_WIRE_PATH_BYTES);
-    const time = r.f64("time");
+    const time = r.time("time");
     const mode = r.u8("mode");
     r.end();
     if (mode !== 0 && mode !== 1)
@@ -256,18 +256,18 @@ export const decodeHistory = {
       path,
       kind,
       size: r.u64("size"),
-      mtimeMs: r.f64("mtimeMs"),
+      mtimeMs: r.time("mtimeMs"),
       mode: r.u32("mode"),
       sha256: r.bytes("sha256", SHA256_BYTES),
       versionId: r.u64("versionId"),
-      time: r.f64("time"),
+      time: r.time("time"),
     };
     r.end();
     return m;
   },
   restore(payload: Buffer): RestoreRequest {
     const r = new FieldReader(payload, "RESTORE");
-    const m = { path: r.str("path", MAX_WIRE_PATH_BYTES), time: r.f64("time") };
+    const m = { path: r.str("path", MAX_WIRE_PATH_BYTES), time: r.time("time") };
     r.end();
     return m;
   },

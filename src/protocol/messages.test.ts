@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import fc from "fast-check";
 import { type ErrorCode, ErrorCodes, KeepwatchError, ProtocolError } from "../errors.js";
-import { FieldWriter } from "./fields.js";
+import { FieldWriter, MAX_TIME_MS } from "./fields.js";
 import { MAX_FRAME_PAYLOAD } from "./frame.js";
 import {
   decode,
@@ -51,7 +51,8 @@ function text(maxBytes: number): fc.Arbitrary<string> {
 const u16 = fc.integer({ min: 0, max: 0xffff });
 const u32 = fc.integer({ min: 0, max: 0xffffffff });
 const u64 = fc.oneof(fc.maxSafeNat(), fc.constantFrom(0, Number.MAX_SAFE_INTEGER, 2 ** 32, 2 ** 32 - 1));
-const f64 = fc.double({ noNaN: true, noDefaultInfinity: true });
+/** Times: any finite double within the range of a date (fields.ts MAX_TIME_MS). */
+const f64 = fc.double({ noNaN: true, noDefaultInfinity: true, min: -MAX_TIME_MS, max: MAX_TIME_MS });
 const bytes = (max: number) => fc.uint8Array({ maxLength: max }).map((a) => Buffer.from(a));
 const sha = fc.uint8Array({ minLength: SHA256_BYTES, maxLength: SHA256_BYTES }).map((a) => Buffer.from(a));
 const errorCode = fc.constantFrom(...(Object.keys(ErrorCodes) as ErrorCode[]));
@@ -389,9 +390,15 @@ describe("strict field values", () => {
   });
 
   test("negative zero, negative and subnormal mtimes survive", () => {
-    for (const mtimeMs of [-0, -1.5e12, Number.MIN_VALUE, Number.MAX_VALUE]) {
+    for (const mtimeMs of [-0, -1.5e12, Number.MIN_VALUE, MAX_TIME_MS, -MAX_TIME_MS]) {
       const m = decode.putBegin(encode.putBegin({ path: "a", size: 0, mtimeMs, mode: 0 }));
       assert.ok(Object.is(m.mtimeMs, mtimeMs), `${mtimeMs}`);
+    }
+  });
+
+  test("a time beyond the range of a date is refused", () => {
+    for (const mtimeMs of [Number.MAX_VALUE, 1e300, MAX_TIME_MS * 1.0000001, -1e17]) {
+      throwsBadMessage(() => decode.putBegin(encode.putBegin({ path: "a", size: 0, mtimeMs, mode: 0 })));
     }
   });
 

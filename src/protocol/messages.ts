@@ -217,7 +217,7 @@ export const decode = {
     const m: PutBegin = {
       path: r.str("path", MAX_WIRE_PATH_BYTES),
       size: r.u64("size"),
-      mtimeMs: r.f64("mtimeMs"),
+      mtimeMs: r.time("mtimeMs"),
       mode: r.u32("mode"),
     };
     r.end();

@@ -111,14 +111,20 @@ export class Mirror {
   async install(pending: PendingFile, path: string, attrs: FileAttributes): Promise<void> {
     assertValidPath(path);
     try {
-      await pending.handle.chmod(attrs.mode & 0o7777);
-      const mtime = toTimestamp(attrs.mtimeMs);
-      await pending.handle.utimes(mtime, mtime);
-      await pending.handle.sync();
-    } finally {
-      await pending.handle.close();
+      try {
+        await pending.handle.chmod(attrs.mode & 0o7777);
+        const mtime = toTimestamp(attrs.mtimeMs);
+        await pending.handle.utimes(mtime, mtime);
+        await pending.handle.sync();
+      } finally {
+        await pending.handle.close();
+      }
+      await this.place(pending.tempPath, path);
+    } catch (error) {
+      // Whatever failed, the temporary file must not stay behind.
+      await unlink(pending.tempPath).catch(() => {});
+      throw error;
     }
-    await this.place(pending.tempPath, path);
   }
 
   /**
