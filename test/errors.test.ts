@@ -11,6 +11,7 @@ import { encodeFrame, FrameDecoder, MAGIC } from "../src/protocol/frame.js";
 import { decode, encode, MessageType } from "../src/protocol/messages.js";
 import {
   compareTrees,
+  exists,
   freePort,
   LOOPBACK,
   type PlainListener,
@@ -55,15 +56,6 @@ function assertFatalJson(result: RunResult, expected: { exit: number; code: stri
     `one error event with code ${expected.code}${context}`,
   );
   assert.equal(typeof errors[0]?.message, "string");
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Make `dir` immutable with chattr; false (and nothing changed) when that is not possible. */

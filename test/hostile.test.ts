@@ -7,7 +7,7 @@
 // docs/protocol.md is the specification; section numbers below refer to it.
 
 import assert from "node:assert/strict";
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { mkdir, readdir, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { connect, type Socket } from "node:net";
 import { join } from "node:path";
@@ -15,8 +15,9 @@ import { after, afterEach, before, describe, it } from "node:test";
 import { connect as tlsConnect } from "node:tls";
 import { encodeFrame, type Frame, MAX_FRAME_PAYLOAD } from "../src/protocol/frame.js";
 import { encodeHistory, MAX_CHUNKS_PER_FILE, type ManifestOp } from "../src/protocol/history-messages.js";
-import { encode, MAX_TOKEN_BYTES, MessageType } from "../src/protocol/messages.js";
+import { MAX_TOKEN_BYTES, MessageType } from "../src/protocol/messages.js";
 import {
+  exists,
   LOOPBACK,
   readTree,
   Sandbox,
@@ -27,6 +28,7 @@ import {
 } from "./helpers.js";
 import {
   closeAllClients,
+  deleteFrame,
   errorText,
   expectAck,
   expectClosed,
@@ -34,14 +36,19 @@ import {
   expectSilence,
   helloPayload,
   localToken,
+  mkdirFrame,
+  putBegin,
+  putData,
+  putEnd,
+  putFrames,
   type RawClient,
   type RawClientOptions,
   rawClient,
+  sha256,
   showFrame,
 } from "./raw-client.js";
 
 const MiB = 1024 * 1024;
-const DATA_CHUNK = 256 * 1024;
 /** The most a server may reach (VmHWM) while hostile peers claim terabytes. */
 const RSS_LIMIT_MIB = 300;
 /** The timeouts of the server that plays against silent peers (the CLI's minimum). */
@@ -51,46 +58,6 @@ const CLOSE_GRACE_MS = 2000;
 
 // ---------------------------------------------------------------------------------------
 // Frames, built with the real encoders
-
-function sha256(content: Buffer): Buffer {
-  return createHash("sha256").update(content).digest();
-}
-
-function putBegin(id: number, path: string, size: number): Buffer {
-  return encodeFrame(
-    MessageType.PUT_BEGIN,
-    id,
-    encode.putBegin({ path, size, mtimeMs: 1_600_000_000_000, mode: 0o644 }),
-  );
-}
-
-function putData(id: number, content: Buffer): Buffer[] {
-  const frames: Buffer[] = [];
-  for (let off = 0; off < content.length; off += DATA_CHUNK) {
-    frames.push(encodeFrame(MessageType.PUT_DATA, id, content.subarray(off, off + DATA_CHUNK)));
-  }
-  return frames;
-}
-
-function putEnd(id: number, digest: Buffer): Buffer {
-  return encodeFrame(MessageType.PUT_END, id, encode.putEnd({ sha256: digest }));
-}
-
-function putFrames(id: number, path: string, content: Buffer): Buffer {
-  return Buffer.concat([
-    putBegin(id, path, content.length),
-    ...putData(id, content),
-    putEnd(id, sha256(content)),
-  ]);
-}
-
-function mkdirFrame(id: number, path: string): Buffer {
-  return encodeFrame(MessageType.MKDIR, id, encode.mkdir({ path, mode: 0o755 }));
-}
-
-function deleteFrame(id: number, path: string): Buffer {
-  return encodeFrame(MessageType.DELETE, id, encode.delete({ path }));
-}
 
 function manifestBegin(
   id: number,
@@ -248,15 +215,6 @@ async function outcome(client: RawClient, timeoutMs = 3000, ignore: (frame: Fram
 /** Names of a folder's entries, sorted. */
 async function listDir(path: string): Promise<string[]> {
   return (await readdir(path)).sort();
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Every path below `root` with its kind and content hash: equal snapshots mean nothing changed. */

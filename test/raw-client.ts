@@ -2,6 +2,7 @@
 // socket (TLS by default), with helpers to wait for and check the server's answers.
 
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { connect, type Socket } from "node:net";
 import { connect as tlsConnect } from "node:tls";
 import { encodeFrame, type Frame, FrameDecoder, MAGIC } from "../src/protocol/frame.js";
@@ -271,4 +272,69 @@ export async function expectSilence(client: RawClient, ms: number, what: string)
   await sleep(ms);
   assert.deepEqual(client.queued.map(showFrame), [], `${what}: no further frame`);
   assert.equal(client.isClosed, false, `${what}: the connection stays open`);
+}
+
+// ---------------------------------------------------------------------------------------
+// Request frames, built with the real encoders
+
+/** PUT_DATA frames carry at most this much (the reference client's piece size). */
+export const DATA_CHUNK = 256 * 1024;
+
+export function sha256(content: Buffer): Buffer {
+  return createHash("sha256").update(content).digest();
+}
+
+export interface PutOptions {
+  mtimeMs?: number;
+  mode?: number;
+  /** Digest to send in PUT_END (default: the content's). */
+  digest?: Buffer;
+  /** Size to announce (default: the content's). */
+  size?: number;
+}
+
+export function putBegin(id: number, path: string, size: number, options: PutOptions = {}): Buffer {
+  return encodeFrame(
+    MessageType.PUT_BEGIN,
+    id,
+    encode.putBegin({
+      path,
+      size,
+      mtimeMs: options.mtimeMs ?? 1_600_000_000_000,
+      mode: options.mode ?? 0o644,
+    }),
+  );
+}
+
+export function putData(id: number, content: Buffer): Buffer[] {
+  const frames: Buffer[] = [];
+  for (let off = 0; off < content.length; off += DATA_CHUNK) {
+    frames.push(encodeFrame(MessageType.PUT_DATA, id, content.subarray(off, off + DATA_CHUNK)));
+  }
+  return frames;
+}
+
+export function putEnd(id: number, digest: Buffer): Buffer {
+  return encodeFrame(MessageType.PUT_END, id, encode.putEnd({ sha256: digest }));
+}
+
+export function putAbort(id: number, reason = "the test gave up"): Buffer {
+  return encodeFrame(MessageType.PUT_ABORT, id, encode.putAbort({ reason }));
+}
+
+/** All frames of one PUT: BEGIN, DATA..., END. */
+export function putFrames(id: number, path: string, content: Buffer, options: PutOptions = {}): Buffer {
+  return Buffer.concat([
+    putBegin(id, path, options.size ?? content.length, options),
+    ...putData(id, content),
+    putEnd(id, options.digest ?? sha256(content)),
+  ]);
+}
+
+export function mkdirFrame(id: number, path: string, mode = 0o755): Buffer {
+  return encodeFrame(MessageType.MKDIR, id, encode.mkdir({ path, mode }));
+}
+
+export function deleteFrame(id: number, path: string): Buffer {
+  return encodeFrame(MessageType.DELETE, id, encode.delete({ path }));
 }

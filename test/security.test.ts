@@ -15,6 +15,7 @@ import { MessageType } from "../src/protocol/messages.js";
 import { localAccessFile } from "../src/security/local-access.js";
 import {
   compareTrees,
+  exists,
   LOOPBACK,
   type RunResult,
   readTree,
@@ -119,15 +120,6 @@ function assertRefused(result: RunResult, exit: number, mentions: string[], what
 
 function pushArgs(src: string, port: number, extra: string[] = []): string[] {
   return ["push", src, LOOPBACK, "--port", String(port), ...extra];
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 async function makeSource(

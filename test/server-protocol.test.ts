@@ -6,17 +6,19 @@
 // specification; section numbers below refer to it.
 
 import assert from "node:assert/strict";
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, afterEach, before, beforeEach, describe, it } from "node:test";
 import { encodeFrame, HEADER_SIZE } from "../src/protocol/frame.js";
 import { decode, encode, MessageType, PROTOCOL_VERSION } from "../src/protocol/messages.js";
 import { SMALL_FILE_BYTES } from "../src/server/put.js";
-import { readTree, Sandbox, type ServerHandle, sleep, stackLines } from "./helpers.js";
+import { exists, readTree, Sandbox, type ServerHandle, sleep, stackLines } from "./helpers.js";
 import {
   ANSWER_MS,
   closeAllClients,
+  DATA_CHUNK,
+  deleteFrame,
   errorText,
   expectAck,
   expectClosed,
@@ -24,10 +26,17 @@ import {
   expectSilence,
   helloPayload,
   localToken,
+  mkdirFrame,
   rawClient as openRawClient,
+  putAbort,
+  putBegin,
+  putData,
+  putEnd,
+  putFrames,
   type RawClient,
   type RawClientOptions,
   setRawToken,
+  sha256,
   showFrame,
 } from "./raw-client.js";
 
@@ -38,69 +47,9 @@ function rawClient(port: number, options: RawClientOptions = {}): Promise<RawCli
 
 /** A file this size is received into a temporary file (larger ones are not held in memory). */
 const LARGE = SMALL_FILE_BYTES + 64 * 1024;
-const DATA_CHUNK = 256 * 1024;
 
 // ---------------------------------------------------------------------------------------
 // Requests
-
-function sha256(content: Buffer): Buffer {
-  return createHash("sha256").update(content).digest();
-}
-
-interface PutOptions {
-  mtimeMs?: number;
-  mode?: number;
-  /** Digest to send in PUT_END (default: the content's). */
-  digest?: Buffer;
-  /** Size to announce (default: the content's). */
-  size?: number;
-}
-
-function putBegin(id: number, path: string, size: number, options: PutOptions = {}): Buffer {
-  return encodeFrame(
-    MessageType.PUT_BEGIN,
-    id,
-    encode.putBegin({
-      path,
-      size,
-      mtimeMs: options.mtimeMs ?? 1_600_000_000_000,
-      mode: options.mode ?? 0o644,
-    }),
-  );
-}
-
-function putData(id: number, content: Buffer): Buffer[] {
-  const frames: Buffer[] = [];
-  for (let off = 0; off < content.length; off += DATA_CHUNK) {
-    frames.push(encodeFrame(MessageType.PUT_DATA, id, content.subarray(off, off + DATA_CHUNK)));
-  }
-  return frames;
-}
-
-function putEnd(id: number, digest: Buffer): Buffer {
-  return encodeFrame(MessageType.PUT_END, id, encode.putEnd({ sha256: digest }));
-}
-
-function putAbort(id: number, reason = "the test gave up"): Buffer {
-  return encodeFrame(MessageType.PUT_ABORT, id, encode.putAbort({ reason }));
-}
-
-/** All frames of one PUT: BEGIN, DATA..., END. */
-function putFrames(id: number, path: string, content: Buffer, options: PutOptions = {}): Buffer {
-  return Buffer.concat([
-    putBegin(id, path, options.size ?? content.length, options),
-    ...putData(id, content),
-    putEnd(id, options.digest ?? sha256(content)),
-  ]);
-}
-
-function mkdirFrame(id: number, path: string, mode = 0o755): Buffer {
-  return encodeFrame(MessageType.MKDIR, id, encode.mkdir({ path, mode }));
-}
-
-function deleteFrame(id: number, path: string): Buffer {
-  return encodeFrame(MessageType.DELETE, id, encode.delete({ path }));
-}
 
 // ---------------------------------------------------------------------------------------
 // The world: one server for the whole file, one set per case
@@ -116,15 +65,6 @@ let probes = 0;
 
 async function listDir(path: string): Promise<string[]> {
   return (await readdir(path)).sort();
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 function tmpDir(): string {
