@@ -158,6 +158,7 @@ export class ManifestRequest {
       this.fail(ioError(error, this.begin.path));
       return;
     }
+    this.ctx.notePossession(ref.id);
     this.ctx.reporter.emit({
       kind: "file-progress",
       path: this.begin.path,

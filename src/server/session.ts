@@ -52,6 +52,8 @@ export interface RequestContext {
   readableSets(): string[] | null;
   /** What this connection's client may reuse from the history without sending it. */
   reuseScope(): ReuseScope;
+  /** The client sent the bytes of chunk `id` (stored): it may reuse it from now on. */
+  notePossession(id: Buffer): void;
   /** False once the connection has closed: long answers stop early. */
   readonly isOpen: boolean;
   /** Run `work` without holding up the connection's frames; shutdown waits for it. */
@@ -166,6 +168,10 @@ export class Session implements RequestContext {
   reuseScope(): ReuseScope {
     if (!this.principal) throw new Error("reuseScope before HELLO");
     return this.access.reuseScope(this.principal, this.destination.history);
+  }
+
+  notePossession(id: Buffer): void {
+    if (this.principal) this.access.notePossession(this.principal, id);
   }
 
   /** Close the connection if its client was removed or its secret or sets changed. */
