@@ -104,10 +104,14 @@ export class BackupClient {
   /** Report each problem once; push mode also lists them at the end. */
   private onProblem(path: string, reason: string): void {
     this.problems.set(path, reason);
+    this.reportOnce(path, reason, false);
+  }
+
+  private reportOnce(path: string, reason: string, retry: boolean): void {
     const key = `${path}\0${reason}`;
     if (this.reported.has(key)) return;
     this.reported.add(key);
-    this.options.reporter.emit({ kind: "file-skipped", path, reason, retry: false });
+    this.options.reporter.emit({ kind: "file-skipped", path, reason, retry });
   }
 
   /** One pass: send everything that differs (all files with `force`), then say goodbye. */
@@ -159,8 +163,16 @@ export class BackupClient {
         for (const path of collapse(paths)) void worker.reconcile(path).catch((e) => this.onTrouble(e));
       },
     });
-    // A file that changed while read is looked at again once quiet; a server refusal later.
-    this.retryHandler = (path, _reason, soon) => (soon ? debouncer.touch(path) : retry.add(path));
+    // A file that changed while read is looked at again once quiet; a server refusal (a
+    // full disk) later, and the person hears of it once per path and reason.
+    this.retryHandler = (path, reason, soon) => {
+      if (soon) {
+        debouncer.touch(path);
+        return;
+      }
+      retry.add(path);
+      this.reportOnce(path, reason, true);
+    };
     let watch: WatchHandle | null = null;
     let pollTimer: NodeJS.Timeout | null = null;
     const rescan = () => {

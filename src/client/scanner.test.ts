@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { lstat, mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
+import { lstat, mkdir, mkdtemp, rm, stat, symlink, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
@@ -93,8 +93,47 @@ test("a scan of one path looks only there", async () => {
 test("a vanished SRC is an error, never a delete of everything", async () => {
   const gone = join(base, "gone");
   const other = ClientState.open(join(base, "state"), "store-1", "gone", gone);
-  other.recordFile("f", { size: 1, mtimeMs: 1, mode: 0o644, ino: 1, sha256: Buffer.alloc(32), chunks: null });
+  other.recordFile("f", {
+    size: 1,
+    mtimeMs: 1,
+    mode: 0o644,
+    ino: 1,
+    ctimeMs: 1,
+    sha256: Buffer.alloc(32),
+    chunks: null,
+  });
   await assert.rejects(scan(gone, "", other), { code: "KW_SOURCE_MISSING" });
   assert.ok(other.get("f"), "the record was kept");
   other.close();
+});
+
+test("a same-size rewrite whose mtime was set back is seen by its ctime", async () => {
+  const root = join(base, "ctime");
+  await mkdir(join(root, "d"), { recursive: true });
+  await writeFile(join(root, "note.txt"), "version 1");
+  const own = ClientState.open(join(base, "state"), "store-1", "ctime", root);
+  try {
+    const first = await scan(root, "", own);
+    for (const op of first.operations) {
+      if (op.op === "mkdir") own.recordFolder(op.path, op.mode);
+      if (op.op !== "put") continue;
+      const entry = diskEntry(op.path, await lstat(join(root, op.path)));
+      assert.ok(entry);
+      own.recordFile(op.path, { ...entry, sha256: Buffer.alloc(32), chunks: null });
+    }
+    assert.deepEqual((await scan(root, "", own)).operations, [], "nothing changed yet");
+    const before = await stat(join(root, "note.txt"));
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    await writeFile(join(root, "note.txt"), "version 2");
+    await utimes(join(root, "note.txt"), before.atime, before.mtime);
+    const after = await scan(root, "", own);
+    assert.deepEqual(
+      after.operations.map((op) => `${op.op} ${op.path}`),
+      ["put note.txt"],
+      "the rewrite is found although size and mtime are as before",
+    );
+    assert.deepEqual(after.problems, []);
+  } finally {
+    own.close();
+  }
 });

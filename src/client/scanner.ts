@@ -15,6 +15,8 @@ export interface DiskEntry {
   mtimeMs: number;
   mode: number;
   ino: number;
+  /** Changes with every write, chmod or rename, and cannot be set back (as mtime can). */
+  ctimeMs: number;
 }
 
 export type Operation =
@@ -37,10 +39,20 @@ export interface ScanResult {
 
 export function diskEntry(path: string, st: Stats): DiskEntry | null {
   if (st.isFile()) {
-    return { path, kind: "file", size: st.size, mtimeMs: st.mtimeMs, mode: st.mode & 0o7777, ino: st.ino };
+    const { size, mtimeMs, ino, ctimeMs } = st;
+    return { path, kind: "file", size, mtimeMs, mode: st.mode & 0o7777, ino, ctimeMs };
   }
-  if (st.isDirectory())
-    return { path, kind: "dir", size: 0, mtimeMs: st.mtimeMs, mode: st.mode & 0o7777, ino: st.ino };
+  if (st.isDirectory()) {
+    return {
+      path,
+      kind: "dir",
+      size: 0,
+      mtimeMs: st.mtimeMs,
+      mode: st.mode & 0o7777,
+      ino: st.ino,
+      ctimeMs: st.ctimeMs,
+    };
+  }
   return null;
 }
 
@@ -52,7 +64,9 @@ export function isUnchanged(entry: DiskEntry, record: EntryRecord | undefined): 
     record.size === entry.size &&
     record.mtimeMs === entry.mtimeMs &&
     record.mode === entry.mode &&
-    record.ino === entry.ino
+    record.ino === entry.ino &&
+    // A record from before ctime was kept (state schema 2) has none: mtime decides alone.
+    (record.ctimeMs === null || record.ctimeMs === entry.ctimeMs)
   );
 }
 
@@ -101,6 +115,9 @@ export async function scan(
     try {
       names = await readdir(join(root, path));
     } catch (error) {
+      // Gone (or no longer a folder) since its lstat: its events follow; nothing to report.
+      const code = errnoCode(error);
+      if (code === "ENOENT" || code === "ENOTDIR") return;
       // Keep what the server has below an unreadable folder rather than deleting it.
       for (const p of known.keys()) if (p.startsWith(`${path}/`)) seen.add(p);
       result.problems.push({

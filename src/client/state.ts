@@ -10,7 +10,7 @@ import Database from "better-sqlite3";
 import { KeepwatchError } from "../errors.js";
 
 /** Bump with a migration below whenever the schema changes. */
-const SCHEMA_VERSION = 2;
+const SCHEMA_VERSION = 3;
 
 export interface FileRecord {
   kind: "file";
@@ -18,6 +18,8 @@ export interface FileRecord {
   mtimeMs: number;
   mode: number;
   ino: number;
+  /** Null in records written before ctime was kept. */
+  ctimeMs: number | null;
   sha256: Buffer;
   /** The content's chunk list as acknowledged (encodeChunkList), the base of the next delta. */
   chunks: Buffer | null;
@@ -57,6 +59,7 @@ interface Row {
   ino: number;
   sha256: Buffer | null;
   chunks: Buffer | null;
+  ctime_ms: number | null;
 }
 
 /** The default state folder: $KEEPWATCH_STATE_DIR, else $XDG_STATE_HOME/keepwatch, else ~/.local/state/keepwatch. */
@@ -81,7 +84,7 @@ export class ClientState {
       all: db.prepare<[], Row>("SELECT * FROM entries"),
       below: db.prepare<[string, string], Row>("SELECT * FROM entries WHERE path >= ? AND path < ?"),
       upsert: db.prepare(
-        "INSERT OR REPLACE INTO entries (path, kind, size, mtime_ms, mode, ino, sha256, chunks) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT OR REPLACE INTO entries (path, kind, size, mtime_ms, mode, ino, sha256, chunks, ctime_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
       ),
       knows: db.prepare<[Buffer], { sha256: Buffer }>("SELECT sha256 FROM contents WHERE sha256 = ?"),
       learn: db.prepare<[Buffer]>("INSERT OR IGNORE INTO contents (sha256) VALUES (?)"),
@@ -139,14 +142,14 @@ export class ClientState {
   recordFile(path: string, record: Omit<FileRecord, "kind">): void {
     this.write(() => {
       this.removeChildren(path);
-      const { size, mtimeMs, mode, ino, sha256, chunks } = record;
-      this.stmts.upsert.run(path, "file", size, mtimeMs, mode, ino, sha256, chunks);
+      const { size, mtimeMs, mode, ino, sha256, chunks, ctimeMs } = record;
+      this.stmts.upsert.run(path, "file", size, mtimeMs, mode, ino, sha256, chunks, ctimeMs);
       this.stmts.learn.run(sha256);
     });
   }
 
   recordFolder(path: string, mode: number): void {
-    this.write(() => this.stmts.upsert.run(path, "dir", 0, 0, mode, 0, null, null));
+    this.write(() => this.stmts.upsert.run(path, "dir", 0, 0, mode, 0, null, null, null));
   }
 
   /**
@@ -220,6 +223,7 @@ function toRecord(row: Row): EntryRecord {
     mtimeMs: row.mtime_ms,
     mode: row.mode,
     ino: row.ino,
+    ctimeMs: row.ctime_ms,
     sha256: row.sha256 ?? Buffer.alloc(0),
     chunks: row.chunks,
   };
@@ -251,6 +255,11 @@ function migrate(db: Database.Database): void {
       ALTER TABLE entries ADD COLUMN chunks BLOB;
       CREATE TABLE IF NOT EXISTS contents (sha256 BLOB PRIMARY KEY) WITHOUT ROWID;
     `);
+    db.pragma("user_version = 2");
+  }
+  if (version < 3) {
+    // Version 3: each file's ctime, which catches a rewrite whose mtime was set back.
+    db.exec("ALTER TABLE entries ADD COLUMN ctime_ms REAL");
     db.pragma(`user_version = ${SCHEMA_VERSION}`);
   }
 }

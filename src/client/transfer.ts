@@ -63,6 +63,7 @@ export interface FileTransfer {
  * any write during the read moves the timestamps and the before/after check sees it.
  */
 const TIMESTAMP_TICK_MS = 20;
+const COARSE_TICK_MS = 1000;
 const SETTLE_ATTEMPTS = 10;
 
 /** Stat `fd` once its last change is old enough; null if it keeps changing. */
@@ -70,9 +71,12 @@ async function settledStat(fd: number): Promise<Stats | null> {
   for (let attempt = 0; attempt < SETTLE_ATTEMPTS; attempt++) {
     const st = fstatSync(fd);
     const age = Date.now() - Math.max(st.mtimeMs, st.ctimeMs);
+    // Whole seconds in both times: most likely a file system that keeps only seconds
+    // (ext4 with small inodes, FAT, some network mounts), whose tick is a whole second.
+    const tick = st.mtimeMs % 1000 === 0 && st.ctimeMs % 1000 === 0 ? COARSE_TICK_MS : TIMESTAMP_TICK_MS;
     // A time far in the future (a clock set wrong, `touch -d`) is not a recent write.
-    if (age >= TIMESTAMP_TICK_MS || age < -TIMESTAMP_TICK_MS) return st;
-    await new Promise((resolve) => setTimeout(resolve, TIMESTAMP_TICK_MS - age + 1));
+    if (age >= tick || age < -tick) return st;
+    await new Promise((resolve) => setTimeout(resolve, tick - age + 1));
   }
   return null;
 }

@@ -150,8 +150,8 @@ export class Worker {
     );
     if (outcome.status === "stored") {
       const { entry, sha256, chunks, sentBytes } = outcome;
-      const { size, mtimeMs, mode, ino } = entry;
-      this.state.recordFile(path, { size, mtimeMs, mode, ino, sha256, chunks });
+      const { size, mtimeMs, mode, ino, ctimeMs } = entry;
+      this.state.recordFile(path, { size, mtimeMs, mode, ino, ctimeMs, sha256, chunks });
       this.totals.files++;
       this.totals.bytes += size;
       this.totals.sentBytes += sentBytes;

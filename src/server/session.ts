@@ -75,6 +75,9 @@ type InFlight =
   | { kind: "manifest"; manifest: ManifestRequest }
   | { kind: "op" };
 
+/** A full disk is reported on the server at most this often per connection. */
+const DISK_FULL_REPEAT_MS = 10_000;
+
 /** How many request ids ended by an ERROR are remembered, so their stray frames are ignored. */
 const ENDED_IDS_KEPT = 1024;
 
@@ -90,6 +93,7 @@ export class Session implements RequestContext {
   clientName = "";
   /** Whom the connection speaks for, once HELLO was accepted. */
   principal: Principal | null = null;
+  private diskFullSaidAt = 0;
 
   constructor(
     private readonly conn: Connection,
@@ -194,6 +198,11 @@ export class Session implements RequestContext {
   }
 
   reject(id: number, error: KeepwatchError, keepOpen = false): void {
+    // The operator must hear of a full disk on the server's side too, now and then.
+    if (error.code === "KW_DISK_FULL" && Date.now() - this.diskFullSaidAt > DISK_FULL_REPEAT_MS) {
+      this.diskFullSaidAt = Date.now();
+      this.reporter.emit({ kind: "warning", code: error.code, message: error.message });
+    }
     if (!keepOpen && this.inFlight.delete(id)) {
       this.endedByError.add(id);
       if (this.endedByError.size > ENDED_IDS_KEPT) {
