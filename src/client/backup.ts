@@ -225,10 +225,14 @@ export class BackupClient {
           continue;
         }
         const current = worker;
+        let onAbort = () => {};
         const lost = await new Promise<KeepwatchError | null>((resolve) => {
+          onAbort = () => resolve(null);
           current.link.onLost((error) => resolve(error));
-          signal.addEventListener("abort", () => resolve(null), { once: true });
+          signal.addEventListener("abort", onAbort, { once: true });
         });
+        // One listener per connection would pile up over many reconnects.
+        signal.removeEventListener("abort", onAbort);
         if (lost === null) break;
         if (isFatalRefusal(lost.code)) throw lost;
         worker = null;
@@ -306,16 +310,15 @@ function collapse(paths: string[]): string[] {
   });
 }
 
+/** Wait `ms`, or less if `signal` aborts; the abort listener goes with the wait. */
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
-    const timer = setTimeout(resolve, ms);
-    signal?.addEventListener(
-      "abort",
-      () => {
-        clearTimeout(timer);
-        resolve();
-      },
-      { once: true },
-    );
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener("abort", done, { once: true });
   });
 }

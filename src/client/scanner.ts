@@ -164,8 +164,10 @@ export async function scan(
   }
   if (startStat) await visit(start, startStat);
 
-  // Records with nothing on disk: delete the top-most of each removed subtree only.
-  const gone = [...known.keys()].filter((p) => !seen.has(p)).sort();
+  // Records with nothing on disk, and paths sent whose answer was lost (the server may
+  // hold them): delete the top-most of each removed subtree only.
+  const candidates = new Set([...known.keys(), ...state.sentBelow(start)]);
+  const gone = [...candidates].filter((p) => !seen.has(p)).sort();
   let lastDeleted: string | null = null;
   for (const path of gone) {
     if (lastDeleted !== null && path.startsWith(`${lastDeleted}/`)) continue;

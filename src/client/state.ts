@@ -10,7 +10,7 @@ import Database from "better-sqlite3";
 import { KeepwatchError } from "../errors.js";
 
 /** Bump with a migration below whenever the schema changes. */
-const SCHEMA_VERSION = 3;
+const SCHEMA_VERSION = 4;
 
 export interface FileRecord {
   kind: "file";
@@ -92,6 +92,14 @@ export class ClientState {
       remove: db.prepare<[string]>("DELETE FROM entries WHERE path = ?"),
       removeBelow: db.prepare<[string, string]>("DELETE FROM entries WHERE path >= ? AND path < ?"),
       clear: db.prepare("DELETE FROM entries"),
+      markSent: db.prepare<[string]>("INSERT OR IGNORE INTO sent (path) VALUES (?)"),
+      unmarkSent: db.prepare<[string]>("DELETE FROM sent WHERE path = ?"),
+      unmarkSentBelow: db.prepare<[string, string]>("DELETE FROM sent WHERE path >= ? AND path < ?"),
+      sentAll: db.prepare<[], { path: string }>("SELECT path FROM sent"),
+      sentBelow: db.prepare<[string, string, string], { path: string }>(
+        "SELECT path FROM sent WHERE path = ? OR (path >= ? AND path < ?)",
+      ),
+      clearSent: db.prepare("DELETE FROM sent"),
     };
   }
 
@@ -139,8 +147,26 @@ export class ClientState {
     return new Map(rows.map((row) => [row.path, toRecord(row)]));
   }
 
+  /**
+   * About to send `path` (a file or a folder): until its answer is recorded, the server
+   * may hold it, so a later scan that finds it gone deletes it there. Committed at once:
+   * a crash right after the send must not forget it.
+   */
+  markSent(path: string): void {
+    this.write(() => this.stmts.markSent.run(path));
+    this.flush();
+  }
+
+  /** Paths at `path` or below ("" for all) sent without a recorded answer. */
+  sentBelow(path: string): string[] {
+    const rows =
+      path === "" ? this.stmts.sentAll.all() : this.stmts.sentBelow.all(path, `${path}/`, `${path}0`);
+    return rows.map((r) => r.path);
+  }
+
   recordFile(path: string, record: Omit<FileRecord, "kind">): void {
     this.write(() => {
+      this.stmts.unmarkSent.run(path);
       this.removeChildren(path);
       const { size, mtimeMs, mode, ino, sha256, chunks, ctimeMs } = record;
       this.stmts.upsert.run(path, "file", size, mtimeMs, mode, ino, sha256, chunks, ctimeMs);
@@ -149,7 +175,10 @@ export class ClientState {
   }
 
   recordFolder(path: string, mode: number): void {
-    this.write(() => this.stmts.upsert.run(path, "dir", 0, 0, mode, 0, null, null, null));
+    this.write(() => {
+      this.stmts.unmarkSent.run(path);
+      this.stmts.upsert.run(path, "dir", 0, 0, mode, 0, null, null, null);
+    });
   }
 
   /**
@@ -170,11 +199,16 @@ export class ClientState {
     this.write(() => {
       this.stmts.remove.run(path);
       this.removeChildren(path);
+      this.stmts.unmarkSent.run(path);
+      this.stmts.unmarkSentBelow.run(`${path}/`, `${path}0`);
     });
   }
 
   clear(): void {
-    this.write(() => this.stmts.clear.run());
+    this.write(() => {
+      this.stmts.clear.run();
+      this.stmts.clearSent.run();
+    });
   }
 
   /** Commit what was recorded so far. */
@@ -260,6 +294,11 @@ function migrate(db: Database.Database): void {
   if (version < 3) {
     // Version 3: each file's ctime, which catches a rewrite whose mtime was set back.
     db.exec("ALTER TABLE entries ADD COLUMN ctime_ms REAL");
+    db.pragma("user_version = 3");
+  }
+  if (version < 4) {
+    // Version 4: paths sent whose answer was not recorded (the server may hold them).
+    db.exec("CREATE TABLE IF NOT EXISTS sent (path TEXT PRIMARY KEY) WITHOUT ROWID");
     db.pragma(`user_version = ${SCHEMA_VERSION}`);
   }
 }

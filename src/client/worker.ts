@@ -144,10 +144,12 @@ export class Worker {
   }
 
   private async put(path: string, force: boolean): Promise<void> {
-    const outcome = await this.transfer.put(
-      path,
-      (entry) => !force && isUnchanged(entry, this.state.get(path)),
-    );
+    const outcome = await this.transfer.put(path, (entry) => {
+      if (!force && isUnchanged(entry, this.state.get(path))) return true;
+      // From here on the server may hold the file even if its answer never arrives.
+      this.state.markSent(path);
+      return false;
+    });
     if (outcome.status === "stored") {
       const { entry, sha256, chunks, sentBytes } = outcome;
       const { size, mtimeMs, mode, ino, ctimeMs } = entry;
@@ -166,6 +168,7 @@ export class Worker {
     const entry = st ? diskEntry(path, st) : null;
     // Gone or no longer a folder: the event that changed it brings the right operation.
     if (entry?.kind !== "dir" || isUnchanged(entry, this.state.get(path))) return;
+    this.state.markSent(path);
     await this.transfer.mkdir(path, entry.mode);
     this.state.recordFolder(path, entry.mode);
     this.reporter.emit({ kind: "file-done", path, op: "mkdir", size: 0 });
