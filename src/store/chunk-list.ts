@@ -20,9 +20,6 @@ export class ChunkList implements Iterable<ChunkRef> {
     this.lengths = new Uint32Array(capacity);
   }
 
-  /** Bytes held per chunk, for memory budgets. */
-  static readonly BYTES_PER_CHUNK = ID_BYTES + 4;
-
   get length(): number {
     return this.count;
   }
