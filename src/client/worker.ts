@@ -187,7 +187,9 @@ export class Worker {
     this.totals.failures++;
     if (error instanceof RemoteError) {
       // Refusals that depend on the server's condition may pass later; others will not.
-      const transient = error.code === "KW_DISK_FULL" || error.code === "KW_SERVER_IO";
+      // KW_CHUNK_MISSING: a chunk the server counted as stored when it answered NEED was
+      // lost since (a pack write that failed on a full disk); sent again, it asks for it.
+      const transient = ["KW_DISK_FULL", "KW_SERVER_IO", "KW_CHUNK_MISSING"].includes(error.code);
       if (transient) this.hooks.retryLater(op.path, error.message, false);
       else this.hooks.problem(op.path, error.message);
       return;
