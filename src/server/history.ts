@@ -15,8 +15,12 @@ import { SqliteMetadataStore } from "../store/sqlite-metadata-store.js";
 export class Ingest {
   private readonly chunker = new Chunker();
   private readonly refs: ChunkRef[] = [];
+  /** The store's loss mark before the first chunk (pass it to History.commit). */
+  readonly since: number;
 
-  constructor(private readonly chunks: ChunkStore) {}
+  constructor(private readonly chunks: ChunkStore) {
+    this.since = chunks.lossMark();
+  }
 
   async write(data: Buffer): Promise<void> {
     for (const chunk of this.chunker.push(data)) await this.store(chunk.data);
@@ -75,10 +79,12 @@ export class History {
 
   /**
    * Record a version durably: the chunks it needs first (packs and their index), then
-   * the version itself. Only then may the mirror change and the client hear ACK.
+   * the version itself. Only then may the mirror change and the client hear ACK. `since`
+   * is the chunk store's loss mark taken before the version's chunks were put or looked
+   * up: a chunk lost after it fails the commit (ChunkStore.flush).
    */
-  async commit(version: NewVersion): Promise<VersionRecord> {
-    if (version.kind === "file") await this.chunks.flush();
+  async commit(version: NewVersion, since?: number): Promise<VersionRecord> {
+    if (version.kind === "file") await this.chunks.flush(since);
     return this.meta.commitVersion(version);
   }
 

@@ -46,6 +46,8 @@ export class ManifestRequest {
   private ended = false;
   /** Bytes of the server's manifest memory this request holds. */
   private reserved = 0;
+  /** The chunk store's loss mark before any chunk was looked up or put (History.commit). */
+  private readonly since: number;
 
   constructor(
     private readonly id: number,
@@ -53,6 +55,7 @@ export class ManifestRequest {
     private readonly ctx: RequestContext,
   ) {
     this.chunks = new ChunkList(begin.chunkCount);
+    this.since = ctx.history.chunks.lossMark();
   }
 
   async open(): Promise<void> {
@@ -210,7 +213,7 @@ export class ManifestRequest {
   private async commit(): Promise<void> {
     this.ended = true;
     try {
-      await commitFromHistory(this.ctx, this.begin, this.chunks);
+      await commitFromHistory(this.ctx, this.begin, this.chunks, this.since);
     } catch (error) {
       this.releaseMemory();
       this.ctx.reject(this.id, ioError(error, this.begin.path));

@@ -5,6 +5,7 @@ import { KeepwatchError } from "../errors.js";
 import type { FileHeader } from "../protocol/history-messages.js";
 import { pathProblem } from "../protocol/paths.js";
 import type { ChunkRefs } from "../store/metadata-store.js";
+import type { PendingFile } from "../store/mirror.js";
 import { ioError } from "./put.js";
 import type { RequestContext } from "./session.js";
 
@@ -16,6 +17,7 @@ export async function handlePutRef(id: number, m: FileHeader, ctx: RequestContex
       new KeepwatchError("KW_BAD_PATH", `The path ${JSON.stringify(m.path)} was refused because ${problem}.`),
     );
   }
+  const since = ctx.history.chunks.lossMark();
   // Only a content this client's own sets hold: another client's is "unknown" (access.ts).
   const chunks = await ctx.reuseScope().content(m.sha256);
   const stored = chunks?.reduce((sum, c) => sum + c.length, 0);
@@ -29,7 +31,7 @@ export async function handlePutRef(id: number, m: FileHeader, ctx: RequestContex
     );
   }
   try {
-    await commitFromHistory(ctx, m, chunks);
+    await commitFromHistory(ctx, m, chunks, since);
   } catch (error) {
     return ctx.reject(id, ioError(error, m.path));
   }
@@ -40,24 +42,37 @@ export async function handlePutRef(id: number, m: FileHeader, ctx: RequestContex
 /**
  * Record a version whose chunks are all in the history and write it to the mirror: the
  * mirror file is assembled (and its hash checked) first, then the version committed,
- * then the file put in place.
+ * then the file put in place. `since` is the chunk store's loss mark taken before the
+ * chunks were put or looked up (History.commit).
  */
 export async function commitFromHistory(
   ctx: RequestContext,
   m: FileHeader,
   chunks: ChunkRefs,
+  since: number,
 ): Promise<void> {
-  const pending = await ctx.mirror.writePending(ctx.history.read(chunks), m.sha256);
+  let pending: PendingFile;
   try {
-    await ctx.history.commit({
-      set: ctx.set,
-      path: m.path,
-      kind: "file",
-      size: m.size,
-      mtimeMs: m.mtimeMs,
-      mode: m.mode,
-      content: { sha256: m.sha256, chunks },
-    });
+    pending = await ctx.mirror.writePending(ctx.history.read(chunks), m.sha256);
+  } catch (error) {
+    // A chunk the store lost after it was counted stored reads as missing: report the
+    // failure that lost it (a full disk, say) rather than the missing chunk.
+    await ctx.history.chunks.flush(since);
+    throw error;
+  }
+  try {
+    await ctx.history.commit(
+      {
+        set: ctx.set,
+        path: m.path,
+        kind: "file",
+        size: m.size,
+        mtimeMs: m.mtimeMs,
+        mode: m.mode,
+        content: { sha256: m.sha256, chunks },
+      },
+      since,
+    );
   } catch (error) {
     await ctx.mirror.discard(pending);
     throw error;

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { cp, mkdir, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -312,6 +312,49 @@ describe("LocalChunkStore", () => {
       await store.put(fresh.id, fresh.data);
       await store.flush();
       assert.notEqual((await store.locate(fresh.id))?.pack, pack);
+    } finally {
+      await store.close();
+    }
+  });
+
+  test("chunks lost by a failed write on a full disk fail every flush that may rely on them", async (t) => {
+    // A small filesystem is a tmpfs, which only root may mount.
+    if (process.getuid?.() !== 0) return t.skip("mounting a small tmpfs needs root");
+    const dir = await tempFolder();
+    const mounted = spawnSync("mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", dir], { encoding: "utf8" });
+    if (mounted.status !== 0) return t.skip(`mounting a tmpfs is not allowed here: ${mounted.stderr.trim()}`);
+    t.after(() => {
+      if (spawnSync("umount", [dir]).status !== 0) spawnSync("umount", ["-l", dir]);
+    });
+    const options: LocalChunkStoreOptions = { packTargetBytes: 64 * 1024 * 1024, bufferBytes: 16 * 1024 };
+    let store = await LocalChunkStore.open(join(dir, "store"), options);
+    try {
+      // One caller puts a chunk; another is told the store has it, so would not send it.
+      const mark = store.lossMark();
+      const relied = makeChunk(8 * 1024);
+      await store.put(relied.id, relied.data);
+      assert.equal(await store.has(relied.id), true);
+      let failure: unknown;
+      for (let i = 0; i < 1000 && failure === undefined; i++) {
+        const more = makeChunk(8 * 1024);
+        await store.put(more.id, more.data).catch((error: unknown) => {
+          failure = error;
+        });
+      }
+      assert.equal((failure as NodeJS.ErrnoException | undefined)?.code, "ENOSPC", "the disk filled");
+      assert.ok(store.lossMark() > mark, "the loss is counted");
+      assert.equal(await store.has(relied.id), false, "the lost chunk is no longer counted stored");
+      await assert.rejects(store.flush(mark), { code: "ENOSPC" }, "a flush that relied on it fails");
+      await assert.rejects(store.flush(mark), { code: "ENOSPC" }, "and every such flush, not only the first");
+      await store.flush(store.lossMark());
+      await store.flush();
+      await store.close();
+      // Reopening cuts the abandoned pack back, which frees the space: the chunk fits again.
+      store = await LocalChunkStore.open(join(dir, "store"), options);
+      const since = store.lossMark();
+      await store.put(relied.id, relied.data);
+      await store.flush(since);
+      await assertReadable(store, [relied]);
     } finally {
       await store.close();
     }

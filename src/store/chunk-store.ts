@@ -33,8 +33,19 @@ export interface ChunkStore {
    */
   get(id: ChunkId): Promise<Buffer>;
 
-  /** Make every chunk put so far durable (data and index). Resolves when it is. */
-  flush(): Promise<void>;
+  /**
+   * Make every chunk put so far durable (data and index). Resolves when it is.
+   *
+   * A store may lose chunks it had accepted but not yet made durable (a pack write failed
+   * on a full disk), including chunks another caller put and this one was told by `has`
+   * it need not put again. A caller that relies on such chunks takes `lossMark()` before it
+   * first calls `put` or `has`, and passes it here: the flush then throws the failure that
+   * lost chunks after that mark, if any, rather than vouch for chunks it may have lost.
+   */
+  flush(since?: number): Promise<void>;
+
+  /** How many times the store has lost accepted chunks so far (see `flush`). */
+  lossMark(): number;
 
   /** Every stored chunk id, in no particular order. */
   list(): AsyncIterable<ChunkId>;

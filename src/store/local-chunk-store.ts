@@ -105,8 +105,9 @@ export class LocalChunkStore implements ChunkStore {
   /** Chunks put since the last commit, by hex id. */
   private readonly pending = new Map<string, Pending>();
   private pendingRawBytes = 0;
-  /** A failure lost chunks that callers were told were put; the next flush reports it. */
-  private batchError: unknown;
+  /** How many times a failed write lost pending chunks, and the last failure that did. */
+  private losses = 0;
+  private lastLoss: unknown;
   /** Tail of the queue that runs writes (put, flush, delete, close) one at a time. */
   private tail: Promise<unknown> = Promise.resolve();
   private closed = false;
@@ -177,14 +178,7 @@ export class LocalChunkStore implements ChunkStore {
       }
       this.pending.set(key, { ...place, id: Buffer.from(id), writer });
       this.pendingRawBytes += data.length;
-      if (writer.size >= this.packTarget) {
-        try {
-          await this.commit(true);
-        } catch (error) {
-          this.batchError = error;
-          throw error;
-        }
-      }
+      if (writer.size >= this.packTarget) await this.commit(true);
     });
   }
 
@@ -216,9 +210,16 @@ export class LocalChunkStore implements ChunkStore {
     }
   }
 
-  flush(): Promise<void> {
+  flush(since?: number): Promise<void> {
     this.assertOpen();
-    return this.exclusive(() => this.commit(false));
+    return this.exclusive(async () => {
+      await this.commit(false);
+      if (since !== undefined && this.losses > since) throw this.lastLoss;
+    });
+  }
+
+  lossMark(): number {
+    return this.losses;
   }
 
   async *list(): AsyncIterable<ChunkId> {
@@ -319,18 +320,13 @@ export class LocalChunkStore implements ChunkStore {
    * transaction. With `seal`, the pack is also closed for good.
    */
   private async commit(seal: boolean): Promise<void> {
-    if (this.batchError !== undefined) {
-      const error = this.batchError;
-      this.batchError = undefined;
-      throw error;
-    }
     const writer = this.writer;
     if (!writer) return;
     if (this.pending.size > 0) {
       try {
         await writer.sync();
       } catch (error) {
-        await this.abandonWriter(undefined);
+        await this.abandonWriter(error);
         throw error;
       }
       const chunks: ChunkRow[] = [];
@@ -367,11 +363,15 @@ export class LocalChunkStore implements ChunkStore {
   }
 
   /**
-   * Drop the pack being written after a failed write or fsync. Its file stays: the next
-   * open cuts it back to its committed size, or removes it when nothing was committed.
+   * Drop the pack being written after a failed write or fsync, and with it the chunks not
+   * yet committed (counted as a loss, see `flush`). Its file stays: the next open cuts it
+   * back to its committed size, or removes it when nothing was committed.
    */
   private async abandonWriter(cause: unknown): Promise<void> {
-    if (cause !== undefined && this.pending.size > 0) this.batchError = cause;
+    if (this.pending.size > 0) {
+      this.losses++;
+      this.lastLoss = cause;
+    }
     const writer = this.writer;
     this.writer = undefined;
     this.committed = { size: 0, chunks: 0, rawBytes: 0 };

@@ -42,8 +42,13 @@ export class MemoryChunkStore implements ChunkStore {
     return Buffer.from(data);
   }
 
-  async flush(): Promise<void> {
+  async flush(_since?: number): Promise<void> {
     this.assertOpen();
+  }
+
+  /** A store in memory never loses a chunk it accepted. */
+  lossMark(): number {
+    return 0;
   }
 
   async *list(): AsyncIterable<ChunkId> {
