@@ -146,7 +146,7 @@ export async function runCommand(output: Output | null, body: () => Promise<numb
       if (output?.json) output.reporter.emit({ kind: "error", code: error.code, message: error.message });
       output?.close();
       if (!output?.json) process.stderr.write(`keepwatch: ${error.message}\n`);
-      process.exit(error.exitCode);
+      return exitWhenWritten(error.exitCode);
     }
     output?.close();
     const detail = error instanceof Error ? error.message : String(error);
@@ -154,9 +154,23 @@ export async function runCommand(output: Output | null, body: () => Promise<numb
       `keepwatch: an unexpected error stopped the program (${detail}); please report it with the command you ran.\n`,
     );
     if (process.env.KEEPWATCH_DEBUG && error instanceof Error) process.stderr.write(`${error.stack}\n`);
-    process.exit(ExitCode.failure);
+    return exitWhenWritten(ExitCode.failure);
   }
   output?.close();
+  return exitWhenWritten(code);
+}
+
+/**
+ * Exit once stdout and stderr have passed on everything written to them: a pipe whose
+ * reader is slower than us holds the rest in memory, which process.exit would throw away.
+ */
+async function exitWhenWritten(code: number): Promise<never> {
+  const written = (stream: NodeJS.WriteStream) =>
+    new Promise<void>((resolve) => {
+      if (stream.destroyed || !stream.writable) return resolve();
+      stream.write("", () => resolve());
+    });
+  await Promise.all([written(process.stdout), written(process.stderr)]);
   process.exit(code);
 }
 
