@@ -5,9 +5,9 @@
 import { lstat } from "node:fs/promises";
 import { join } from "node:path";
 import { errnoCode, KeepwatchError, RemoteError } from "../errors.js";
+import { PathLocks } from "../protocol/path-locks.js";
 import type { Reporter } from "../ui/events.js";
 import type { ServerLink } from "./link.js";
-import { PathLocks } from "./path-locks.js";
 import { diskEntry, isUnchanged, type Operation, type ScanResult, scan } from "./scanner.js";
 import type { ClientState } from "./state.js";
 import { ChunkedTransfer, type FileTransfer } from "./transfer.js";

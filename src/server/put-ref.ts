@@ -60,22 +60,24 @@ export async function commitFromHistory(
     await ctx.history.chunks.flush(since);
     throw error;
   }
-  try {
-    await ctx.history.commit(
-      {
-        set: ctx.set,
-        path: m.path,
-        kind: "file",
-        size: m.size,
-        mtimeMs: m.mtimeMs,
-        mode: m.mode,
-        content: { sha256: m.sha256, chunks },
-      },
-      since,
-    );
-  } catch (error) {
-    await ctx.mirror.discard(pending);
-    throw error;
-  }
-  await ctx.mirror.install(pending, m.path, { mtimeMs: m.mtimeMs, mode: m.mode });
+  await ctx.changing(m.path, async () => {
+    try {
+      await ctx.history.commit(
+        {
+          set: ctx.set,
+          path: m.path,
+          kind: "file",
+          size: m.size,
+          mtimeMs: m.mtimeMs,
+          mode: m.mode,
+          content: { sha256: m.sha256, chunks },
+        },
+        since,
+      );
+    } catch (error) {
+      await ctx.mirror.discard(pending);
+      throw error;
+    }
+    await ctx.mirror.install(pending, m.path, { mtimeMs: m.mtimeMs, mode: m.mode });
+  });
 }

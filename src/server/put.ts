@@ -128,20 +128,22 @@ export class PutRequest {
       try {
         // The history first (it is the source of truth), then the mirror (a view of it).
         const chunks = await this.ingest.finish();
-        await this.ctx.history.commit(
-          {
-            set: this.ctx.set,
-            path,
-            kind: "file",
-            size,
-            mtimeMs,
-            mode,
-            content: { sha256: message.sha256, chunks },
-          },
-          this.ingest.since,
-        );
-        if (held) await this.ctx.mirror.installBytes(held, path, { mtimeMs, mode });
-        else if (pending) await this.ctx.mirror.install(pending, path, { mtimeMs, mode });
+        await this.ctx.changing(path, async () => {
+          await this.ctx.history.commit(
+            {
+              set: this.ctx.set,
+              path,
+              kind: "file",
+              size,
+              mtimeMs,
+              mode,
+              content: { sha256: message.sha256, chunks },
+            },
+            this.ingest.since,
+          );
+          if (held) await this.ctx.mirror.installBytes(held, path, { mtimeMs, mode });
+          else if (pending) await this.ctx.mirror.install(pending, path, { mtimeMs, mode });
+        });
       } catch (error) {
         problem = ioError(error, path);
       }

@@ -68,6 +68,8 @@ export interface RequestContext {
   reject(id: number, error: KeepwatchError, keepOpen?: boolean): void;
   /** Forget request `id` without an answer (it was already answered with an ERROR). */
   release(id: number): void;
+  /** Run `change` (a history commit and its mirror change) holding `path` in this set. */
+  changing<T>(path: string, change: () => Promise<T>): Promise<T>;
 }
 
 type InFlight =
@@ -155,6 +157,15 @@ export class Session implements RequestContext {
 
   release(id: number): void {
     this.inFlight.delete(id);
+  }
+
+  async changing<T>(path: string, change: () => Promise<T>): Promise<T> {
+    const done = await this.mirror.changes.acquire(path);
+    try {
+      return await change();
+    } finally {
+      done();
+    }
   }
 
   get history(): History {

@@ -18,8 +18,10 @@ export async function handleMkdir(id: number, message: Mkdir, ctx: RequestContex
   if (problem !== null) return ctx.reject(id, badPath(message.path, problem));
   try {
     const { path, mode } = message;
-    await ctx.history.commit({ set: ctx.set, path, kind: "dir", size: 0, mtimeMs: 0, mode });
-    await ctx.mirror.makeFolder(path, mode);
+    await ctx.changing(path, async () => {
+      await ctx.history.commit({ set: ctx.set, path, kind: "dir", size: 0, mtimeMs: 0, mode });
+      await ctx.mirror.makeFolder(path, mode);
+    });
   } catch (error) {
     return ctx.reject(id, ioError(error, message.path));
   }
@@ -32,8 +34,10 @@ export async function handleDelete(id: number, message: Delete, ctx: RequestCont
   if (problem !== null) return ctx.reject(id, badPath(message.path, problem));
   try {
     const { path } = message;
-    await ctx.history.commit({ set: ctx.set, path, kind: "deleted", size: 0, mtimeMs: 0, mode: 0 });
-    await ctx.mirror.remove(path);
+    await ctx.changing(path, async () => {
+      await ctx.history.commit({ set: ctx.set, path, kind: "deleted", size: 0, mtimeMs: 0, mode: 0 });
+      await ctx.mirror.remove(path);
+    });
   } catch (error) {
     return ctx.reject(id, ioError(error, message.path));
   }

@@ -22,6 +22,7 @@ import {
 import { type FileHandle, lstat, mkdir, open, rm, unlink } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { errnoCode, KeepwatchError } from "../errors.js";
+import { PathLocks } from "../protocol/path-locks.js";
 import { assertValidPath } from "../protocol/paths.js";
 
 /** Metadata kept with each file. */
@@ -82,7 +83,13 @@ export class Mirror {
   private readonly syncer = new FolderSyncer();
   private readonly tempPrefix = `put-${process.pid}-${randomBytes(4).toString("hex")}-`;
   private tempCounter = 0;
-  /** Folders (set-relative) known to be real directories; cleared below a deleted path. */
+  /**
+   * Paths being changed, shared by every connection to this set: a version is committed to
+   * the history and applied to the mirror while its path (and every path above and below
+   * it) is held, so two connections changing one path apply their changes to both in the
+   * same order.
+   */
+  readonly changes = new PathLocks();
 
   constructor(
     /** Absolute path of DEST/<set>. */
