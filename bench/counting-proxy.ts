@@ -117,3 +117,29 @@ export class CountingProxy {
     return new Promise((resolve) => this.server.close(() => resolve()));
   }
 }
+
+/** Bytes one run moved through a proxy. */
+export interface Wire {
+  up: number;
+  down: number;
+  total: number;
+  connections: number;
+  /** the proxy saw every connection close within the wait */
+  drained: boolean;
+}
+
+/**
+ * What went through `proxy` since `before` was read. With `waitDrainedMs`, first waits until every
+ * connection has closed (so the last bytes of a client that has just exited are counted).
+ */
+export async function wireSince(
+  proxy: CountingProxy,
+  before: ByteCounts,
+  waitDrainedMs = 10_000,
+): Promise<Wire> {
+  const drained = waitDrainedMs > 0 ? await proxy.drained(waitDrainedMs) : proxy.openConnections === 0;
+  const now = proxy.counts();
+  const up = now.up - before.up;
+  const down = now.down - before.down;
+  return { up, down, total: up + down, connections: now.connections - before.connections, drained };
+}

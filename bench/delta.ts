@@ -28,58 +28,36 @@
 // measured run waits up to 3 minutes for a quiet second).
 // Installs rsync with apt-get if it is missing (says so). Results: printed, and written as JSON
 // to bench/out/delta.json (bench/out/delta-quick.json with --quick).
-
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import {
-  closeSync,
-  copyFileSync,
-  existsSync,
-  fstatSync,
-  mkdirSync,
-  mkdtempSync,
-  openSync,
-  readdirSync,
-  readFileSync,
-  readSync,
-  renameSync,
-  rmSync,
-  statfsSync,
-  statSync,
-  writeFileSync,
-  writeSync,
-} from "node:fs";
-import { connect, createServer } from "node:net";
+import { spawnSync } from "node:child_process";
+import { copyFileSync, mkdirSync, mkdtempSync, renameSync, rmSync, statfsSync, writeFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
-import { dirname, join, relative, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
-import { type ByteCounts, CountingProxy } from "./counting-proxy.js";
+import { dirname, join } from "node:path";
+import { CountingProxy, type Wire } from "./counting-proxy.js";
+import { compareTrees, flipMiddleByte, insertAtStart, writeBigFile } from "./data.js";
+import { type KwServer, type PushPhases, runPush, startKwServer } from "./keepwatch.js";
 import {
   ByteStream,
-  busyOver,
   CLK_TCK,
   fmt,
+  fmtInt,
   fmtSummary,
+  GiB,
   gitDescribe,
-  type JsonEvent,
+  HOST,
+  humanBytes,
   killAll,
-  live,
-  loadLine,
+  MiB,
   median,
-  parseLines,
-  raceTimeout,
+  printTable,
+  ROOT,
   type Summary,
-  sleep,
   sourceFingerprint,
   summarize,
   syncDisks,
-  warmMemory,
 } from "./lib.js";
-
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
-const MAIN = join(ROOT, "src", "cli", "main.ts");
-const HOST = "127.0.0.1";
-const MiB = 2 ** 20;
-const GiB = 2 ** 30;
+import { findTool, type RsyncDaemon, type RsyncStats, runRsync, startRsyncDaemon } from "./peers.js";
+import { CLI_MAIN, stop } from "./processes.js";
+import { type Prep, RunPreparer } from "./run-prep.js";
 
 const args = new Set(process.argv.slice(2));
 for (const arg of args) {
@@ -98,9 +76,7 @@ const config = QUICK
   : { bigBytes: 1 * GiB, midBytes: 100 * MiB };
 const INSERT_BYTES = 100;
 const ROUNDS = 3;
-const QUIET_BUSY = 0.25;
-const QUIET_WAIT_S = 180;
-const WARMUP_BYTES = 2 * GiB;
+const prep = new RunPreparer({ noWait: NO_WAIT, indent: "    " });
 const RUN_TIMEOUT_MS = 15 * 60_000;
 /** FastCDC's largest chunk (docs/chunking.md): a local edit touches at most two chunks. */
 const MAX_CHUNK = 256 * 1024;
@@ -153,299 +129,17 @@ const SCENARIOS: Scenario[] = [
 
 // ---------------------------------------------------------------- small helpers
 
-/** Whole bytes with thousands separators. */
-function fmtInt(value: number): string {
-  return Number.isFinite(value) ? Math.round(value).toLocaleString("en") : "n/a";
-}
-
 /** A byte count in bytes, with min–max when the rounds differ. */
 function fmtBytesSummary(s: Summary): string {
   const base = `${fmtInt(s.median)} B`;
   return s.min === s.max ? base : `${base} (${fmtInt(s.min)}–${fmtInt(s.max)})`;
 }
 
-function humanBytes(bytes: number): string {
-  if (bytes >= GiB) return `${fmt(bytes / GiB, bytes % GiB === 0 ? 0 : 2)} GiB`;
-  if (bytes >= MiB) return `${fmt(bytes / MiB, bytes % MiB === 0 ? 0 : 1)} MiB`;
-  if (bytes >= 1024) return `${fmt(bytes / 1024, 1)} KiB`;
-  return `${fmt(bytes, 0)} B`;
-}
-
-function writeAll(fd: number, data: Buffer, position: number): void {
-  let off = 0;
-  while (off < data.length) off += writeSync(fd, data, off, data.length - off, position + off);
-}
-
-function readFully(fd: number, buf: Buffer, length: number, position: number): void {
-  let off = 0;
-  while (off < length) {
-    const n = readSync(fd, buf, off, length - off, position + off);
-    if (n === 0) throw new Error("unexpected end of file");
-    off += n;
-  }
-}
-
-/** Streams `size` pseudo-random bytes to `path` in 8 MiB pieces; never holds the file in memory. */
-function writeBigFile(path: string, size: number, seed: string): void {
-  const stream = new ByteStream(seed);
-  const fd = openSync(path, "w");
-  try {
-    let written = 0;
-    while (written < size) {
-      const piece = stream.next(Math.min(8 * MiB, size - written));
-      writeAll(fd, piece, written);
-      written += piece.length;
-    }
-  } finally {
-    closeSync(fd);
-  }
-}
-
-/** Scenario 1: XOR the byte at size/2 with 0xff, in place. Returns its offset. */
-function flipMiddleByte(path: string): number {
-  const fd = openSync(path, "r+");
-  try {
-    const offset = Math.floor(fstatSync(fd).size / 2);
-    const b = Buffer.alloc(1);
-    readFully(fd, b, 1, offset);
-    b[0] = (b[0] as number) ^ 0xff;
-    writeAll(fd, b, offset);
-    return offset;
-  } finally {
-    closeSync(fd);
-  }
-}
-
-/** Scenario 2: insert `bytes` at offset 0, in place (same inode), shifting the file from its end. */
-function insertAtStart(path: string, bytes: Buffer): void {
-  const fd = openSync(path, "r+");
-  try {
-    const size = fstatSync(fd).size;
-    const buf = Buffer.allocUnsafe(8 * MiB);
-    for (let end = size; end > 0; ) {
-      const start = Math.max(0, end - buf.length);
-      readFully(fd, buf, end - start, start);
-      writeAll(fd, buf.subarray(0, end - start), start + bytes.length);
-      end = start;
-    }
-    writeAll(fd, bytes, 0);
-  } finally {
-    closeSync(fd);
-  }
-}
-
-/** Regular files under `root` (relative path → size), skipping `skip` at the top level. */
-function listFiles(root: string, skip: string[] = []): Map<string, number> {
-  const files = new Map<string, number>();
-  const walk = (dir: string) => {
-    for (const entry of readdirSync(dir, { withFileTypes: true })) {
-      const path = join(dir, entry.name);
-      if (dir === root && skip.includes(entry.name)) continue;
-      if (entry.isDirectory()) walk(path);
-      else if (entry.isFile()) files.set(relative(root, path), statSync(path).size);
-    }
-  };
-  walk(root);
-  return files;
-}
-
-function sameContent(a: string, b: string): boolean {
-  const fa = openSync(a, "r");
-  const fb = openSync(b, "r");
-  try {
-    const size = fstatSync(fa).size;
-    if (fstatSync(fb).size !== size) return false;
-    const ba = Buffer.allocUnsafe(8 * MiB);
-    const bb = Buffer.allocUnsafe(8 * MiB);
-    for (let pos = 0; pos < size; pos += ba.length) {
-      const n = Math.min(ba.length, size - pos);
-      readFully(fa, ba, n, pos);
-      readFully(fb, bb, n, pos);
-      if (!ba.subarray(0, n).equals(bb.subarray(0, n))) return false;
-    }
-    return true;
-  } finally {
-    closeSync(fa);
-    closeSync(fb);
-  }
-}
-
-/** Differences between the source tree and a destination copy (names, sizes, content). */
-function compareTrees(src: string, copy: string, skip: string[] = []): string[] {
-  if (!existsSync(copy)) return [`${copy} does not exist`];
-  const want = listFiles(src);
-  const have = listFiles(copy, skip);
-  const diffs: string[] = [];
-  for (const [path, size] of want) {
-    const got = have.get(path);
-    if (got === undefined) diffs.push(`missing ${path}`);
-    else if (got !== size) diffs.push(`${path}: ${got} bytes, expected ${size}`);
-    else if (!sameContent(join(src, path), join(copy, path))) diffs.push(`${path}: content differs`);
-  }
-  for (const path of have.keys()) if (!want.has(path)) diffs.push(`extra ${path}`);
-  return diffs;
-}
-
-/**
- * CPU seconds (user + sys) from /proc/<pid>/stat: the process's own (all its threads) and that of
- * its children it has reaped. The bench's own `children` figure grows by exactly the measured
- * client once it has exited (the servers and the daemon are not reaped until the end).
- */
-function cpuOf(pid: number | "self"): { own: number; children: number } {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return {
-      own: (Number(f[11]) + Number(f[12])) / CLK_TCK,
-      children: (Number(f[13]) + Number(f[14])) / CLK_TCK,
-    };
-  } catch {
-    return { own: Number.NaN, children: Number.NaN };
-  }
-}
-
-/** Wait until the machine has been under QUIET_BUSY busy for one second, at most QUIET_WAIT_S. */
-async function waitQuiet(): Promise<{ busy: number; waitedS: number; quiet: boolean }> {
-  const t0 = performance.now();
-  if (NO_WAIT) {
-    const busy = await busyOver(200);
-    return { busy, waitedS: 0, quiet: busy < QUIET_BUSY };
-  }
-  for (;;) {
-    const busy = await busyOver(1000);
-    const waitedS = (performance.now() - t0) / 1000;
-    if (busy < QUIET_BUSY) return { busy, waitedS, quiet: true };
-    if (waitedS > QUIET_WAIT_S) return { busy, waitedS, quiet: false };
-  }
-}
-
-let firstSource = "";
-
-interface Prep {
-  source: string;
-  sourceChanged: boolean;
-  load: string;
-  warmupS: number;
-  busyBefore: number;
-  waitedS: number;
-  quiet: boolean;
-}
-
-async function prepareRun(label: string): Promise<Prep> {
-  syncDisks();
-  const q = await waitQuiet();
-  const warmupS = warmMemory(WARMUP_BYTES);
-  const source = sourceFingerprint();
-  if (firstSource === "") firstSource = source;
-  const sourceChanged = source !== firstSource;
-  if (sourceChanged)
-    console.log(`    [${label}] warning: the sources changed since the first run (now ${source})`);
-  const load = loadLine();
-  console.log(
-    `    [${label}] load average ${load}; machine ${fmt(q.busy * 100, 0)}% busy in the second before ` +
-      `(${NO_WAIT ? "--no-wait" : `waited ${fmt(q.waitedS, 0)} s`}${q.quiet ? "" : NO_WAIT ? `; over ${QUIET_BUSY * 100}%: run is contended` : `, never under ${QUIET_BUSY * 100}%: run is contended`}); ` +
-      `warm-up ${fmt(warmupS, 2)} s`,
-  );
-  return { source, sourceChanged, load, warmupS, busyBefore: q.busy, waitedS: q.waitedS, quiet: q.quiet };
-}
-
-function checkSourceAfter(label: string, prep: Prep): void {
-  const now = sourceFingerprint();
-  if (now !== prep.source) {
-    prep.sourceChanged = true;
-    console.log(`    [${label}] warning: the sources changed during this run (${prep.source} → ${now})`);
-  }
-}
-
-// ---------------------------------------------------------------- processes
-
-interface Child {
-  proc: ChildProcess;
-  pid: number;
-  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  stdout: () => string;
-  stderr: () => string;
-}
-
-/** Spawns `command`; stdout goes to a file descriptor or is collected. */
-function startProcess(command: string, commandArgs: string[], stdout: "pipe" | number): Child {
-  const proc = spawn(command, commandArgs, { cwd: ROOT, stdio: ["ignore", stdout, "pipe"] });
-  if (proc.pid === undefined) throw new Error(`could not start ${command} ${commandArgs.join(" ")}`);
-  live.add(proc);
-  let out = "";
-  let err = "";
-  proc.stdout?.setEncoding("utf8");
-  proc.stdout?.on("data", (chunk: string) => {
-    if (out.length < 1_000_000) out += chunk;
-  });
-  proc.stderr?.setEncoding("utf8");
-  proc.stderr?.on("data", (chunk: string) => {
-    if (err.length < 64_000) err += chunk;
-  });
-  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((done) => {
-    proc.on("close", (code, signal) => {
-      live.delete(proc);
-      done({ code, signal });
-    });
-  });
-  return { proc, pid: proc.pid, exit, stdout: () => out, stderr: () => err };
-}
-
-function startCli(cliArgs: string[], stdout: "pipe" | number): Child {
-  return startProcess(process.execPath, ["--import", "tsx", MAIN, ...cliArgs], stdout);
-}
-
-async function stop(child: Child): Promise<void> {
-  if (child.proc.exitCode !== null || child.proc.signalCode !== null) return;
-  child.proc.kill("SIGTERM");
-  if ((await raceTimeout(child.exit, 15_000, "timeout" as const)) === "timeout") {
-    console.log(`  warning: pid ${child.pid} did not stop within 15 s of SIGTERM; killing it`);
-    child.proc.kill("SIGKILL");
-    await child.exit;
-  }
-}
-
-/** Waits for the exit; kills the process after RUN_TIMEOUT_MS. */
-async function waitExit(child: Child, label: string): Promise<number | null> {
-  const r = await raceTimeout(child.exit, RUN_TIMEOUT_MS, "timeout" as const);
-  if (r === "timeout") {
-    console.log(`    warning: ${label} still running after ${RUN_TIMEOUT_MS / 1000} s; killing it`);
-    child.proc.kill("SIGKILL");
-    await child.exit;
-    return null;
-  }
-  return r.code;
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((r, reject) => {
-    server.once("error", reject);
-    server.listen(0, HOST, () => r());
-  });
-  const address = server.address();
-  const port = address !== null && typeof address !== "string" ? address.port : 0;
-  await new Promise<void>((r) => server.close(() => r()));
-  return port;
-}
-
-function canConnect(port: number): Promise<boolean> {
-  return new Promise((r) => {
-    const socket = connect({ port, host: HOST });
-    socket.once("connect", () => {
-      socket.destroy();
-      r(true);
-    });
-    socket.once("error", () => r(false));
-  });
-}
-
 // ---------------------------------------------------------------- rsync
 
 /** Finds rsync, installing it with apt-get if absent. Returns a note for the output. */
 function ensureRsync(): string {
-  const has = () => spawnSync("sh", ["-c", "command -v rsync"], { encoding: "utf8" }).stdout.trim();
-  let path = has();
+  let path = findTool("rsync");
   if (path) return `rsync found at ${path}`;
   console.log("rsync is missing: running `apt-get install -y rsync`…");
   const env = { ...process.env, DEBIAN_FRONTEND: "noninteractive" };
@@ -457,117 +151,12 @@ function ensureRsync(): string {
     r = spawnSync("apt-get", ["install", "-y", "rsync"], { stdio: "inherit", env });
     note = "rsync was missing: installed it with `apt-get update` then `apt-get install -y rsync`";
   }
-  path = has();
+  path = findTool("rsync");
   if (!path) throw new Error("rsync is not installed and `apt-get install -y rsync` did not install it");
   return `${note} (${path})`;
 }
 
-interface RsyncDaemon {
-  child: Child;
-  port: number;
-  configFile: string;
-  modules: Map<string, string>;
-}
-
-/** `rsync --daemon --no-detach` on 127.0.0.1 with one writable module per round, as this user. */
-async function startRsyncDaemon(work: string, modules: Map<string, string>): Promise<RsyncDaemon> {
-  const configFile = join(work, "rsyncd.conf");
-  const lines = [
-    "# written by keepwatch bench/delta.ts",
-    `pid file = ${join(work, "rsyncd.pid")}`,
-    `log file = ${join(work, "rsyncd.log")}`,
-    "use chroot = no",
-  ];
-  // As root the daemon would switch to nobody: make it run as the current user instead.
-  if (process.getuid?.() === 0) lines.push(`uid = ${process.getuid()}`, `gid = ${process.getgid?.()}`);
-  for (const [name, path] of modules) {
-    mkdirSync(path, { recursive: true });
-    lines.push("", `[${name}]`, `  path = ${path}`, "  read only = false");
-  }
-  writeFileSync(configFile, `${lines.join("\n")}\n`);
-  const port = await freePort();
-  const child = startProcess(
-    "rsync",
-    ["--daemon", "--no-detach", `--config=${configFile}`, "--port", String(port), "--address", HOST],
-    "pipe",
-  );
-  const deadline = performance.now() + 15_000;
-  while (!(await canConnect(port))) {
-    if (child.proc.exitCode !== null || performance.now() > deadline) {
-      await stop(child);
-      throw new Error(`the rsync daemon did not start: ${child.stderr()}`);
-    }
-    await sleep(50);
-  }
-  return { child, port, configFile, modules };
-}
-
-interface RsyncStats {
-  totalSent: number;
-  totalReceived: number;
-  literal: number;
-  matched: number;
-  filesTransferred: number;
-}
-
-function parseRsyncStats(text: string): RsyncStats {
-  const num = (label: string) => {
-    const m = new RegExp(`^${label}:\\s*([\\d,.]+)`, "m").exec(text);
-    return m?.[1] ? Number(m[1].replace(/[,.]/g, "")) : Number.NaN;
-  };
-  return {
-    totalSent: num("Total bytes sent"),
-    totalReceived: num("Total bytes received"),
-    literal: num("Literal data"),
-    matched: num("Matched data"),
-    filesTransferred: num("Number of regular files transferred"),
-  };
-}
-
-// ---------------------------------------------------------------- keepwatch server
-
-interface KwServer {
-  child: Child;
-  port: number;
-  outFile: string;
-}
-
-async function startKwServer(dest: string, outFile: string): Promise<KwServer> {
-  const fd = openSync(outFile, "w");
-  const child = startCli(["server", dest, HOST, "--port", "0", "--json"], fd);
-  closeSync(fd);
-  const deadline = performance.now() + 60_000;
-  for (;;) {
-    if (child.proc.exitCode !== null || child.proc.signalCode !== null || performance.now() > deadline) {
-      await stop(child);
-      throw new Error(
-        `the keepwatch server did not report listening:\n${readFileSync(outFile, "utf8")}${child.stderr()}`,
-      );
-    }
-    const listening = parseLines(readFileSync(outFile, "utf8")).find((e) => e.event === "listening");
-    if (listening && typeof listening.port === "number") return { child, port: listening.port, outFile };
-    await sleep(20);
-  }
-}
-
 // ---------------------------------------------------------------- one run of each tool
-
-interface Wire {
-  up: number;
-  down: number;
-  total: number;
-  connections: number;
-  /** the proxy saw every connection close within 10 s of the exit */
-  drained: boolean;
-}
-
-async function wireSince(proxy: CountingProxy, before: ByteCounts): Promise<Wire> {
-  const drained = await proxy.drained(10_000);
-  const now = proxy.counts();
-  const up = now.up - before.up;
-  const down = now.down - before.down;
-  return { up, down, total: up + down, connections: now.connections - before.connections, drained };
-}
 
 interface KwRun {
   tool: "keepwatch";
@@ -583,7 +172,7 @@ interface KwRun {
   totalSentBytes: number;
   fileDones: { path?: string; op?: string; size?: number; sentBytes?: number }[];
   /** from the push's own JSON event times (ms resolution) */
-  phases: { startupS: number; scanS: number; transferS: number; exitS: number };
+  phases: PushPhases;
   /** CPU seconds (user + sys) of the push, and of the server while the push ran */
   cpu: { clientS: number; serverS: number };
   verified: string[];
@@ -594,45 +183,26 @@ async function kwPush(
   src: string,
   stateDir: string,
   dest: string,
+  server: KwServer,
   proxy: CountingProxy,
-  serverPid: number,
   scenario: ScenarioId | "initial",
   file: string,
   round: number,
   timed: boolean,
 ): Promise<KwRun> {
   const label = `keepwatch ${scenario} r${round}`;
-  const prep = timed ? await prepareRun(label) : undefined;
-  const outFile = join(work, `push-${scenario}-r${round}.jsonl`);
-  const fd = openSync(outFile, "w");
-  const before = proxy.counts();
-  const cpuSelf0 = cpuOf("self").children;
-  const cpuServer0 = cpuOf(serverPid).own;
-  const spawnedAt = Date.now();
-  const t0 = performance.now();
-  const push = startCli(
-    ["push", src, HOST, "--port", String(proxy.port), "--json", "--state-dir", stateDir],
-    fd,
-  );
-  closeSync(fd);
-  const exitCode = await waitExit(push, label);
-  const wallS = (performance.now() - t0) / 1000;
-  const exitedAt = Date.now();
-  const wire = await wireSince(proxy, before);
-  const cpu = { clientS: cpuOf("self").children - cpuSelf0, serverS: cpuOf(serverPid).own - cpuServer0 };
-  if (prep) checkSourceAfter(label, prep);
-  if (exitCode !== 0)
-    console.log(`    warning: ${label}: push exited with ${exitCode}: ${push.stderr().trim()}`);
-  if (!wire.drained)
-    console.log(`    warning: ${label}: a proxied connection was still open 10 s after the exit`);
-
-  const events = parseLines(readFileSync(outFile, "utf8"));
-  const at = (name: string) => {
-    const e = events.find((x) => x.event === name);
-    return e ? Date.parse(e.time) : Number.NaN;
-  };
-  const dones = events.filter((e) => e.event === "file-done");
-  const lastDone = dones.length > 0 ? Date.parse((dones[dones.length - 1] as JsonEvent).time) : Number.NaN;
+  const runPrep = timed ? await prep.prepare(label) : undefined;
+  const r = await runPush({
+    src,
+    stateDir,
+    server,
+    proxy,
+    outFile: join(work, `push-${scenario}-r${round}.jsonl`),
+    label,
+    timeoutMs: RUN_TIMEOUT_MS,
+  });
+  if (runPrep) prep.checkAfter(label, runPrep);
+  const dones = r.events.filter((e) => e.event === "file-done");
   const filePut = dones.find((e) => e.op === "put" && e.path === file);
   if (!filePut) console.log(`    warning: ${label}: no file-done (put) for ${file}`);
   const set = src.split("/").pop() as string;
@@ -642,29 +212,24 @@ async function kwPush(
     tool: "keepwatch",
     scenario,
     round,
-    ...(prep ? { prep } : {}),
-    wallS,
-    exitCode,
-    wire,
+    ...(runPrep ? { prep: runPrep } : {}),
+    wallS: r.wallS,
+    exitCode: r.exitCode,
+    wire: r.wire,
     fileSentBytes: typeof filePut?.sentBytes === "number" ? filePut.sentBytes : Number.NaN,
     totalSentBytes: dones.reduce((n, e) => n + (typeof e.sentBytes === "number" ? e.sentBytes : 0), 0),
     fileDones: dones.map((e) => ({ path: e.path, op: e.op, size: e.size, sentBytes: e.sentBytes })),
-    phases: {
-      startupS: (at("connected") - spawnedAt) / 1000,
-      scanS: (at("scan-done") - at("scan-start")) / 1000,
-      transferS: (lastDone - at("scan-done")) / 1000,
-      exitS: (exitedAt - lastDone) / 1000,
-    },
-    cpu,
+    phases: r.phases,
+    cpu: r.cpu,
     verified,
   };
   console.log(
-    `    [${label}] ${fmt(wallS, 2)} s (exit ${exitCode}); wire ${fmtInt(wire.total)} B ` +
-      `(up ${fmtInt(wire.up)}, down ${fmtInt(wire.down)}, ${wire.connections} connection(s)); ` +
+    `    [${label}] ${fmt(r.wallS, 2)} s (exit ${r.exitCode}); wire ${fmtInt(r.wire.total)} B ` +
+      `(up ${fmtInt(r.wire.up)}, down ${fmtInt(r.wire.down)}, ${r.wire.connections} connection(s)); ` +
       `sentBytes ${file} ${fmtInt(run.fileSentBytes)} (all files ${fmtInt(run.totalSentBytes)}); ` +
       `phases startup ${fmt(run.phases.startupS, 2)} s, scan ${fmt(run.phases.scanS, 2)} s, ` +
       `transfer ${fmt(run.phases.transferS, 2)} s, exit ${fmt(run.phases.exitS, 2)} s; ` +
-      `CPU client ${fmt(cpu.clientS, 2)} s, server ${fmt(cpu.serverS, 2)} s; ` +
+      `CPU client ${fmt(r.cpu.clientS, 2)} s, server ${fmt(r.cpu.serverS, 2)} s; ` +
       `mirror ${verified.length === 0 ? "matches SRC" : "DIFFERS"}`,
   );
   return run;
@@ -689,61 +254,34 @@ async function rsyncRun(
   module: string,
   dest: string,
   proxy: CountingProxy,
-  daemonPid: number,
+  daemon: RsyncDaemon,
   scenario: ScenarioId | "initial",
   round: number,
   timed: boolean,
 ): Promise<RsyncRun> {
   const label = `rsync ${scenario} r${round}`;
-  const prep = timed ? await prepareRun(label) : undefined;
-  const before = proxy.counts();
-  const cpuSelf0 = cpuOf("self").children;
-  const cpuDaemon0 = cpuOf(daemonPid).children;
-  const t0 = performance.now();
-  const child = startProcess(
-    "rsync",
-    ["-a", "--delete", "--stats", `${src}/`, `rsync://${HOST}:${proxy.port}/${module}/`],
-    "pipe",
-  );
-  const exitCode = await waitExit(child, label);
-  const wallS = (performance.now() - t0) / 1000;
-  const wire = await wireSince(proxy, before);
-  const clientS = cpuOf("self").children - cpuSelf0;
-  // The daemon reaps its per-connection process (and that one its own children) shortly after
-  // the connection closes: wait until its children's CPU stops changing.
-  let serverS = cpuOf(daemonPid).children - cpuDaemon0;
-  for (let i = 0; i < 20; i++) {
-    await sleep(50);
-    const now = cpuOf(daemonPid).children - cpuDaemon0;
-    if (now === serverS && now > 0) break;
-    serverS = now;
-  }
-  const cpu = { clientS, serverS };
-  if (prep) checkSourceAfter(label, prep);
-  if (exitCode !== 0)
-    console.log(`    warning: ${label}: rsync exited with ${exitCode}: ${child.stderr().trim()}`);
-  if (!wire.drained)
-    console.log(`    warning: ${label}: a proxied connection was still open 10 s after the exit`);
-  const stats = parseRsyncStats(child.stdout());
+  const runPrep = timed ? await prep.prepare(label) : undefined;
+  const r = await runRsync(src, module, proxy, daemon, label, RUN_TIMEOUT_MS);
+  if (runPrep) prep.checkAfter(label, runPrep);
   const verified = compareTrees(src, dest);
   if (verified.length > 0) console.log(`    warning: ${label}: the copy differs: ${verified.join("; ")}`);
   console.log(
-    `    [${label}] ${fmt(wallS, 2)} s (exit ${exitCode}); wire ${fmtInt(wire.total)} B ` +
-      `(up ${fmtInt(wire.up)}, down ${fmtInt(wire.down)}); --stats sent ${fmtInt(stats.totalSent)} + ` +
-      `received ${fmtInt(stats.totalReceived)}, literal ${fmtInt(stats.literal)}, matched ${fmtInt(stats.matched)}; ` +
-      `CPU client ${fmt(cpu.clientS, 2)} s, daemon ${fmt(cpu.serverS, 2)} s; ` +
+    `    [${label}] ${fmt(r.wallS, 2)} s (exit ${r.exitCode}); wire ${fmtInt(r.wire.total)} B ` +
+      `(up ${fmtInt(r.wire.up)}, down ${fmtInt(r.wire.down)}); --stats sent ${fmtInt(r.stats.totalSent)} + ` +
+      `received ${fmtInt(r.stats.totalReceived)}, literal ${fmtInt(r.stats.literal)}, matched ${fmtInt(r.stats.matched)}; ` +
+      `CPU client ${fmt(r.cpu.clientS, 2)} s, daemon ${fmt(r.cpu.serverS, 2)} s; ` +
       `copy ${verified.length === 0 ? "matches SRC" : "DIFFERS"}`,
   );
   return {
     tool: "rsync",
     scenario,
     round,
-    ...(prep ? { prep } : {}),
-    wallS,
-    exitCode,
-    wire,
-    stats,
-    cpu,
+    ...(runPrep ? { prep: runPrep } : {}),
+    wallS: r.wallS,
+    exitCode: r.exitCode,
+    wire: r.wire,
+    stats: r.stats,
+    cpu: r.cpu,
     verified,
   };
 }
@@ -781,8 +319,8 @@ const METHOD =
   "bench process (both directions, every connection the run opened, counted until all closed); IP/TCP headers not " +
   "included. Wall time: spawn → exit (performance.now()), Node + tsx start-up included for keepwatch, through the " +
   "proxy for both. Before each measured run: `sync`, a wait until the CPUs were under " +
-  `${QUIET_BUSY * 100}% busy for 1 s (at most ${QUIET_WAIT_S} s), a separate process touching and freeing ` +
-  `${humanBytes(WARMUP_BYTES)}, the load average printed. After each run the destination is compared with SRC byte ` +
+  `${prep.quietBusy * 100}% busy for 1 s (at most ${prep.quietWaitS} s), a separate process touching and freeing ` +
+  `${humanBytes(prep.warmupBytes)}, the load average printed. After each run the destination is compared with SRC byte ` +
   "for byte (untimed).";
 
 async function main(): Promise<void> {
@@ -827,7 +365,7 @@ async function main(): Promise<void> {
     const startupS: number[] = [];
     for (let i = 0; i < 3; i++) {
       const t0 = performance.now();
-      spawnSync(process.execPath, ["--import", "tsx", MAIN, "--version"], { cwd: ROOT });
+      spawnSync(process.execPath, ["--import", "tsx", CLI_MAIN, "--version"], { cwd: ROOT });
       startupS.push((performance.now() - t0) / 1000);
     }
     const startup = summarize(startupS);
@@ -857,7 +395,6 @@ async function main(): Promise<void> {
     for (let r = 1; r <= ROUNDS; r++) modules.set(`r${r}`, join(work, `rsync-dest-r${r}`));
     daemon = await startRsyncDaemon(work, modules);
     rsyncProxy = await CountingProxy.start(daemon.port);
-    const rsyncPid = daemon.child.pid;
     console.log(
       `rsync daemon on ${HOST}:${daemon.port} (config ${daemon.configFile}); counting proxy ${HOST}:${rsyncProxy.port}`,
     );
@@ -873,14 +410,16 @@ async function main(): Promise<void> {
       const kwDest = join(work, `kw-dest-r${round}`);
       const stateDir = join(work, `kw-state-r${round}`);
       const rsDest = modules.get(`r${round}`) as string;
-      const server = await startKwServer(kwDest, join(work, `server-r${round}.jsonl`));
+      const server = await startKwServer(
+        kwDest,
+        join(work, `server-r${round}.jsonl`),
+        join(work, `kw-config-r${round}`),
+      );
       const kwProxy = await CountingProxy.start(server.port);
       try {
         console.log("  setup (untimed): initial transfer");
-        kwRuns.push(
-          await kwPush(work, src, stateDir, kwDest, kwProxy, server.child.pid, "initial", BIG, round, false),
-        );
-        rsRuns.push(await rsyncRun(src, `r${round}`, rsDest, rsyncProxy, rsyncPid, "initial", round, false));
+        kwRuns.push(await kwPush(work, src, stateDir, kwDest, server, kwProxy, "initial", BIG, round, false));
+        rsRuns.push(await rsyncRun(src, `r${round}`, rsDest, rsyncProxy, daemon, "initial", round, false));
         for (const scenario of SCENARIOS) {
           const change = applyChange(src, scenario.id, round);
           if (round === 1) changes.push(`${scenario.id}: ${change}`);
@@ -891,17 +430,15 @@ async function main(): Promise<void> {
               src,
               stateDir,
               kwDest,
+              server,
               kwProxy,
-              server.child.pid,
               scenario.id,
               scenario.file,
               round,
               true,
             ),
           );
-          rsRuns.push(
-            await rsyncRun(src, `r${round}`, rsDest, rsyncProxy, rsyncPid, scenario.id, round, true),
-          );
+          rsRuns.push(await rsyncRun(src, `r${round}`, rsDest, rsyncProxy, daemon, scenario.id, round, true));
         }
       } finally {
         await stop(server.child);
@@ -961,7 +498,7 @@ async function main(): Promise<void> {
     const results = {
       date: started.toISOString(),
       git: gitAtStart,
-      sourceFingerprint: firstSource,
+      sourceFingerprint: prep.firstSourceFingerprint,
       quick: QUICK,
       machine: { cpus: cpus().length, model: cpus()[0]?.model, memBytes: totalmem(), node: process.version },
       rsync: { version: rsyncVersion, note: rsyncNote },
@@ -970,7 +507,7 @@ async function main(): Promise<void> {
         noWait: NO_WAIT,
         insertBytes: INSERT_BYTES,
         rounds: ROUNDS,
-        warmupBytes: WARMUP_BYTES,
+        warmupBytes: prep.warmupBytes,
         maxChunk: MAX_CHUNK,
       },
       method: METHOD,
@@ -1092,14 +629,6 @@ async function main(): Promise<void> {
       console.log(`removed ${work} (${fmt((performance.now() - t) / 1000, 1)} s)`);
     }
   }
-}
-
-function printTable(header: string[], rows: string[][]): void {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
-  const line = (cells: string[]) => `| ${cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join(" | ")} |`;
-  console.log(line(header));
-  console.log(line(widths.map((w) => "-".repeat(w))));
-  for (const r of rows) console.log(line(r));
 }
 
 main().catch((error) => {

@@ -1,4 +1,5 @@
-// Helpers shared by the benchmark scripts (delta.ts, measure-foundation.ts): timing, summaries, formatting, machine state, source fingerprints and child processes.
+// Helpers shared by the benchmark scripts (suite.ts, delta.ts, measure-foundation.ts): timing, summaries,
+// formatting, machine state, source fingerprints and the set of child processes still running.
 
 import { type ChildProcess, spawnSync } from "node:child_process";
 import { createCipheriv, createHash } from "node:crypto";
@@ -7,8 +8,12 @@ import { loadavg } from "node:os";
 import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
-const MiB = 2 ** 20;
+/** The repository's root folder. */
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
+/** Every benchmark runs its servers and peers on the IPv4 loopback address. */
+export const HOST = "127.0.0.1";
+export const MiB = 2 ** 20;
+export const GiB = 2 ** 30;
 
 export const CLK_TCK = Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout.trim()) || 100;
 
@@ -42,6 +47,36 @@ export function fmt(value: number, digits: number): string {
 
 export function fmtSummary(s: Summary, digits: number, unit: string): string {
   return `${fmt(s.median, digits)} ${unit} (min–max ${fmt(s.min, digits)}–${fmt(s.max, digits)})`;
+}
+
+/** Nearest-rank percentile (p in 0..100). */
+export function percentile(values: number[], p: number): number {
+  const s = [...values].sort((a, b) => a - b);
+  if (s.length === 0) return Number.NaN;
+  const rank = Math.max(1, Math.ceil((p / 100) * s.length));
+  return s[rank - 1] as number;
+}
+
+/** Whole numbers with thousands separators. */
+export function fmtInt(value: number): string {
+  return Number.isFinite(value) ? Math.round(value).toLocaleString("en") : "n/a";
+}
+
+/** A byte count for people: whole units without decimals, else 1 or 2 of them. */
+export function humanBytes(bytes: number): string {
+  if (bytes >= GiB) return `${fmt(bytes / GiB, bytes % GiB === 0 ? 0 : 2)} GiB`;
+  if (bytes >= MiB) return `${fmt(bytes / MiB, bytes % MiB === 0 ? 0 : 1)} MiB`;
+  if (bytes >= 1024) return `${fmt(bytes / 1024, 1)} KiB`;
+  return `${fmt(bytes, 0)} B`;
+}
+
+/** A Markdown table, columns padded to their widest cell. */
+export function printTable(header: string[], rows: string[][]): void {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
+  const line = (cells: string[]) => `| ${cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join(" | ")} |`;
+  console.log(line(header));
+  console.log(line(widths.map((w) => "-".repeat(w))));
+  for (const r of rows) console.log(line(r));
 }
 
 export function loadLine(): string {

@@ -14,52 +14,41 @@
 // Takes about 8 minutes in full. Its clean-up deletes ~80,000 files; wait a few minutes before
 // running it again (BENCHMARKING.md pitfall 2: file creation is slow right after mass deletion).
 
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import {
-  closeSync,
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  openSync,
-  readdirSync,
-  readFileSync,
-  rmSync,
-  statfsSync,
-  statSync,
-  writeFileSync,
-  writeSync,
-} from "node:fs";
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statfsSync, writeFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
-import { dirname, join, resolve } from "node:path";
-import { createInterface } from "node:readline";
-import { fileURLToPath } from "node:url";
+import { dirname, join } from "node:path";
+import { countTree, writeBigFile, writeSmallTree } from "./data.js";
+import {
+  EventLines,
+  type KwServer,
+  kwConnection,
+  type PushPhases,
+  runPush,
+  startKwServer,
+} from "./keepwatch.js";
 import {
   ByteStream,
-  busyOver,
-  CLK_TCK,
   fmt,
   fmtSummary,
+  GiB,
   gitDescribe,
-  type JsonEvent,
+  humanBytes,
   killAll,
-  live,
-  loadLine,
+  MiB,
   median,
   parseLines,
-  raceTimeout,
+  percentile,
+  ROOT,
   sleep,
   sourceFingerprint,
   summarize,
   syncDisks,
-  warmMemory,
 } from "./lib.js";
+import { CLI_MAIN, Sampler, startCli, stop } from "./processes.js";
+import { type Prep, RunPreparer } from "./run-prep.js";
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
-const MAIN = join(ROOT, "src", "cli", "main.ts");
 const OUT = join(ROOT, "bench", "out", "foundation.json");
-const HOST = "127.0.0.1";
-const MiB = 2 ** 20;
-const GiB = 2 ** 30;
 
 const args = new Set(process.argv.slice(2));
 for (const arg of args) {
@@ -81,268 +70,27 @@ const EDIT_SPACING_MS = 100;
 const ISOLATED_SPACING_MS = 600;
 const EDIT_TIMEOUT_MS = 15_000;
 const SAMPLE_MS = 50;
-const QUIET_BUSY = 0.25;
-const QUIET_WAIT_S = 180;
-const WARMUP_BYTES = 2 * GiB;
-// ---------------------------------------------------------------- small helpers
+const RUN_TIMEOUT_MS = 15 * 60_000;
+const prep = new RunPreparer();
 
-function sorted(values: number[]): number[] {
-  return [...values].sort((a, b) => a - b);
-}
-
-/** Nearest-rank percentile (p in 0..100). */
-function percentile(values: number[], p: number): number {
-  const s = sorted(values);
-  if (s.length === 0) return Number.NaN;
-  const rank = Math.max(1, Math.ceil((p / 100) * s.length));
-  return s[rank - 1] as number;
-}
-
-function humanBytes(bytes: number): string {
-  if (bytes >= GiB) return `${fmt(bytes / GiB, 2)} GiB`;
-  if (bytes >= MiB) return `${fmt(bytes / MiB, 1)} MiB`;
-  return `${fmt(bytes / 1024, 1)} KiB`;
-}
-
-/** mulberry32: a small deterministic PRNG for file sizes. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-/** Streams `size` pseudo-random bytes to `path` in 8 MiB pieces; never holds the file in memory. */
-function writeBigFile(path: string, size: number, seed: string): void {
-  const stream = new ByteStream(seed);
-  const fd = openSync(path, "w");
-  try {
-    let written = 0;
-    while (written < size) {
-      const piece = stream.next(Math.min(8 * MiB, size - written));
-      let off = 0;
-      while (off < piece.length) off += writeSync(fd, piece, off);
-      written += piece.length;
-    }
-  } finally {
-    closeSync(fd);
-  }
-}
-
-/** `count` files of 1–16 KiB, 100 per folder, in two levels: d<k>/e<j>/f<i>.bin. */
-function writeSmallTree(root: string, count: number, seed: string): number {
-  const stream = new ByteStream(seed);
-  const random = prng(0x6b77);
-  let bytes = 0;
-  for (let i = 0; i < count; i++) {
-    const dir = join(root, `d${Math.floor(i / 2000)}`, `e${Math.floor(i / 100) % 20}`);
-    if (i % 100 === 0) mkdirSync(dir, { recursive: true });
-    const size = 1024 + Math.floor(random() * (16 * 1024 - 1024 + 1));
-    writeFileSync(join(dir, `f${i}.bin`), stream.next(size));
-    bytes += size;
-  }
-  return bytes;
-}
-
-/** Number and total size of regular files under `root`. */
-function countTree(root: string): { files: number; bytes: number } {
-  let files = 0;
-  let bytes = 0;
-  const walk = (dir: string) => {
-    for (const entry of readdirSync(dir, { withFileTypes: true })) {
-      const path = join(dir, entry.name);
-      if (entry.isDirectory()) walk(path);
-      else if (entry.isFile()) {
-        files++;
-        bytes += statSync(path).size;
-      }
-    }
-  };
-  walk(root);
-  return { files, bytes };
-}
-
-/**
- * Other work shares these 2 cores (other sessions' test runs). Wait until the machine has been
- * under QUIET_BUSY busy for one second, at most QUIET_WAIT_S; the run is flagged otherwise.
- */
-async function waitQuiet(): Promise<{ busy: number; waitedS: number; quiet: boolean }> {
-  const t0 = performance.now();
-  for (;;) {
-    const busy = await busyOver(1000);
-    const waitedS = (performance.now() - t0) / 1000;
-    if (busy < QUIET_BUSY) return { busy, waitedS, quiet: true };
-    if (waitedS > QUIET_WAIT_S) return { busy, waitedS, quiet: false };
-  }
-}
-
-let firstSource = "";
-
-interface Prep {
-  /** source fingerprint when the run started, and whether it differs from the first run's or changed during it */
-  source: string;
-  sourceChanged: boolean;
-  load: string;
-  warmupS: number;
-  busyBefore: number;
-  waitedS: number;
-  quiet: boolean;
-}
-
-async function prepareRun(label: string): Promise<Prep> {
-  syncDisks();
-  const q = await waitQuiet();
-  const warmupS = warmMemory(WARMUP_BYTES);
-  const source = sourceFingerprint();
-  if (firstSource === "") firstSource = source;
-  const sourceChanged = source !== firstSource;
-  if (sourceChanged)
-    console.log(`  [${label}] warning: the sources changed since the first run (now ${source})`);
-  const load = loadLine();
-  console.log(
-    `  [${label}] load average ${load}; machine ${fmt(q.busy * 100, 0)}% busy in the second before ` +
-      `(waited ${fmt(q.waitedS, 0)} s${q.quiet ? "" : `, never under ${QUIET_BUSY * 100}%: run is contended`}); ` +
-      `warm-up touched ${humanBytes(WARMUP_BYTES)} in ${fmt(warmupS, 2)} s`,
-  );
-  return { source, sourceChanged, load, warmupS, busyBefore: q.busy, waitedS: q.waitedS, quiet: q.quiet };
-}
-
-/** Flags a run during which the sources changed. */
-function checkSourceAfter(label: string, prep: Prep): void {
-  const now = sourceFingerprint();
-  if (now !== prep.source) {
-    prep.sourceChanged = true;
-    console.log(`  [${label}] warning: the sources changed during this run (${prep.source} → ${now})`);
-  }
-}
-
-// ---------------------------------------------------------------- processes
-
-interface Child {
-  proc: ChildProcess;
-  pid: number;
-  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  stderr: () => string;
-}
-
-function startCli(cliArgs: string[], stdout: "pipe" | number): Child {
-  const proc = spawn(process.execPath, ["--import", "tsx", MAIN, ...cliArgs], {
-    cwd: ROOT,
-    stdio: ["ignore", stdout, "pipe"],
-  });
-  if (proc.pid === undefined) throw new Error(`could not start keepwatch ${cliArgs[0]}`);
-  live.add(proc);
-  let err = "";
-  proc.stderr?.setEncoding("utf8");
-  proc.stderr?.on("data", (chunk: string) => {
-    if (err.length < 64_000) err += chunk;
-  });
-  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((done) => {
-    proc.on("exit", (code, signal) => {
-      live.delete(proc);
-      done({ code, signal });
-    });
-  });
-  return { proc, pid: proc.pid, exit, stderr: () => err };
-}
-
-async function stop(child: Child): Promise<void> {
-  if (child.proc.exitCode !== null || child.proc.signalCode !== null) return;
-  child.proc.kill("SIGTERM");
-  if ((await raceTimeout(child.exit, 15_000, "timeout" as const)) === "timeout") {
-    console.log(`  warning: pid ${child.pid} did not stop within 15 s of SIGTERM; killing it`);
-    child.proc.kill("SIGKILL");
-    await child.exit;
-  }
-}
-
-/** Polls /proc/<pid>/status (VmHWM) and /proc/<pid>/stat (utime+stime) every SAMPLE_MS. */
-class Sampler {
-  hwmKiB = 0;
-  userTicks = 0;
-  sysTicks = 0;
-  samples = 0;
-  private readonly timer: NodeJS.Timeout;
-
-  constructor(private readonly pid: number) {
-    this.read();
-    this.timer = setInterval(() => this.read(), SAMPLE_MS);
-  }
-
-  /** Keeps the last values read; a process that has exited (or is a zombie) changes nothing. */
-  read(): void {
-    try {
-      const status = readFileSync(`/proc/${this.pid}/status`, "utf8");
-      const hwm = /^VmHWM:\s+(\d+) kB/m.exec(status);
-      const stat = readFileSync(`/proc/${this.pid}/stat`, "utf8");
-      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      if (hwm?.[1]) {
-        this.hwmKiB = Number(hwm[1]);
-        // fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-        this.userTicks = Number(fields[11]);
-        this.sysTicks = Number(fields[12]);
-        this.samples++;
-      }
-    } catch {
-      // gone
-    }
-  }
-
-  stop(): void {
-    clearInterval(this.timer);
-  }
-
-  get hwmMiB(): number {
-    return this.hwmKiB / 1024;
-  }
-
-  get userS(): number {
-    return this.userTicks / CLK_TCK;
-  }
-
-  get sysS(): number {
-    return this.sysTicks / CLK_TCK;
-  }
-
-  get cpuS(): number {
-    return this.userS + this.sysS;
-  }
-}
+// ---------------------------------------------------------------- the server
 
 interface Server {
-  child: Child;
-  port: number;
-  outFile: string;
+  kw: KwServer;
   sampler: Sampler;
   /** VmHWM right after it reported `listening`: Node + tsx + keepwatch loaded, no work done. */
   idleHwmMiB: number;
 }
 
-/** Starts `keepwatch server DEST --port 0 --json` with stdout to a file, and waits for `listening`. */
-async function startServer(dest: string, outFile: string): Promise<Server> {
-  const fd = openSync(outFile, "w");
-  const child = startCli(["server", dest, HOST, "--port", "0", "--json"], fd);
-  closeSync(fd);
-  const deadline = performance.now() + 60_000;
-  let port = 0;
-  while (port === 0) {
-    if (child.proc.exitCode !== null || child.proc.signalCode !== null || performance.now() > deadline) {
-      await stop(child);
-      throw new Error(
-        `the server did not report listening:\n${readFileSync(outFile, "utf8")}${child.stderr()}\n` +
-          "(if --json prints nothing yet, the JSON printer is still being finished; retry in a few minutes)",
-      );
-    }
-    const listening = parseLines(readFileSync(outFile, "utf8")).find((e) => e.event === "listening");
-    if (listening && typeof listening.port === "number") port = listening.port;
-    else await sleep(20);
-  }
-  const sampler = new Sampler(child.pid);
-  return { child, port, outFile, sampler, idleHwmMiB: sampler.hwmMiB };
+/** A fresh server (its own config folder) with a sampler of its peak RSS and CPU. */
+async function startServer(work: string, name: string): Promise<Server> {
+  const kw = await startKwServer(
+    join(work, `dest-${name}`),
+    join(work, `server-${name}.jsonl`),
+    join(work, `config-${name}`),
+  );
+  const sampler = new Sampler(kw.child.pid, SAMPLE_MS);
+  return { kw, sampler, idleHwmMiB: sampler.hwmMiB };
 }
 
 // ---------------------------------------------------------------- figures 1 and 2: one push
@@ -360,7 +108,7 @@ interface PushRun extends Prep {
   serverSysS: number;
   sampleCount: number;
   /** from the push's own JSON event times (ms resolution) */
-  phases: { startupS: number; scanS: number; transferS: number; exitS: number };
+  phases: PushPhases;
   /** first server file-start to last server file-done */
   serverActiveS: number;
   filesAcked: number;
@@ -371,38 +119,22 @@ interface PushRun extends Prep {
 
 async function timedPush(label: string, work: string, src: string, round: number): Promise<PushRun> {
   const dest = join(work, `dest-${label}-r${round}`);
-  const stateDir = join(work, `state-${label}-r${round}`);
-  const pushOut = join(work, `push-${label}-r${round}.jsonl`);
-  const prep = await prepareRun(`${label} run ${round}`);
-  const server = await startServer(dest, join(work, `server-${label}-r${round}.jsonl`));
+  const runPrep = await prep.prepare(`${label} run ${round}`);
+  const server = await startServer(work, `${label}-r${round}`);
   try {
-    const fd = openSync(pushOut, "w");
-    const spawnedAt = Date.now();
-    const t0 = performance.now();
-    const push = startCli(
-      ["push", src, HOST, "--port", String(server.port), "--json", "--state-dir", stateDir],
-      fd,
-    );
-    closeSync(fd);
-    const sampler = new Sampler(push.pid);
-    const { code } = await push.exit;
-    const wallS = (performance.now() - t0) / 1000;
-    const exitedAt = Date.now();
-    sampler.stop();
+    const r = await runPush({
+      src,
+      stateDir: join(work, `state-${label}-r${round}`),
+      server: server.kw,
+      outFile: join(work, `push-${label}-r${round}.jsonl`),
+      label: `${label} run ${round}`,
+      timeoutMs: RUN_TIMEOUT_MS,
+    });
     server.sampler.read(); // the server's peak and CPU, read before stopping it
     server.sampler.stop();
-    if (code !== 0) {
-      console.log(`  warning: push exited with ${code}: ${push.stderr().trim()}`);
-    }
 
-    const events = parseLines(readFileSync(pushOut, "utf8"));
-    const at = (name: string) => {
-      const e = events.find((x) => x.event === name);
-      return e ? Date.parse(e.time) : Number.NaN;
-    };
-    const dones = events.filter((e) => e.event === "file-done");
-    const lastDone = dones.length > 0 ? Date.parse((dones[dones.length - 1] as JsonEvent).time) : Number.NaN;
-    const serverEvents = parseLines(readFileSync(server.outFile, "utf8"));
+    const dones = r.events.filter((e) => e.event === "file-done");
+    const serverEvents = parseLines(readFileSync(server.kw.outFile, "utf8"));
     const serverStarts = serverEvents.filter((e) => e.event === "file-start").map((e) => Date.parse(e.time));
     const serverDones = serverEvents.filter((e) => e.event === "file-done").map((e) => Date.parse(e.time));
     const serverActiveS =
@@ -417,34 +149,29 @@ async function timedPush(label: string, work: string, src: string, round: number
         `  warning: the mirror holds ${destTree.files} files / ${destTree.bytes} bytes, the source ${srcTree.files} / ${srcTree.bytes}`,
       );
     }
-    checkSourceAfter(`${label} run ${round}`, prep);
+    prep.checkAfter(`${label} run ${round}`, runPrep);
     const run: PushRun = {
       round,
-      ...prep,
-      wallS,
-      exitCode: code,
-      clientHwmMiB: sampler.hwmMiB,
+      ...runPrep,
+      wallS: r.wallS,
+      exitCode: r.exitCode,
+      clientHwmMiB: r.client.hwmMiB,
       serverHwmMiB: server.sampler.hwmMiB,
       serverIdleHwmMiB: server.idleHwmMiB,
-      clientCpuS: sampler.cpuS,
+      clientCpuS: r.client.userS + r.client.sysS,
       serverCpuS: server.sampler.cpuS,
-      clientSysS: sampler.sysS,
+      clientSysS: r.client.sysS,
       serverSysS: server.sampler.sysS,
-      sampleCount: sampler.samples,
-      phases: {
-        startupS: (at("connected") - spawnedAt) / 1000,
-        scanS: (at("scan-done") - at("scan-start")) / 1000,
-        transferS: (lastDone - at("scan-done")) / 1000,
-        exitS: (exitedAt - lastDone) / 1000,
-      },
+      sampleCount: r.client.samples,
+      phases: r.phases,
       serverActiveS,
       filesAcked: dones.filter((e) => e.op === "put").length,
       destFiles: destTree.files,
       destBytes: destTree.bytes,
-      mibPerS: srcTree.bytes / MiB / wallS,
+      mibPerS: srcTree.bytes / MiB / r.wallS,
     };
     console.log(
-      `  [${label} run ${round}] push ${fmt(wallS, 2)} s (exit ${code}), ${fmt(run.mibPerS, 0)} MiB/s; ` +
+      `  [${label} run ${round}] push ${fmt(r.wallS, 2)} s (exit ${r.exitCode}), ${fmt(run.mibPerS, 0)} MiB/s; ` +
         `peak RSS client ${fmt(run.clientHwmMiB, 0)} MiB, server ${fmt(run.serverHwmMiB, 0)} MiB ` +
         `(server idle ${fmt(run.serverIdleHwmMiB, 0)} MiB); CPU (user+sys) client ${fmt(run.clientCpuS, 2)} s (sys ${fmt(run.clientSysS, 2)}), ` +
         `server ${fmt(run.serverCpuS, 2)} s (sys ${fmt(run.serverSysS, 2)}); ` +
@@ -453,7 +180,8 @@ async function timedPush(label: string, work: string, src: string, round: number
     );
     return run;
   } finally {
-    await stop(server.child);
+    server.sampler.stop();
+    await stop(server.kw.child);
   }
 }
 
@@ -484,60 +212,25 @@ interface LatencyRun extends Prep {
 }
 
 async function latencyRun(work: string, src: string, round: number): Promise<LatencyRun> {
-  const dest = join(work, `dest-latency-r${round}`);
-  const stateDir = join(work, `state-latency-r${round}`);
-  const prep = await prepareRun(`latency run ${round}`);
-  const server = await startServer(dest, join(work, `server-latency-r${round}.jsonl`));
+  const runPrep = await prep.prepare(`latency run ${round}`);
+  const server = await startServer(work, `latency-r${round}`);
+  const connection = kwConnection(server.kw, server.kw.port);
   const client = startCli(
     [
       "client",
       src,
-      HOST,
-      "--port",
-      String(server.port),
+      ...connection.args,
       "--json",
       "--state-dir",
-      stateDir,
+      join(work, `state-latency-r${round}`),
       "--quiet-ms",
       String(QUIET_MS),
     ],
-    "pipe",
+    { env: connection.env },
   );
-  const sampler = new Sampler(client.pid);
-  const waiters: { match: (e: JsonEvent) => boolean; resolve: (t: number) => void }[] = [];
-  const lines = createInterface({ input: client.proc.stdout as NodeJS.ReadableStream });
-  lines.on("line", (line) => {
-    const now = performance.now();
-    let event: JsonEvent;
-    try {
-      event = JSON.parse(line) as JsonEvent;
-    } catch {
-      return;
-    }
-    for (let i = waiters.length - 1; i >= 0; i--) {
-      const w = waiters[i] as (typeof waiters)[number];
-      if (w.match(event)) {
-        waiters.splice(i, 1);
-        w.resolve(now);
-      }
-    }
-  });
-  const waitFor = (match: (e: JsonEvent) => boolean, timeoutMs: number): Promise<number | null> =>
-    new Promise((resolveWait) => {
-      const waiter = {
-        match,
-        resolve: (t: number) => {
-          clearTimeout(timer);
-          resolveWait(t);
-        },
-      };
-      const timer = setTimeout(() => {
-        const i = waiters.indexOf(waiter);
-        if (i >= 0) waiters.splice(i, 1);
-        resolveWait(null);
-      }, timeoutMs);
-      waiters.push(waiter);
-    });
+  const sampler = new Sampler(client.pid, SAMPLE_MS);
+  const lines = new EventLines(client);
+  const waitFor = lines.waitFor.bind(lines);
 
   const content = new ByteStream(`latency-${round}`);
   const writes: { path: string; epochMs: number; series: string }[] = [];
@@ -549,10 +242,7 @@ async function latencyRun(work: string, src: string, round: number): Promise<Lat
       const name = `${prefix}-${String(i).padStart(3, "0")}.txt`;
       const data = content.next(512);
       const started = waitFor((e) => e.event === "file-start" && e.path === name, EDIT_TIMEOUT_MS);
-      const acked = waitFor(
-        (e) => e.event === "file-done" && e.op === "put" && e.path === name,
-        EDIT_TIMEOUT_MS,
-      );
+      const acked = lines.waitForPut(name, EDIT_TIMEOUT_MS);
       const epochMs = Date.now();
       const t0 = performance.now();
       writeFileSync(join(src, name), data);
@@ -593,9 +283,9 @@ async function latencyRun(work: string, src: string, round: number): Promise<Lat
     await stop(client);
     sampler.stop();
     server.sampler.stop();
-    await stop(server.child);
+    await stop(server.kw.child);
     const serverDone = new Map<string, number>();
-    for (const e of parseLines(readFileSync(server.outFile, "utf8"))) {
+    for (const e of parseLines(readFileSync(server.kw.outFile, "utf8"))) {
       if (e.event === "file-done" && e.path && !serverDone.has(e.path))
         serverDone.set(e.path, Date.parse(e.time));
     }
@@ -610,8 +300,8 @@ async function latencyRun(work: string, src: string, round: number): Promise<Lat
           return t === undefined ? [] : [t - w.epochMs];
         });
     }
-    checkSourceAfter(`latency run ${round}`, prep);
-    const run: LatencyRun = { round, ...prep, burst, isolated, clientHwmMiB: sampler.hwmMiB };
+    prep.checkAfter(`latency run ${round}`, runPrep);
+    const run: LatencyRun = { round, ...runPrep, burst, isolated, clientHwmMiB: sampler.hwmMiB };
     for (const [label, r] of [
       [`spaced ${EDIT_SPACING_MS} ms`, burst],
       [`spaced ${ISOLATED_SPACING_MS} ms`, isolated],
@@ -628,7 +318,7 @@ async function latencyRun(work: string, src: string, round: number): Promise<Lat
     sampler.stop();
     server.sampler.stop();
     await stop(client);
-    await stop(server.child);
+    await stop(server.kw.child);
   }
 }
 
@@ -722,11 +412,15 @@ async function main(): Promise<void> {
     for (let i = 0; i < 3; i++) {
       const t0 = performance.now();
       const r = timeBin
-        ? spawnSync("/usr/bin/time", ["-f", "%M", process.execPath, "--import", "tsx", MAIN, "--version"], {
-            cwd: ROOT,
-            encoding: "utf8",
-          })
-        : spawnSync(process.execPath, ["--import", "tsx", MAIN, "--version"], {
+        ? spawnSync(
+            "/usr/bin/time",
+            ["-f", "%M", process.execPath, "--import", "tsx", CLI_MAIN, "--version"],
+            {
+              cwd: ROOT,
+              encoding: "utf8",
+            },
+          )
+        : spawnSync(process.execPath, ["--import", "tsx", CLI_MAIN, "--version"], {
             cwd: ROOT,
             encoding: "utf8",
           });
@@ -768,10 +462,8 @@ async function main(): Promise<void> {
     console.log(`method 2 (tree push): ${METHODS.tree}`);
     console.log(`method 3 (latency): ${METHODS.latency}`);
     console.log(
-      "common: before each run `sync` (flushes write-back of earlier runs; drops no cache), a wait (at most " +
-        `${QUIET_WAIT_S} s) until the machine's CPUs were under ${QUIET_BUSY * 100}% busy for one second (other ` +
-        `sessions share this machine), then a separate Node process touches and frees ${humanBytes(WARMUP_BYTES)}; ` +
-        "each run has its own fresh DEST and state folder; nothing is deleted until all runs are done; " +
+      `common: ${prep.describe()} ` +
+        "Each run has its own fresh DEST, state folder and config folder; nothing is deleted until all runs are done; " +
         `runs are interleaved 1 2 3 × ${ROUNDS}.`,
     );
 
@@ -792,7 +484,7 @@ async function main(): Promise<void> {
     const results = {
       date: started.toISOString(),
       git: gitAtStart,
-      sourceFingerprint: firstSource,
+      sourceFingerprint: prep.firstSourceFingerprint,
       quick: QUICK,
       machine: { cpus: cpus().length, model: cpus()[0]?.model, memBytes: totalmem(), node: process.version },
       config: {
@@ -800,7 +492,7 @@ async function main(): Promise<void> {
         rounds: ROUNDS,
         quietMs: QUIET_MS,
         sampleMs: SAMPLE_MS,
-        warmupBytes: WARMUP_BYTES,
+        warmupBytes: prep.warmupBytes,
       },
       methods: METHODS,
       cliStartup: { wallS: startup, maxRssMiB: startupRssKiB / 1024 },

@@ -4,10 +4,10 @@
 // client sends its manifest as edits of the version the server acknowledged last, the
 // server answers with the chunks it lacks, and only those travel.
 
-import { createHash } from "node:crypto";
 import { closeSync, constants, fstatSync, openSync, read, readSync, type Stats } from "node:fs";
 import { join } from "node:path";
 import { Chunker, chunkBuffer, sha256 } from "../chunking/fastcdc.js";
+import { withStreamHasher } from "../chunking/stream-hasher.js";
 import { KeepwatchError, RemoteError } from "../errors.js";
 import type { Frame } from "../protocol/frame.js";
 import {
@@ -91,6 +91,66 @@ function readAt(fd: number, buffer: Buffer, position: number): Promise<number> {
       error ? reject(error) : resolve(bytesRead),
     );
   });
+}
+
+/** Bytes of neighbouring chunks read from disk at once when the server asked for them. */
+const RUN_BYTES = 2 * 1024 * 1024;
+
+/**
+ * The bytes of the chunks `needed` (indices into `chunks`, ascending), read a run of
+ * neighbouring chunks at a time, the next run while the current one is sent. Yields null,
+ * and stops, when the file came up short (it shrank since it was chunked).
+ */
+async function* neededChunks(
+  fd: number,
+  chunks: readonly ChunkRef[],
+  needed: readonly number[],
+): AsyncGenerator<{ index: number; data: Buffer } | null> {
+  const offsets: number[] = [];
+  let at = 0;
+  for (const chunk of chunks) {
+    offsets.push(at);
+    at += chunk.length;
+  }
+  let next = 0;
+  const readRun = () => {
+    if (next >= needed.length) return null;
+    const start = next;
+    const first = needed[next++] as number;
+    let length = (chunks[first] as ChunkRef).length;
+    while (next < needed.length) {
+      const index = needed[next] as number;
+      const more = (chunks[index] as ChunkRef).length;
+      if (index !== (needed[next - 1] as number) + 1 || length + more > RUN_BYTES) break;
+      length += more;
+      next++;
+    }
+    const buffer = Buffer.allocUnsafe(length);
+    return { start, end: next, buffer, read: readAt(fd, buffer, offsets[first] as number) };
+  };
+  let run = readRun();
+  let upcoming: ReturnType<typeof readRun> = null;
+  try {
+    while (run) {
+      upcoming = readRun();
+      if ((await run.read) !== run.buffer.length) {
+        yield null;
+        return;
+      }
+      let offset = 0;
+      for (let k = run.start; k < run.end; k++) {
+        const index = needed[k] as number;
+        const length = (chunks[index] as ChunkRef).length;
+        yield { index, data: run.buffer.subarray(offset, offset + length) };
+        offset += length;
+      }
+      run = upcoming;
+      upcoming = null;
+    }
+  } finally {
+    // The caller closes the file once we are done: no read may still be on its way then.
+    await upcoming?.read.catch(() => {});
+  }
 }
 
 /** Edits that turn `base` into `next`: runs of base chunks (COPY) and chunks it lacks (NEW). */
@@ -204,14 +264,15 @@ export class ChunkedTransfer implements FileTransfer {
   /** A larger file: chunked, then only the chunks the server lacks travel. */
   private async sendLarge(fd: number, entry: DiskEntry, before: Stats): Promise<PutOutcome> {
     // One large file at a time: its chunks, not several files' buffers, fill the link.
+    // The next one is chunked meanwhile (chunk passes run one at a time, see chunkFile).
     const previous = this.streaming;
     let done!: () => void;
     this.streaming = new Promise<void>((resolve) => {
       done = resolve;
     });
     try {
-      await previous;
       const scanned = await this.chunkFile(fd, entry.size);
+      await previous;
       if (!scanned || !sameFile(before, fstatSync(fd))) return { status: "changed" };
       const header = { ...entry, sha256: scanned.sha256 };
       const chunks = encodeChunkList(scanned.chunks);
@@ -225,15 +286,21 @@ export class ChunkedTransfer implements FileTransfer {
           : null;
       let sent: number | null;
       try {
-        sent = await this.sendManifest(fd, header, scanned.chunks, base);
+        try {
+          sent = await this.sendManifest(fd, header, scanned.chunks, base);
+        } catch (error) {
+          const retry =
+            error instanceof RemoteError && ["KW_CONTENT_UNKNOWN", "KW_FILE_TOO_LARGE"].includes(error.code);
+          if (!(base && retry)) throw error;
+          // The server no longer holds the base (pruned), or has no room for the base's chunk
+          // list as well: describe the file from scratch.
+          if (error.code === "KW_CONTENT_UNKNOWN") this.state.forgetContent(base.sha256);
+          sent = await this.sendManifest(fd, header, scanned.chunks, null);
+        }
       } catch (error) {
-        const retry =
-          error instanceof RemoteError && ["KW_CONTENT_UNKNOWN", "KW_FILE_TOO_LARGE"].includes(error.code);
-        if (!(base && retry)) throw error;
-        // The server no longer holds the base (pruned), or has no room for the base's chunk
-        // list as well: describe the file from scratch.
-        if (error.code === "KW_CONTENT_UNKNOWN") this.state.forgetContent(base.sha256);
-        sent = await this.sendManifest(fd, header, scanned.chunks, null);
+        // A chunk read again for sending no longer matched its hash: the server refused it.
+        if (error instanceof RemoteError && error.code === "KW_HASH_MISMATCH") return { status: "changed" };
+        throw error;
       }
       if (sent === null) return { status: "changed" };
       return { status: "stored", entry, sha256: header.sha256, chunks, sentBytes: sent };
@@ -242,24 +309,48 @@ export class ChunkedTransfer implements FileTransfer {
     }
   }
 
-  /** Read the whole file once: its chunks with their hashes, and its SHA-256. */
-  private async chunkFile(fd: number, size: number): Promise<{ chunks: ChunkRef[]; sha256: Buffer } | null> {
-    const chunker = new Chunker();
-    const whole = createHash("sha256");
-    const chunks: ChunkRef[] = [];
-    let offset = 0;
-    while (offset < size) {
-      const piece = Buffer.allocUnsafe(Math.min(READ_SIZE, size - offset));
-      const bytesRead = await readAt(fd, piece, offset);
-      if (bytesRead === 0) return null; // shrank under us
-      const data = piece.subarray(0, bytesRead);
-      whole.update(data);
-      for (const chunk of chunker.push(data)) chunks.push({ id: sha256(chunk.data), length: chunk.length });
-      offset += bytesRead;
-    }
-    const last = chunker.finish();
-    if (last) chunks.push({ id: sha256(last.data), length: last.length });
-    return { chunks, sha256: whole.digest() };
+  /**
+   * Read the whole file once: its chunks with their hashes, and its SHA-256. Files are
+   * chunked one at a time in this process: the hashing thread takes one stream at a time.
+   */
+  private chunkFile(fd: number, size: number): Promise<{ chunks: ChunkRef[]; sha256: Buffer } | null> {
+    return withStreamHasher(async (hasher) => {
+      const chunker = new Chunker();
+      const lengths: number[] = [];
+      const read = async (at: number) => {
+        const piece = Buffer.allocUnsafeSlow(Math.min(READ_SIZE, size - at));
+        return piece.subarray(0, await readAt(fd, piece, at));
+      };
+      // The next piece is read while this one is chunked, and hashed on another thread.
+      let reading: Promise<Buffer> | null = size > 0 ? read(0) : null;
+      let offset = 0;
+      try {
+        while (reading) {
+          const data = await reading;
+          reading = null;
+          if (data.length === 0) return null; // shrank under us
+          offset += data.length;
+          if (offset < size) reading = read(offset);
+          const cutEnds: number[] = [];
+          for (const chunk of chunker.push(data)) {
+            lengths.push(chunk.length);
+            cutEnds.push(chunk.offset + chunk.length);
+          }
+          await hasher.push(data, cutEnds);
+        }
+      } finally {
+        // The caller closes the file once we are done: no read may still be on its way then.
+        await reading?.catch(() => {});
+      }
+      const last = chunker.finish();
+      if (last) lengths.push(last.length);
+      const hashes = await hasher.finish(offset);
+      if (hashes.chunkIds.length !== lengths.length) {
+        throw new Error(`${hashes.chunkIds.length} chunk hashes for ${lengths.length} chunks`);
+      }
+      const chunks = lengths.map((length, i) => ({ id: hashes.chunkIds[i] as Buffer, length }));
+      return { chunks, sha256: hashes.sha256 };
+    });
   }
 
   /**
@@ -307,24 +398,17 @@ export class ChunkedTransfer implements FileTransfer {
     this.reporter.emit({ kind: "file-start", path: header.path, size: header.size });
     // Either the server lists what it needs, or it refuses (the answer settles first).
     await Promise.race([allNeeds, request.answer]);
-    const offsets: number[] = [];
-    let at = 0;
-    for (const chunk of chunks) {
-      offsets.push(at);
-      at += chunk.length;
-    }
     let sent = 0;
     let refused = false;
     request.answer.catch(() => {
       refused = true;
     });
-    for (const index of needed) {
+    // The server checks every chunk against its hash (and refuses the file with
+    // KW_HASH_MISMATCH when the file changed since it was chunked): no need to hash it here.
+    for await (const piece of neededChunks(fd, chunks, needed)) {
       // The server refused the request (it then ignores the chunks on their way), or left.
       if (refused || this.link.isLost) break;
-      const ref = chunks[index] as ChunkRef;
-      const data = Buffer.allocUnsafe(ref.length);
-      const bytesRead = await readAt(fd, data, offsets[index] as number);
-      if (bytesRead !== ref.length || !sha256(data).equals(ref.id)) {
+      if (piece === null) {
         conn.send(
           MessageType.PUT_ABORT,
           request.id,
@@ -333,8 +417,8 @@ export class ChunkedTransfer implements FileTransfer {
         await request.answer.catch(() => {});
         return null;
       }
-      await conn.sendAndWait(MessageType.CHUNK, request.id, encodeHistory.chunk(index, data));
-      sent += ref.length;
+      await conn.sendAndWait(MessageType.CHUNK, request.id, encodeHistory.chunk(piece.index, piece.data));
+      sent += piece.data.length;
       this.reporter.emit({ kind: "file-progress", path: header.path, bytes: sent, size: header.size });
     }
     await request.answer;

@@ -40,7 +40,23 @@ export class Ingest {
   }
 }
 
+/** Most versions one group commit takes (one SQLite transaction, one pack fsync). */
+const GROUP_COMMIT_MAX = 512;
+/** Longest a group commit waits for more versions to join it. */
+const GROUP_WAIT_MS = 2;
+
+interface Waiting {
+  version: NewVersion;
+  since: number | undefined;
+  resolve: (record: VersionRecord) => void;
+  reject: (error: unknown) => void;
+}
+
 export class History {
+  /** Versions waiting for the next group commit, in the order they were asked for. */
+  private waiting: Waiting[] = [];
+  private committing = false;
+
   constructor(
     readonly chunks: ChunkStore,
     readonly meta: MetadataStore,
@@ -82,10 +98,82 @@ export class History {
    * the version itself. Only then may the mirror change and the client hear ACK. `since`
    * is the chunk store's loss mark taken before the version's chunks were put or looked
    * up: a chunk lost after it fails the commit (ChunkStore.flush).
+   *
+   * Versions asked for while a commit is under way wait and are committed together in
+   * the next one (group commit): one fsync of the packs and one of the index serve them
+   * all, in the order they were asked for.
    */
-  async commit(version: NewVersion, since?: number): Promise<VersionRecord> {
-    if (version.kind === "file") await this.chunks.flush(since);
-    return this.meta.commitVersion(version);
+  commit(version: NewVersion, since?: number): Promise<VersionRecord> {
+    return new Promise((resolve, reject) => {
+      this.waiting.push({ version, since, resolve, reject });
+      if (!this.committing) void this.commitWaiting();
+    });
+  }
+
+  private async commitWaiting(): Promise<void> {
+    this.committing = true;
+    try {
+      while (this.waiting.length > 0) {
+        await this.gather();
+        const group = this.waiting.splice(0, GROUP_COMMIT_MAX);
+        await this.commitGroup(group);
+      }
+    } finally {
+      this.committing = false;
+    }
+  }
+
+  /**
+   * Let the versions on their way join the group: wait while more keep arriving, turn by
+   * turn of the event loop, for at most GROUP_WAIT_MS.
+   */
+  private async gather(): Promise<void> {
+    const until = performance.now() + GROUP_WAIT_MS;
+    let seen = -1;
+    while (
+      this.waiting.length !== seen &&
+      this.waiting.length < GROUP_COMMIT_MAX &&
+      performance.now() < until
+    ) {
+      seen = this.waiting.length;
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+  }
+
+  private async commitGroup(group: Waiting[]): Promise<void> {
+    const ready: Waiting[] = [];
+    if (group.some((w) => w.version.kind === "file")) {
+      try {
+        await this.chunks.flush();
+      } catch (error) {
+        for (const w of group) w.reject(error);
+        return;
+      }
+    }
+    for (const w of group) {
+      if (w.version.kind === "file" && w.since !== undefined && this.chunks.lossMark() > w.since) {
+        // Chunks it may rely on were lost: the flush that checks its mark says by what.
+        this.chunks.flush(w.since).then(
+          () => w.reject(new Error("a chunk this version needs was lost")),
+          (error: unknown) => w.reject(error),
+        );
+      } else {
+        ready.push(w);
+      }
+    }
+    if (ready.length === 0) return;
+    let records: (VersionRecord | Error)[];
+    try {
+      records = await this.meta.commitVersions(ready.map((w) => w.version));
+    } catch (error) {
+      for (const w of ready) w.reject(error);
+      return;
+    }
+    ready.forEach((w, i) => {
+      const record = records[i] as VersionRecord | Error;
+      if (record instanceof Error) w.reject(record);
+      else w.resolve(record);
+    });
   }
 
   async close(): Promise<void> {

@@ -14,8 +14,10 @@ import { MessageType } from "../protocol/messages.js";
 import { pathProblem } from "../protocol/paths.js";
 import { ChunkList } from "../store/chunk-list.js";
 import type { ChunkRef } from "../store/metadata-store.js";
+import type { PendingFile } from "../store/mirror.js";
+import { Assembler } from "./assembler.js";
 import { ioError } from "./put.js";
-import { commitFromHistory } from "./put-ref.js";
+import { commitPending, lossOr } from "./put-ref.js";
 import type { RequestContext } from "./session.js";
 
 /**
@@ -48,6 +50,8 @@ export class ManifestRequest {
   private reserved = 0;
   /** The chunk store's loss mark before any chunk was looked up or put (History.commit). */
   private readonly since: number;
+  /** Writes the mirror file as the chunks arrive (after MANIFEST_END). */
+  private assembler: Assembler | null = null;
 
   constructor(
     private readonly id: number,
@@ -133,6 +137,7 @@ export class ManifestRequest {
     const needed = new Uint32Array(count);
     for (let i = 0, n = 0; i < asked.length; i++) if (asked[i] === 1) needed[n++] = i;
     this.needed = needed;
+    this.assembler = new Assembler(this.ctx.mirror, this.ctx.history, this.chunks, this.ctx.budget);
     this.sendNeed(needed);
     // Assembling a large file takes a while: it must not hold up the connection's other frames.
     if (needed.length === 0) this.ctx.track(this.commit());
@@ -162,6 +167,7 @@ export class ManifestRequest {
       return;
     }
     this.ctx.notePossession(ref.id);
+    await this.assembler?.add(index, data);
     this.ctx.reporter.emit({
       kind: "file-progress",
       path: this.begin.path,
@@ -196,6 +202,8 @@ export class ManifestRequest {
     this.reserved = 0;
     this.base = null;
     this.chunks.clear();
+    void this.assembler?.discard();
+    this.assembler = null;
   }
 
   /** PUT_ABORT: the client gave up (the file changed while it re-read it). */
@@ -212,8 +220,17 @@ export class ManifestRequest {
 
   private async commit(): Promise<void> {
     this.ended = true;
+    const assembler = this.assembler;
+    this.assembler = null;
     try {
-      await commitFromHistory(this.ctx, this.begin, this.chunks, this.since);
+      if (!assembler) throw new KeepwatchError("KW_SERVER_IO", "the connection closed");
+      let pending: PendingFile;
+      try {
+        pending = await assembler.finish(this.begin.sha256);
+      } catch (error) {
+        throw await lossOr(this.ctx, this.since, error);
+      }
+      await commitPending(this.ctx, this.begin, this.chunks, this.since, pending);
     } catch (error) {
       this.releaseMemory();
       this.ctx.reject(this.id, ioError(error, this.begin.path));

@@ -55,11 +55,32 @@ export async function commitFromHistory(
   try {
     pending = await ctx.mirror.writePending(ctx.history.read(chunks), m.sha256);
   } catch (error) {
-    // A chunk the store lost after it was counted stored reads as missing: report the
-    // failure that lost it (a full disk, say) rather than the missing chunk.
-    await ctx.history.chunks.flush(since);
-    throw error;
+    throw await lossOr(ctx, since, error);
   }
+  await commitPending(ctx, m, chunks, since, pending);
+}
+
+/**
+ * A chunk the store lost after it was counted stored reads as missing: the failure that
+ * lost it (a full disk, say) when there was one since `since`, else `error` itself.
+ */
+export async function lossOr(ctx: RequestContext, since: number, error: unknown): Promise<unknown> {
+  try {
+    await ctx.history.chunks.flush(since);
+  } catch (loss) {
+    return loss;
+  }
+  return error;
+}
+
+/** Commit the version whose mirror file is `pending` (assembled and checked), then install it. */
+export async function commitPending(
+  ctx: RequestContext,
+  m: FileHeader,
+  chunks: ChunkRefs,
+  since: number,
+  pending: PendingFile,
+): Promise<void> {
   await ctx.changing(m.path, async () => {
     try {
       await ctx.history.commit(

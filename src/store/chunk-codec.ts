@@ -10,6 +10,13 @@ import { ChunkCodec, type ChunkCodecValue } from "./pack-format.js";
 export const DEFAULT_ZSTD_LEVEL = 3;
 /** A compressed chunk is kept only when it is at least this fraction smaller than the chunk. */
 export const MIN_GAIN = 0.03;
+/**
+ * Chunks of at least this size are first tried by a sample: three pieces of SAMPLE_PIECE
+ * bytes (from the start, middle and end). When zstd cannot shrink even the sample, the
+ * chunk is stored raw without compressing the whole (docs/store.md, Compression).
+ */
+export const SAMPLE_FROM = 16 * 1024;
+const SAMPLE_PIECE = 1024;
 
 export interface EncodedChunk {
   codec: ChunkCodecValue;
@@ -28,6 +35,8 @@ export class ChunkDecodeError extends Error {
 export class ChunkCodecContext {
   private readonly cctx = new zstd.CCtx();
   private readonly dctx = new zstd.DCtx();
+  private readonly sample = Buffer.allocUnsafe(3 * SAMPLE_PIECE);
+  private readonly sampleOut = Buffer.allocUnsafe(zstd.compressBound(3 * SAMPLE_PIECE));
 
   constructor(level = DEFAULT_ZSTD_LEVEL) {
     if (!Number.isInteger(level) || level < zstd.minCLevel() || level > zstd.maxCLevel()) {
@@ -51,13 +60,23 @@ export class ChunkCodecContext {
    */
   encode(data: Buffer, target: Buffer, offset: number): EncodedChunk {
     const keepBelow = Math.floor(data.length * (1 - MIN_GAIN));
-    if (keepBelow > 0) {
+    if (keepBelow > 0 && (data.length < SAMPLE_FROM || this.sampleShrinks(data))) {
       const room = target.subarray(offset, offset + zstd.compressBound(data.length));
       const length = this.cctx.compress2(room, data);
       if (length <= keepBelow) return { codec: ChunkCodec.zstd, storedLength: length };
     }
     data.copy(target, offset);
     return { codec: ChunkCodec.raw, storedLength: data.length };
+  }
+
+  /** Whether zstd shrinks a sample of `data` (at least SAMPLE_FROM bytes) by MIN_GAIN. */
+  private sampleShrinks(data: Buffer): boolean {
+    const middle = Math.floor((data.length - SAMPLE_PIECE) / 2);
+    data.copy(this.sample, 0, 0, SAMPLE_PIECE);
+    data.copy(this.sample, SAMPLE_PIECE, middle, middle + SAMPLE_PIECE);
+    data.copy(this.sample, 2 * SAMPLE_PIECE, data.length - SAMPLE_PIECE);
+    const length = this.cctx.compress2(this.sampleOut, this.sample);
+    return length <= this.sample.length * (1 - MIN_GAIN);
   }
 
   /**

@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { describe, test } from "node:test";
-import type { ChunkRef, MetadataStore, NewVersion } from "./metadata-store.js";
+import type { ChunkRef, MetadataStore, NewVersion, VersionRecord } from "./metadata-store.js";
 
 export interface OpenedMetadataStore {
   store: MetadataStore;
@@ -71,6 +71,41 @@ export function runMetadataStoreConformance(name: string, open: () => Promise<Op
           store.commitVersion(file("s", "y", "abc", 1003, ["ab"])),
           "chunks that do not add up to the size are refused",
         );
+      } finally {
+        await cleanup();
+      }
+    });
+
+    test("commitVersions commits a group in order; a refused version leaves the others in", async () => {
+      const { store, cleanup } = await open();
+      try {
+        const answers = await store.commitVersions([
+          file("s", "a.txt", "alpha", 1000),
+          { ...file("s", "b.txt", "never stored", 1001), content: { sha256: sha("never stored") } },
+          file("s", "c.txt", "alpha", 1002),
+          { set: "s", path: "a.txt", kind: "deleted", size: 0, mtimeMs: 0, mode: 0, time: 1003 },
+          { set: "s", path: "d", kind: "dir", size: 0, mtimeMs: 900, mode: 0o755, time: 1004 },
+        ]);
+        assert.equal(answers.length, 5);
+        assert.ok(answers[1] instanceof Error, "new content without chunks is refused");
+        const records = answers.filter((a): a is VersionRecord => !(a instanceof Error));
+        assert.equal(records.length, 4);
+        const ids = records.map((r) => r.id);
+        assert.deepEqual(
+          ids,
+          [...ids].sort((x, y) => x - y),
+          "ids grow in the order given",
+        );
+        assert.deepEqual(
+          (await store.listAt("s")).map((v) => [v.path, v.kind]),
+          [
+            ["c.txt", "file"],
+            ["d", "dir"],
+          ],
+          "a.txt deleted after it was written, b.txt never committed",
+        );
+        assert.equal((await store.history("s", "a.txt")).length, 2);
+        assert.deepEqual(await store.commitVersions([]), []);
       } finally {
         await cleanup();
       }

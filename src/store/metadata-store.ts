@@ -68,6 +68,13 @@ export interface MetadataStore {
    */
   commitVersion(version: NewVersion): Promise<VersionRecord>;
 
+  /**
+   * Record several versions, in order, durably in one commit (the server's group commit).
+   * Each is atomic on its own: one that is refused (as commitVersion would refuse it) is
+   * left out and its place in the answer holds the error; the others are committed.
+   */
+  commitVersions(versions: readonly NewVersion[]): Promise<(VersionRecord | Error)[]>;
+
   /** The newest version of exactly `path` committed at or before `time` (default: latest). */
   versionAt(set: string, path: string, time?: number): Promise<VersionRecord | null>;
 

@@ -175,25 +175,44 @@ export class SqliteMetadataStore implements MetadataStore {
   }
 
   async commitVersion(version: NewVersion): Promise<VersionRecord> {
-    const id = this.db.transaction(() => {
-      const setId = this.ensureSet(version.set);
-      const time = version.time ?? Date.now();
-      let contentId: number | null = null;
-      if (version.kind === "file") contentId = this.ensureContent(version);
-      if (version.kind === "deleted") this.deleteBelow(setId, version.path, time);
-      const result = this.stmt.addVersion.run(
-        setId,
-        version.path,
-        time,
-        version.kind,
-        version.kind === "file" ? version.size : 0,
-        version.kind === "deleted" ? 0 : version.mtimeMs,
-        version.kind === "deleted" ? 0 : version.mode & 0o7777,
-        contentId,
-      );
-      return Number(result.lastInsertRowid);
-    })();
+    const id = this.db.transaction(() => this.addVersion(version))();
     return toRecord(this.stmt.version.get(id) as VersionRow);
+  }
+
+  async commitVersions(versions: readonly NewVersion[]): Promise<(VersionRecord | Error)[]> {
+    // One transaction, so one fsync of the WAL for all; each version in a savepoint of
+    // its own (a nested better-sqlite3 transaction), so a refused one undoes only itself.
+    const one = this.db.transaction((version: NewVersion) => this.addVersion(version));
+    const ids = this.db.transaction(() =>
+      versions.map((version) => {
+        try {
+          return one(version);
+        } catch (error) {
+          return error instanceof Error ? error : new Error(String(error));
+        }
+      }),
+    )();
+    return ids.map((id) => (id instanceof Error ? id : toRecord(this.stmt.version.get(id) as VersionRow)));
+  }
+
+  /** Insert one version (inside a transaction); returns its id. */
+  private addVersion(version: NewVersion): number {
+    const setId = this.ensureSet(version.set);
+    const time = version.time ?? Date.now();
+    let contentId: number | null = null;
+    if (version.kind === "file") contentId = this.ensureContent(version);
+    if (version.kind === "deleted") this.deleteBelow(setId, version.path, time);
+    const result = this.stmt.addVersion.run(
+      setId,
+      version.path,
+      time,
+      version.kind,
+      version.kind === "file" ? version.size : 0,
+      version.kind === "deleted" ? 0 : version.mtimeMs,
+      version.kind === "deleted" ? 0 : version.mode & 0o7777,
+      contentId,
+    );
+    return Number(result.lastInsertRowid);
   }
 
   async versionAt(set: string, path: string, time = Number.MAX_SAFE_INTEGER): Promise<VersionRecord | null> {

@@ -1,0 +1,278 @@
+// The SHA-256 of a whole stream and of each of its chunks, computed on a worker thread
+// while the caller's thread reads and chunks the next piece: chunking and hashing then take
+// a core each instead of sharing one (docs/performance.md). The caller sends each piece
+// after chunking it, with the positions where chunks ended in it; the worker hashes the
+// bytes once into the stream's hash and, cut by cut, into the chunks' hashes.
+
+import { createHash, type Hash } from "node:crypto";
+import { Worker } from "node:worker_threads";
+
+/** Pieces sent to the worker and not yet hashed; sending more waits (bounds memory). */
+const PIECES_IN_FLIGHT = 4;
+
+export interface StreamHashes {
+  /** The SHA-256 of each chunk, in stream order. */
+  chunkIds: Buffer[];
+  /** The SHA-256 of the whole stream. */
+  sha256: Buffer;
+}
+
+/** Hashes one stream at a time; `start` begins the next one. */
+export interface StreamHasher {
+  start(): void;
+  /**
+   * The next piece of the stream, and the stream positions where chunks ended within it
+   * (ascending). The piece must not be used afterwards: it may be handed to another
+   * thread. Resolves when another piece may be sent.
+   */
+  push(piece: Buffer, cutEnds: readonly number[]): Promise<void>;
+  /** The stream ended at `end` (the last chunk's end): its hashes. */
+  finish(end: number): Promise<StreamHashes>;
+  /** Let the thread go (the hasher cannot be used again). */
+  close(): Promise<void>;
+}
+
+/**
+ * The hashing both hashers share: bytes go into the stream's hash and the current chunk's,
+ * whose digest is taken at each cut.
+ */
+class CutHasher {
+  private whole: Hash = createHash("sha256");
+  private chunk: Hash = createHash("sha256");
+  private position = 0;
+  private chunkBytes = 0;
+  private ids: Buffer[] = [];
+
+  update(piece: Uint8Array, cutEnds: readonly number[]): void {
+    this.whole.update(piece);
+    let from = 0;
+    for (const end of cutEnds) {
+      const to = end - this.position;
+      this.chunk.update(piece.subarray(from, to));
+      this.ids.push(this.chunk.digest());
+      this.chunk = createHash("sha256");
+      this.chunkBytes = 0;
+      from = to;
+    }
+    this.chunk.update(piece.subarray(from));
+    this.chunkBytes += piece.length - from;
+    this.position += piece.length;
+  }
+
+  finish(end: number): StreamHashes {
+    if (end !== this.position) throw new Error(`the stream ends at ${end}, not at ${this.position}`);
+    if (this.chunkBytes > 0) this.ids.push(this.chunk.digest());
+    const result = { chunkIds: this.ids, sha256: this.whole.digest() };
+    this.whole = createHash("sha256");
+    this.chunk = createHash("sha256");
+    this.position = 0;
+    this.chunkBytes = 0;
+    this.ids = [];
+    return result;
+  }
+}
+
+/** Hashes on the caller's thread (where no worker thread can be started). */
+export class InlineStreamHasher implements StreamHasher {
+  private hasher = new CutHasher();
+
+  start(): void {
+    this.hasher = new CutHasher();
+  }
+
+  async push(piece: Buffer, cutEnds: readonly number[]): Promise<void> {
+    this.hasher.update(piece, cutEnds);
+  }
+
+  async finish(end: number): Promise<StreamHashes> {
+    return this.hasher.finish(end);
+  }
+
+  async close(): Promise<void> {}
+}
+
+// The worker's code. It is given as source (the worker runs it as CommonJS) because a
+// worker started from a module file would need that file compiled, and under tsx (tests,
+// npm start) worker threads do not get its TypeScript loader.
+const WORKER_SOURCE = `
+const { parentPort } = require("node:worker_threads");
+const { createHash } = require("node:crypto");
+let whole, chunk, position, chunkBytes, ids;
+function reset() {
+  whole = createHash("sha256");
+  chunk = createHash("sha256");
+  position = 0;
+  chunkBytes = 0;
+  ids = [];
+}
+reset();
+parentPort.on("message", (message) => {
+  if (message.kind === "start") {
+    reset();
+  } else if (message.kind === "piece") {
+    const piece = new Uint8Array(message.bytes, message.offset, message.length);
+    whole.update(piece);
+    let from = 0;
+    for (const end of message.cutEnds) {
+      const to = end - position;
+      chunk.update(piece.subarray(from, to));
+      ids.push(chunk.digest());
+      chunk = createHash("sha256");
+      chunkBytes = 0;
+      from = to;
+    }
+    chunk.update(piece.subarray(from));
+    chunkBytes += piece.length - from;
+    position += piece.length;
+    parentPort.postMessage({ kind: "hashed" });
+  } else if (message.kind === "finish") {
+    if (message.end !== position) {
+      parentPort.postMessage({ kind: "failed", message: "the stream ends at " + message.end + ", not at " + position });
+    } else {
+      if (chunkBytes > 0) ids.push(chunk.digest());
+      const packed = Buffer.concat(ids);
+      const sha256 = whole.digest();
+      parentPort.postMessage({ kind: "finished", ids: packed.buffer, idsOffset: packed.byteOffset, count: ids.length, sha256 });
+    }
+    reset();
+  }
+});
+`;
+
+interface Finished {
+  kind: "finished";
+  ids: ArrayBuffer;
+  idsOffset: number;
+  count: number;
+  sha256: Uint8Array;
+}
+
+type FromWorker = { kind: "hashed" } | Finished | { kind: "failed"; message: string };
+
+/** Hashes on a worker thread. */
+export class WorkerStreamHasher implements StreamHasher {
+  private readonly worker: Worker;
+  private inFlight = 0;
+  private roomWaiter: (() => void) | null = null;
+  private finishWaiter: { resolve: (h: StreamHashes) => void; reject: (e: Error) => void } | null = null;
+  private failure: Error | null = null;
+
+  constructor() {
+    this.worker = new Worker(WORKER_SOURCE, { eval: true });
+    this.worker.unref();
+    this.worker.on("message", (message: FromWorker) => this.onMessage(message));
+    this.worker.on("error", (error) => this.fail(error));
+    this.worker.on("exit", () => this.fail(new Error("the hashing thread stopped")));
+  }
+
+  start(): void {
+    // A stream given up half way leaves the worker's hashes begun: they start again.
+    this.worker.postMessage({ kind: "start" });
+  }
+
+  /** Whether the thread failed (the hasher is of no more use). */
+  get failed(): boolean {
+    return this.failure !== null;
+  }
+
+  async push(piece: Buffer, cutEnds: readonly number[]): Promise<void> {
+    if (this.failure) throw this.failure;
+    // Hand the bytes over without copying when the piece owns its whole memory.
+    const owned = piece.byteOffset === 0 && piece.byteLength === piece.buffer.byteLength;
+    const bytes = owned
+      ? piece.buffer
+      : piece.buffer.slice(piece.byteOffset, piece.byteOffset + piece.byteLength);
+    this.inFlight++;
+    this.worker.postMessage(
+      { kind: "piece", bytes, offset: 0, length: piece.byteLength, cutEnds },
+      bytes instanceof ArrayBuffer ? [bytes] : [],
+    );
+    if (this.inFlight >= PIECES_IN_FLIGHT) {
+      await new Promise<void>((resolve) => {
+        this.roomWaiter = resolve;
+      });
+      if (this.failure) throw this.failure;
+    }
+  }
+
+  finish(end: number): Promise<StreamHashes> {
+    if (this.failure) return Promise.reject(this.failure);
+    return new Promise((resolve, reject) => {
+      this.finishWaiter = { resolve, reject };
+      this.worker.postMessage({ kind: "finish", end });
+    });
+  }
+
+  async close(): Promise<void> {
+    this.failure ??= new Error("the hasher was closed");
+    await this.worker.terminate();
+  }
+
+  private onMessage(message: FromWorker): void {
+    if (message.kind === "hashed") {
+      this.inFlight--;
+      if (this.inFlight < PIECES_IN_FLIGHT && this.roomWaiter) {
+        const resolve = this.roomWaiter;
+        this.roomWaiter = null;
+        resolve();
+      }
+      return;
+    }
+    const waiter = this.finishWaiter;
+    this.finishWaiter = null;
+    if (message.kind === "failed") {
+      waiter?.reject(new Error(message.message));
+      return;
+    }
+    const packed = Buffer.from(message.ids, message.idsOffset, message.count * 32);
+    const chunkIds: Buffer[] = [];
+    for (let i = 0; i < message.count; i++) chunkIds.push(packed.subarray(i * 32, i * 32 + 32));
+    waiter?.resolve({ chunkIds, sha256: Buffer.from(message.sha256) });
+  }
+
+  private fail(error: Error): void {
+    this.failure ??= error;
+    const room = this.roomWaiter;
+    this.roomWaiter = null;
+    room?.();
+    const waiter = this.finishWaiter;
+    this.finishWaiter = null;
+    waiter?.reject(this.failure);
+  }
+}
+
+/** A worker-thread hasher, or one on this thread when no worker can be started. */
+export function createStreamHasher(): StreamHasher {
+  try {
+    return new WorkerStreamHasher();
+  } catch {
+    return new InlineStreamHasher();
+  }
+}
+
+let shared: StreamHasher | null = null;
+let sharedTail: Promise<unknown> = Promise.resolve();
+
+/**
+ * Run `work` with this process's hasher (one worker thread for the whole process, streams
+ * one after the other). A hasher whose thread failed is replaced by one on this thread,
+ * and `work` runs again with it.
+ */
+export function withStreamHasher<T>(work: (hasher: StreamHasher) => Promise<T>): Promise<T> {
+  const run = sharedTail.then(async () => {
+    shared ??= createStreamHasher();
+    const hasher = shared;
+    hasher.start();
+    try {
+      return await work(hasher);
+    } catch (error) {
+      if (!(hasher instanceof WorkerStreamHasher) || !hasher.failed) throw error;
+      await hasher.close().catch(() => {});
+      shared = new InlineStreamHasher();
+      shared.start();
+      return work(shared);
+    }
+  });
+  sharedTail = run.catch(() => {});
+  return run;
+}
