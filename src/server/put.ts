@@ -128,22 +128,36 @@ export class PutRequest {
       try {
         // The history first (it is the source of truth), then the mirror (a view of it).
         const chunks = await this.ingest.finish();
-        await this.ctx.changing(path, async () => {
-          await this.ctx.history.commit(
-            {
-              set: this.ctx.set,
-              path,
-              kind: "file",
-              size,
-              mtimeMs,
-              mode,
-              content: { sha256: message.sha256, chunks },
-            },
-            this.ingest.since,
-          );
-          if (held) await this.ctx.mirror.installBytes(held, path, { mtimeMs, mode });
-          else if (pending) await this.ctx.mirror.install(pending, path, { mtimeMs, mode });
-        });
+        // A small file's mirror copy is written and synced while the version is committed.
+        const prepared = held ? settle(this.ctx.mirror.prepareBytes(held, { mtimeMs, mode })) : null;
+        let handedOver = false;
+        try {
+          await this.ctx.changing(path, async () => {
+            await this.ctx.history.commit(
+              {
+                set: this.ctx.set,
+                path,
+                kind: "file",
+                size,
+                mtimeMs,
+                mode,
+                content: { sha256: message.sha256, chunks },
+              },
+              this.ingest.since,
+            );
+            if (prepared) {
+              const file = await prepared;
+              if ("error" in file) throw file.error;
+              handedOver = true;
+              await this.ctx.mirror.installPrepared(file.value, path);
+            } else if (pending) {
+              await this.ctx.mirror.install(pending, path, { mtimeMs, mode });
+            }
+          });
+        } finally {
+          const file = await prepared;
+          if (!handedOver && file && "value" in file) await this.ctx.mirror.discardPrepared(file.value);
+        }
       } catch (error) {
         problem = ioError(error, path);
       }
@@ -201,5 +215,15 @@ export function ioError(error: unknown, path: string): KeepwatchError {
   return new KeepwatchError(
     "KW_SERVER_IO",
     `The server could not store ${JSON.stringify(path)}: ${error instanceof Error ? error.message : String(error)}.`,
+  );
+}
+
+type Settled<T> = { value: T } | { error: unknown };
+
+/** The outcome of `promise` without a rejection to handle (it is looked at later). */
+function settle<T>(promise: Promise<T>): Promise<Settled<T>> {
+  return promise.then(
+    (value) => ({ value }),
+    (error: unknown) => ({ error }),
   );
 }

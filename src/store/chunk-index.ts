@@ -1,10 +1,12 @@
 // The local chunk store's index: one SQLite database (WAL, synchronous=FULL, so a committed
-// transaction is durable when it returns) saying which pack holds each chunk and where.
+// transaction is durable when it returns; a batch of new chunks is durable when
+// commitBatch's promise resolves, see wal-sync.ts) saying which pack holds each chunk and where.
 // The schema is versioned with user_version and upgraded by MIGRATIONS; statements are
 // prepared once and stay private to this module.
 
 import Database from "better-sqlite3";
 import { KeepwatchError } from "../errors.js";
+import { WalSync } from "./wal-sync.js";
 
 /** The schema version this code writes; MIGRATIONS[v] upgrades version v to v + 1. */
 export const INDEX_SCHEMA_VERSION = 1;
@@ -122,12 +124,15 @@ export interface RepackCommit {
 
 export class ChunkIndex {
   private readonly stmt;
+  private readonly wal: WalSync;
 
   private constructor(
     private readonly db: Database.Database,
     /** True when this open created the database (there was no schema before). */
     readonly created: boolean,
+    path: string,
   ) {
+    this.wal = new WalSync(db, path);
     this.stmt = {
       locate: db.prepare<[Buffer], RawChunk & { path: string }>(
         "SELECT c.id, c.pack, c.offset, c.stored_len, c.raw_len, c.codec, p.path FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.id = ?",
@@ -180,7 +185,7 @@ export class ChunkIndex {
       db.pragma("synchronous = FULL");
       db.pragma("foreign_keys = ON");
       const created = migrate(db, path);
-      return new ChunkIndex(db, created);
+      return new ChunkIndex(db, created, path);
     } catch (error) {
       db?.close();
       if (error instanceof KeepwatchError) throw error;
@@ -210,7 +215,7 @@ export class ChunkIndex {
           `The chunk index ${path} has schema version ${version}, not ${INDEX_SCHEMA_VERSION}; use the keepwatch that wrote it.`,
         );
       }
-      return new ChunkIndex(db, false);
+      return new ChunkIndex(db, false, path);
     } catch (error) {
       db.close();
       throw error;
@@ -252,14 +257,18 @@ export class ChunkIndex {
   }
 
   /** Record new chunks and their pack's new size and state, in one transaction. */
-  commitBatch(batch: ChunkBatch): void {
-    this.db.transaction(() => {
-      const p = batch.pack;
-      this.stmt.upsertPack.run(p.id, p.path, p.size, p.chunks, p.rawBytes, p.state);
-      for (const c of batch.chunks) {
-        this.stmt.addChunk.run(c.id, c.pack, c.offset, c.storedLength, c.rawLength, c.codec);
-      }
-    })();
+  commitBatch(batch: ChunkBatch): Promise<void> {
+    // Durable once the log is synced, off the event loop (wal-sync.ts).
+    this.wal.commitLazily(() =>
+      this.db.transaction(() => {
+        const p = batch.pack;
+        this.stmt.upsertPack.run(p.id, p.path, p.size, p.chunks, p.rawBytes, p.state);
+        for (const c of batch.chunks) {
+          this.stmt.addChunk.run(c.id, c.pack, c.offset, c.storedLength, c.rawLength, c.codec);
+        }
+      })(),
+    );
+    return this.wal.sync();
   }
 
   /** Mark a pack sealed at `size`: nothing more will be appended to it. */

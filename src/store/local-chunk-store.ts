@@ -348,10 +348,11 @@ export class LocalChunkStore implements ChunkStore {
         rawBytes: this.committed.rawBytes + this.pendingRawBytes,
         state: seal ? "sealed" : "open",
       };
-      this.index.commitBatch({ pack, chunks });
+      const durable = this.index.commitBatch({ pack, chunks });
       this.committed = { size: pack.size, chunks: pack.chunks, rawBytes: pack.rawBytes };
       this.pending.clear();
       this.pendingRawBytes = 0;
+      await durable;
     } else if (seal && this.committed.size > 0) {
       this.index.sealPack(writer.id, this.committed.size);
     }

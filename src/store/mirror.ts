@@ -79,6 +79,11 @@ export interface PendingFile {
   readonly handle: FileHandle;
 }
 
+/** A small file written and synced in the temporary folder, waiting to be put in place. */
+export interface PreparedFile {
+  readonly tempPath: string;
+}
+
 export class Mirror {
   private readonly syncer = new FolderSyncer();
   private readonly tempPrefix = `put-${process.pid}-${randomBytes(4).toString("hex")}-`;
@@ -161,11 +166,12 @@ export class Mirror {
   }
 
   /**
-   * The same for a small file whose bytes are in memory. The quick syscalls are made
-   * synchronously (a thread-pool round trip costs more than they do); fsync is not.
+   * Write a small file whose bytes are in memory to a durable temporary file with its
+   * attributes, ready to be put in place with `installPrepared` (the server does this while
+   * the version is committed to the history). The quick syscalls are made synchronously
+   * (a thread-pool round trip costs more than they do); fsync is not.
    */
-  async installBytes(data: Buffer[], path: string, attrs: FileAttributes): Promise<void> {
-    assertValidPath(path);
+  async prepareBytes(data: Buffer[], attrs: FileAttributes): Promise<PreparedFile> {
     const tempPath = this.tempName();
     const fd = openSync(tempPath, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
     try {
@@ -182,11 +188,27 @@ export class Mirror {
       } finally {
         closeSync(fd);
       }
-      await this.place(tempPath, path);
     } catch (error) {
       await unlink(tempPath).catch(() => {});
       throw error;
     }
+    return { tempPath };
+  }
+
+  /** Put a prepared file at `path`, replacing whatever was there (as `install` does). */
+  async installPrepared(prepared: PreparedFile, path: string): Promise<void> {
+    try {
+      assertValidPath(path);
+      await this.place(prepared.tempPath, path);
+    } catch (error) {
+      await this.discardPrepared(prepared);
+      throw error;
+    }
+  }
+
+  /** Throw a prepared file away. */
+  async discardPrepared(prepared: PreparedFile): Promise<void> {
+    await unlink(prepared.tempPath).catch(() => {});
   }
 
   /** Rename a durable temporary file to `path` and make the rename durable. */

@@ -1,5 +1,6 @@
-// The local metadata store: one SQLite database (WAL, synchronous=FULL, so a commit is
-// durable when it returns) holding sets, contents with their chunk lists, and versions.
+// The local metadata store: one SQLite database (WAL; a commit is durable when it returns,
+// its log synced off the event loop, see wal-sync.ts) holding sets, contents with their
+// chunk lists, and versions.
 // Identical contents are stored once, so an unchanged, renamed or copied file costs one
 // version row and no chunk rows.
 
@@ -16,6 +17,7 @@ import type {
   VersionKind,
   VersionRecord,
 } from "./metadata-store.js";
+import { WalSync } from "./wal-sync.js";
 
 /** Bump, with a migration in `migrate`, whenever the schema changes. */
 const SCHEMA_VERSION = 1;
@@ -57,9 +59,11 @@ function below(path: string): [string, string] {
 export class SqliteMetadataStore implements MetadataStore {
   private readonly db: Database.Database;
   private readonly stmt;
+  private readonly wal: WalSync;
 
-  private constructor(db: Database.Database) {
+  private constructor(db: Database.Database, file: string) {
     this.db = db;
+    this.wal = new WalSync(db, file);
     this.stmt = {
       setId: db.prepare<[string], { id: number }>("SELECT id FROM sets WHERE name = ?"),
       addSet: db.prepare<[string]>("INSERT INTO sets (name) VALUES (?)"),
@@ -124,7 +128,7 @@ export class SqliteMetadataStore implements MetadataStore {
       db.pragma("synchronous = FULL");
       db.pragma("foreign_keys = ON");
       migrate(db);
-      return new SqliteMetadataStore(db);
+      return new SqliteMetadataStore(db, file);
     } catch (error) {
       if (error instanceof KeepwatchError) throw error;
       throw new KeepwatchError(
@@ -151,7 +155,7 @@ export class SqliteMetadataStore implements MetadataStore {
           `The history index ${file} has schema ${version}, not ${SCHEMA_VERSION}; use the keepwatch that wrote it, or start this one's server on it once to migrate it.`,
         );
       }
-      return new SqliteMetadataStore(db);
+      return new SqliteMetadataStore(db, file);
     } catch (error) {
       db?.close();
       if (error instanceof KeepwatchError) throw error;
@@ -175,23 +179,28 @@ export class SqliteMetadataStore implements MetadataStore {
   }
 
   async commitVersion(version: NewVersion): Promise<VersionRecord> {
-    const id = this.db.transaction(() => this.addVersion(version))();
-    return toRecord(this.stmt.version.get(id) as VersionRow);
+    const [record] = await this.commitVersions([version]);
+    if (record instanceof Error) throw record;
+    return record as VersionRecord;
   }
 
   async commitVersions(versions: readonly NewVersion[]): Promise<(VersionRecord | Error)[]> {
     // One transaction, so one fsync of the WAL for all; each version in a savepoint of
     // its own (a nested better-sqlite3 transaction), so a refused one undoes only itself.
+    // Durable once the log is synced, off the event loop (wal-sync.ts).
     const one = this.db.transaction((version: NewVersion) => this.addVersion(version));
-    const ids = this.db.transaction(() =>
-      versions.map((version) => {
-        try {
-          return one(version);
-        } catch (error) {
-          return error instanceof Error ? error : new Error(String(error));
-        }
-      }),
-    )();
+    const ids = this.wal.commitLazily(() =>
+      this.db.transaction(() =>
+        versions.map((version) => {
+          try {
+            return one(version);
+          } catch (error) {
+            return error instanceof Error ? error : new Error(String(error));
+          }
+        }),
+      )(),
+    );
+    if (versions.length > 0) await this.wal.sync();
     return ids.map((id) => (id instanceof Error ? id : toRecord(this.stmt.version.get(id) as VersionRow)));
   }
 
