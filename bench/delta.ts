@@ -29,8 +29,7 @@
 // Installs rsync with apt-get if it is missing (says so). Results: printed, and written as JSON
 // to bench/out/delta.json (bench/out/delta-quick.json with --quick).
 import { spawnSync } from "node:child_process";
-import { copyFileSync, mkdirSync, mkdtempSync, renameSync, rmSync, statfsSync, writeFileSync } from "node:fs";
-import { cpus, totalmem } from "node:os";
+import { copyFileSync, mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { CountingProxy, type Wire } from "./counting-proxy.js";
 import { compareTrees, flipMiddleByte, insertAtStart, writeBigFile } from "./data.js";
@@ -38,6 +37,8 @@ import { type KwServer, type PushPhases, runPush, startKwServer } from "./keepwa
 import {
   ByteStream,
   CLK_TCK,
+  checkFreeSpace,
+  codeLine,
   fmt,
   fmtInt,
   fmtSummary,
@@ -47,16 +48,25 @@ import {
   humanBytes,
   killAll,
   MiB,
+  machineInfo,
+  machineLine,
   median,
   printTable,
   ROOT,
+  removeRunFolder,
   type Summary,
-  sourceFingerprint,
   summarize,
   syncDisks,
 } from "./lib.js";
-import { findTool, type RsyncDaemon, type RsyncStats, runRsync, startRsyncDaemon } from "./peers.js";
-import { CLI_MAIN, stop } from "./processes.js";
+import {
+  findTool,
+  firstLine,
+  type RsyncDaemon,
+  type RsyncStats,
+  runRsync,
+  startRsyncDaemon,
+} from "./peers.js";
+import { measureCliStartup, onInterrupt, stop } from "./processes.js";
 import { type Prep, RunPreparer } from "./run-prep.js";
 
 const args = new Set(process.argv.slice(2));
@@ -326,49 +336,29 @@ const METHOD =
 async function main(): Promise<void> {
   const started = new Date();
   console.log(`keepwatch vs rsync: deltas${QUICK ? " (--quick: reduced sizes)" : ""}`);
-  console.log(
-    `machine: ${cpus().length} vCPU (${cpus()[0]?.model ?? "?"}), ${humanBytes(totalmem())} RAM, Node ${process.version}`,
-  );
+  console.log(machineLine());
   const rsyncNote = ensureRsync();
-  const rsyncVersion =
-    spawnSync("rsync", ["--version"], { encoding: "utf8" }).stdout.split("\n")[0]?.trim() ?? "rsync ?";
+  const rsyncVersion = firstLine("rsync", ["--version"]) || "rsync ?";
   console.log(`${rsyncNote}; ${rsyncVersion}`);
 
   console.log(spawnSync("df", ["-h", "/tmp"], { encoding: "utf8" }).stdout.trimEnd());
   // Per round: SRC, keepwatch's mirror and its chunk packs, rsync's copy plus its temporary file.
   const perRound = (config.bigBytes + 2 * config.midBytes) * 4 + config.bigBytes;
-  const needBytes = config.bigBytes + config.midBytes + ROUNDS * perRound + 512 * MiB;
-  const fs = statfsSync("/tmp");
-  const freeBytes = fs.bavail * fs.bsize;
-  console.log(`disk: /tmp has ${humanBytes(freeBytes)} free; this run needs about ${humanBytes(needBytes)}`);
-  if (freeBytes < needBytes) throw new Error("not enough free space in /tmp");
+  checkFreeSpace("/tmp", config.bigBytes + config.midBytes + ROUNDS * perRound + 512 * MiB);
 
   const gitAtStart = gitDescribe();
-  console.log(
-    `code: git ${gitAtStart.head}, ${gitAtStart.dirtySrcFiles} uncommitted file(s) in src/ and package files; ` +
-      `source fingerprint ${sourceFingerprint()} (runs started from the working tree)`,
-  );
+  console.log(codeLine(gitAtStart));
 
   const work = mkdtempSync("/tmp/kw-delta-");
   console.log(`data folder: ${work}${KEEP ? " (kept: --keep)" : " (removed at the end)"}`);
-  for (const signal of ["SIGINT", "SIGTERM"] as const) {
-    process.on(signal, () => {
-      killAll();
-      if (!KEEP) rmSync(work, { recursive: true, force: true });
-      process.exit(signal === "SIGINT" ? 130 : 143);
-    });
-  }
+  onInterrupt(() => {
+    if (!KEEP) rmSync(work, { recursive: true, force: true });
+  });
 
   let daemon: RsyncDaemon | undefined;
   let rsyncProxy: CountingProxy | undefined;
   try {
-    const startupS: number[] = [];
-    for (let i = 0; i < 3; i++) {
-      const t0 = performance.now();
-      spawnSync(process.execPath, ["--import", "tsx", CLI_MAIN, "--version"], { cwd: ROOT });
-      startupS.push((performance.now() - t0) / 1000);
-    }
-    const startup = summarize(startupS);
+    const startup = measureCliStartup().wallS;
     console.log(`keepwatch CLI start-up alone (--version, 3 runs): ${fmtSummary(startup, 2, "s")}`);
 
     console.log("\ngenerating data…");
@@ -500,7 +490,7 @@ async function main(): Promise<void> {
       git: gitAtStart,
       sourceFingerprint: prep.firstSourceFingerprint,
       quick: QUICK,
-      machine: { cpus: cpus().length, model: cpus()[0]?.model, memBytes: totalmem(), node: process.version },
+      machine: machineInfo(),
       rsync: { version: rsyncVersion, note: rsyncNote },
       config: {
         ...config,
@@ -623,11 +613,7 @@ async function main(): Promise<void> {
     if (daemon) await stop(daemon.child);
     await rsyncProxy?.close();
     killAll();
-    if (!KEEP) {
-      const t = performance.now();
-      rmSync(work, { recursive: true, force: true });
-      console.log(`removed ${work} (${fmt((performance.now() - t) / 1000, 1)} s)`);
-    }
+    if (!KEEP) removeRunFolder(work);
   }
 }
 

@@ -3,8 +3,8 @@
 
 import { type ChildProcess, spawnSync } from "node:child_process";
 import { createCipheriv, createHash } from "node:crypto";
-import { existsSync, readdirSync, readFileSync } from "node:fs";
-import { loadavg } from "node:os";
+import { existsSync, readdirSync, readFileSync, rmSync, statfsSync } from "node:fs";
+import { cpus, loadavg, totalmem } from "node:os";
 import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -82,6 +82,34 @@ export function printTable(header: string[], rows: string[][]): void {
 export function loadLine(): string {
   const [one, five, fifteen] = loadavg();
   return `${fmt(one ?? Number.NaN, 2)} ${fmt(five ?? Number.NaN, 2)} ${fmt(fifteen ?? Number.NaN, 2)}`;
+}
+
+/** The machine, for a benchmark's JSON. */
+export function machineInfo(): { cpus: number; model: string | undefined; memBytes: number; node: string } {
+  return { cpus: cpus().length, model: cpus()[0]?.model, memBytes: totalmem(), node: process.version };
+}
+
+/** The machine, in one line for a benchmark's output. */
+export function machineLine(): string {
+  const m = machineInfo();
+  return `machine: ${m.cpus} vCPU (${m.model ?? "?"}), ${humanBytes(m.memBytes)} RAM, Node ${m.node}`;
+}
+
+/** Prints the free space of the file system holding `dir`; throws when it is under `needBytes`. */
+export function checkFreeSpace(dir: string, needBytes: number): void {
+  const fs = statfsSync(dir);
+  const freeBytes = fs.bavail * fs.bsize;
+  console.log(
+    `disk: ${dir} has ${humanBytes(freeBytes)} free; this run needs about ${humanBytes(needBytes)}`,
+  );
+  if (freeBytes < needBytes) throw new Error(`not enough free space in ${dir}`);
+}
+
+/** Deletes a run's folder (after all timed runs: BENCHMARKING.md pitfall 2) and says how long it took. */
+export function removeRunFolder(dir: string): void {
+  const t = performance.now();
+  rmSync(dir, { recursive: true, force: true });
+  console.log(`removed ${dir} (${fmt((performance.now() - t) / 1000, 1)} s)`);
 }
 
 /** Deterministic, incompressible bytes: AES-128-CTR over zeros, keyed by a seed string. */
@@ -162,6 +190,14 @@ export function gitDescribe(): { head: string; dirtySrcFiles: number } {
     head: git(["rev-parse", "--short", "HEAD"]).trim(),
     dirtySrcFiles: status.split("\n").filter((l) => l.trim()).length,
   };
+}
+
+/** The code a benchmark runs, in one line: HEAD, uncommitted files, the sources' fingerprint. */
+export function codeLine(git: { head: string; dirtySrcFiles: number }): string {
+  return (
+    `code: git ${git.head}, ${git.dirtySrcFiles} uncommitted file(s) in src/ and package files; ` +
+    `source fingerprint ${sourceFingerprint()} (runs started from the working tree)`
+  );
 }
 
 /** Child processes still running; killAll ends them all. */

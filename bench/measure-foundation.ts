@@ -14,9 +14,7 @@
 // Takes about 8 minutes in full. Its clean-up deletes ~80,000 files; wait a few minutes before
 // running it again (BENCHMARKING.md pitfall 2: file creation is slow right after mass deletion).
 
-import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statfsSync, writeFileSync } from "node:fs";
-import { cpus, totalmem } from "node:os";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { countTree, writeBigFile, writeSmallTree } from "./data.js";
 import {
@@ -29,6 +27,8 @@ import {
 } from "./keepwatch.js";
 import {
   ByteStream,
+  checkFreeSpace,
+  codeLine,
   fmt,
   fmtSummary,
   GiB,
@@ -36,16 +36,18 @@ import {
   humanBytes,
   killAll,
   MiB,
+  machineInfo,
+  machineLine,
   median,
   parseLines,
   percentile,
   ROOT,
+  removeRunFolder,
   sleep,
-  sourceFingerprint,
   summarize,
   syncDisks,
 } from "./lib.js";
-import { CLI_MAIN, Sampler, startCli, stop } from "./processes.js";
+import { measureCliStartup, onInterrupt, Sampler, startCli, stop } from "./processes.js";
 import { type Prep, RunPreparer } from "./run-prep.js";
 
 const OUT = join(ROOT, "bench", "out", "foundation.json");
@@ -378,59 +380,31 @@ const METHODS = {
 async function main(): Promise<void> {
   const started = new Date();
   console.log(`keepwatch foundation measurements${QUICK ? " (--quick: reduced sizes)" : ""}`);
-  console.log(
-    `machine: ${cpus().length} vCPU (${cpus()[0]?.model ?? "?"}), ${humanBytes(totalmem())} RAM, Node ${process.version}`,
-  );
-  const needBytes =
+  console.log(machineLine());
+  checkFreeSpace(
+    "/tmp",
     config.bigBytes * (1 + ROUNDS) +
-    (config.treeBigBytes + config.treeFiles * 9 * 1024) * (1 + ROUNDS) +
-    512 * MiB;
-  const fs = statfsSync("/tmp");
-  const freeBytes = fs.bavail * fs.bsize;
-  console.log(`disk: /tmp has ${humanBytes(freeBytes)} free; this run needs about ${humanBytes(needBytes)}`);
-  if (freeBytes < needBytes) throw new Error("not enough free space in /tmp");
+      (config.treeBigBytes + config.treeFiles * 9 * 1024) * (1 + ROUNDS) +
+      512 * MiB,
+  );
 
   const gitAtStart = gitDescribe();
-  console.log(
-    `code: git ${gitAtStart.head}, ${gitAtStart.dirtySrcFiles} uncommitted file(s) in src/ and package files; ` +
-      `source fingerprint ${sourceFingerprint()} (runs started from the working tree)`,
-  );
+  console.log(codeLine(gitAtStart));
 
   const work = mkdtempSync("/tmp/kw-measure-");
   console.log(`data folder: ${work}${KEEP ? " (kept: --keep)" : " (removed at the end)"}`);
-  process.on("SIGINT", () => {
-    killAll();
+  onInterrupt(() => {
     if (!KEEP) rmSync(work, { recursive: true, force: true });
-    process.exit(130);
   });
 
   try {
     // Start-up cost of the CLI alone, for reading the wall times below.
-    const startupS: number[] = [];
-    let startupRssKiB = Number.NaN;
-    const timeBin = existsSync("/usr/bin/time");
-    for (let i = 0; i < 3; i++) {
-      const t0 = performance.now();
-      const r = timeBin
-        ? spawnSync(
-            "/usr/bin/time",
-            ["-f", "%M", process.execPath, "--import", "tsx", CLI_MAIN, "--version"],
-            {
-              cwd: ROOT,
-              encoding: "utf8",
-            },
-          )
-        : spawnSync(process.execPath, ["--import", "tsx", CLI_MAIN, "--version"], {
-            cwd: ROOT,
-            encoding: "utf8",
-          });
-      startupS.push((performance.now() - t0) / 1000);
-      if (timeBin) startupRssKiB = Number(r.stderr.trim().split("\n").pop());
-    }
-    const startup = summarize(startupS);
+    const cli = measureCliStartup();
+    const startup = cli.wallS;
+    const startupRssKiB = cli.rssMiB * 1024;
     console.log(
       `CLI start-up (\`node --import tsx src/cli/main.ts --version\`, 3 runs): ${fmtSummary(startup, 2, "s")}` +
-        (timeBin ? `, max RSS ${fmt(startupRssKiB / 1024, 0)} MiB (/usr/bin/time)` : ""),
+        (Number.isFinite(cli.rssMiB) ? `, max RSS ${fmt(cli.rssMiB, 0)} MiB (/usr/bin/time)` : ""),
     );
 
     // Generate all data before any timed run.
@@ -486,7 +460,7 @@ async function main(): Promise<void> {
       git: gitAtStart,
       sourceFingerprint: prep.firstSourceFingerprint,
       quick: QUICK,
-      machine: { cpus: cpus().length, model: cpus()[0]?.model, memBytes: totalmem(), node: process.version },
+      machine: machineInfo(),
       config: {
         ...config,
         rounds: ROUNDS,
@@ -621,11 +595,7 @@ async function main(): Promise<void> {
     console.log(`\nJSON: ${OUT}`);
   } finally {
     killAll();
-    if (!KEEP) {
-      const t = performance.now();
-      rmSync(work, { recursive: true, force: true });
-      console.log(`removed ${work} (${fmt((performance.now() - t) / 1000, 1)} s)`);
-    }
+    if (!KEEP) removeRunFolder(work);
   }
 }
 

@@ -1,15 +1,41 @@
-// Child processes of the benchmarks: starting them (keepwatch's CLI from the working tree, or any
-// command), stopping them, waiting with a time limit, and reading what the kernel knows of them
+// Child processes of the benchmarks: starting them (keepwatch's CLI as built from the working
+// tree, or any command), stopping them, waiting with a time limit, and reading what the kernel knows of them
 // (peak resident set, CPU time) from /proc.
 
-import { type ChildProcess, spawn } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { connect, createServer } from "node:net";
 import { join } from "node:path";
-import { CLK_TCK, HOST, live, ROOT, raceTimeout, sleep } from "./lib.js";
+import {
+  CLK_TCK,
+  HOST,
+  killAll,
+  live,
+  ROOT,
+  raceTimeout,
+  type Summary,
+  sleep,
+  sourceFingerprint,
+  summarize,
+} from "./lib.js";
 
-/** keepwatch's CLI, run from the sources through tsx (no build step to forget). */
-export const CLI_MAIN = join(ROOT, "src", "cli", "main.ts");
+/**
+ * keepwatch's CLI as it is installed: the build in dist/ (made by ensureBuilt whenever the
+ * sources changed), not the sources through tsx, whose compiler adds ~0.5 s and ~33 MiB to
+ * every process.
+ */
+export const CLI_MAIN = join(ROOT, "dist", "cli", "main.js");
+
+let builtFor = "";
+
+/** Build dist/ (`npm run build`) unless it was built from the sources as they are now. */
+export function ensureBuilt(): void {
+  const now = sourceFingerprint();
+  if (now === builtFor) return;
+  const build = spawnSync("npm", ["run", "--silent", "build"], { cwd: ROOT, encoding: "utf8" });
+  if (build.status !== 0) throw new Error(`npm run build failed:\n${build.stdout}${build.stderr}`);
+  builtFor = now;
+}
 
 export interface Child {
   proc: ChildProcess;
@@ -53,9 +79,43 @@ export function startProcess(command: string, commandArgs: string[], options: St
   return { proc, pid: proc.pid, exit, stdout: () => out, stderr: () => err };
 }
 
-/** `node --import tsx src/cli/main.ts ARGS`. */
+/** `node dist/cli/main.js ARGS` (built first if needed). */
 export function startCli(cliArgs: string[], options: StartOptions = {}): Child {
-  return startProcess(process.execPath, ["--import", "tsx", CLI_MAIN, ...cliArgs], options);
+  ensureBuilt();
+  return startProcess(process.execPath, [CLI_MAIN, ...cliArgs], options);
+}
+
+/**
+ * The CLI's start-up alone: `--version` timed `runs` times, and its peak RSS once under
+ * /usr/bin/time (NaN without it): what Node and keepwatch's modules cost before any work, a
+ * part of every wall time and peak RSS the benchmarks report.
+ */
+export function measureCliStartup(runs = 3): { wallS: Summary; rssMiB: number } {
+  ensureBuilt();
+  const command = [process.execPath, CLI_MAIN, "--version"];
+  const wallS: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const t0 = performance.now();
+    spawnSync(command[0] as string, command.slice(1), { cwd: ROOT });
+    wallS.push((performance.now() - t0) / 1000);
+  }
+  let rssMiB = Number.NaN;
+  if (existsSync("/usr/bin/time")) {
+    const r = spawnSync("/usr/bin/time", ["-f", "%M", ...command], { cwd: ROOT, encoding: "utf8" });
+    if (r.status === 0) rssMiB = Number(r.stderr.trim().split("\n").pop()) / 1024;
+  }
+  return { wallS: summarize(wallS), rssMiB };
+}
+
+/** On SIGINT or SIGTERM: end every child process, run `cleanup`, exit 130 or 143. */
+export function onInterrupt(cleanup: () => void): void {
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    process.on(signal, () => {
+      killAll();
+      cleanup();
+      process.exit(signal === "SIGINT" ? 130 : 143);
+    });
+  }
 }
 
 export function hasExited(child: Child): boolean {

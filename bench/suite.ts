@@ -27,30 +27,29 @@
 // timed runs are done. The data sets are generated once, deterministically, into .bench-data/
 // (gitignored) and reused by later runs with the same sizes; they are read once before the timed
 // runs, so every tool reads its source from the page cache (caches are never dropped).
-// keepwatch runs from the working tree (`node --import tsx src/cli/main.ts`): Node and tsx
-// start-up (~0.5 s, printed) are part of its wall times.
+// keepwatch runs as installed, from dist/ (`node dist/cli/main.js`, built from the working tree
+// first when the sources changed): Node start-up (printed) is part of its wall times.
 //
 // Run:  npm run bench [-- --quick] [--runs N] [--only SCENARIO[,…]] [--keep] [--no-wait]
 //   --quick    128 MiB big file, 2,000 small files, 40 MiB mixed tree, 20 latency edits, 1 run:
-//              every scenario, as a sanity check of the bench (about 3 minutes; targets are set for
-//              the full sizes)
+//              every scenario, as a sanity check of the bench (about 2.5 minutes on a quiet machine;
+//              the targets are set for the full sizes)
 //   --runs N   timed runs per tool and scenario (default 3; 1 with --quick)
 //   --only …   a subset, e.g. --only big-flip,watch
 //   --keep     leave the run folder (destinations, repositories, logs) in /tmp/kw-bench-*
 //   --no-wait  do not wait for a quiet machine before each timed run (runs are flagged instead)
-// The full run takes about 15 minutes on a quiet machine (plus ~1 minute to generate 1.5 GiB of
-// data the first time) and needs about 30 GiB free in /tmp. Its clean-up deletes ~400,000 files:
-// wait a few minutes before running it again (BENCHMARKING.md pitfall 2).
+// The full run takes about 15 minutes on a quiet machine (plus ~20 s to generate 1.5 GiB of data
+// the first time); longer when others keep the machine busy, since each of its ~60 timed runs waits
+// up to 3 minutes for a quiet second. It needs about 27 GiB free in /tmp. Its clean-up deletes
+// ~350,000 files: wait a few minutes before running it again (BENCHMARKING.md pitfall 2).
 // rsync and restic are not installed by this script: a missing one is reported with the command
 // that installs it (apt-get install rsync restic), its columns read "missing", and keepwatch is
 // measured all the same. Results: printed, and written as JSON to bench/out/bench.json
 // (bench/out/bench-quick.json with --quick).
 
-import { spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync, statfsSync, statSync, writeFileSync } from "node:fs";
-import { cpus, totalmem } from "node:os";
+import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { CountingProxy, type Wire } from "./counting-proxy.js";
+import { CountingProxy, type Wire, wireSince } from "./counting-proxy.js";
 import {
   cachedDataSet,
   compareTrees,
@@ -67,6 +66,8 @@ import {
 import { EventLines, type KwServer, kwConnection, runPush, startKwServer } from "./keepwatch.js";
 import {
   ByteStream,
+  checkFreeSpace,
+  codeLine,
   fmt,
   fmtInt,
   GiB,
@@ -76,12 +77,14 @@ import {
   killAll,
   loadLine,
   MiB,
+  machineInfo,
+  machineLine,
   percentile,
   printTable,
   ROOT,
+  removeRunFolder,
   type Summary,
   sleep,
-  sourceFingerprint,
   summarize,
   syncDisks,
 } from "./lib.js";
@@ -95,7 +98,16 @@ import {
   runRsync,
   startRsyncDaemon,
 } from "./peers.js";
-import { type Child, CLI_MAIN, peakRssMiB, resetPeakRss, startCli, stop } from "./processes.js";
+import {
+  type Child,
+  ensureBuilt,
+  measureCliStartup,
+  onInterrupt,
+  peakRssMiB,
+  resetPeakRss,
+  startCli,
+  stop,
+} from "./processes.js";
 import { type Prep, RunPreparer } from "./run-prep.js";
 
 // ---------------------------------------------------------------- options
@@ -155,11 +167,11 @@ function parseOptions(argv: string[]) {
     } else if (name === "--only") {
       only = new Set();
       for (const item of value().split(",")) {
-        const name = item.trim();
-        if ((GROUPS as string[]).includes(name)) {
-          for (const id of SCENARIO_IDS) if (groupOf(id) === name) only.add(id);
-        } else if ((SCENARIO_IDS as string[]).includes(name)) only.add(name as ScenarioId);
-        else usage(`unknown scenario ${name}`);
+        const wanted = item.trim();
+        if ((GROUPS as string[]).includes(wanted)) {
+          for (const id of SCENARIO_IDS) if (groupOf(id) === wanted) only.add(id);
+        } else if ((SCENARIO_IDS as string[]).includes(wanted)) only.add(wanted as ScenarioId);
+        else usage(`unknown scenario ${wanted}`);
       }
     } else usage(`unknown argument ${arg}`);
   }
@@ -207,22 +219,20 @@ interface Target {
   text: string;
 }
 
-const wallVs = (peer: Peer, max: number): Target => ({
-  metric: "wallS",
+/** keepwatch's median at most `max` times the peer's. */
+const versus = (metric: Metric, peer: Peer, max: number): Target => ({
+  metric,
   peer,
   max,
   text: `≤ ${max}× ${peer}`,
 });
 
 const TARGETS: Partial<Record<ScenarioId, Target[]>> = {
-  "big-initial": [wallVs("rsync", 1.5), wallVs("restic", 0.5)],
-  "small-initial": [wallVs("rsync", 1.0), wallVs("restic", 0.5)],
-  "mixed-initial": [wallVs("rsync", 1.5), wallVs("restic", 0.5)],
-  "big-flip": [wallVs("rsync", 1.0), { metric: "wireBytes", peer: "rsync", max: 0.2, text: "≤ 0.2× rsync" }],
-  "big-insert": [
-    wallVs("rsync", 1.0),
-    { metric: "wireBytes", peer: "rsync", max: 0.2, text: "≤ 0.2× rsync" },
-  ],
+  "big-initial": [versus("wallS", "rsync", 1.5), versus("wallS", "restic", 0.5)],
+  "small-initial": [versus("wallS", "rsync", 1.0), versus("wallS", "restic", 0.5)],
+  "mixed-initial": [versus("wallS", "rsync", 1.5), versus("wallS", "restic", 0.5)],
+  "big-flip": [versus("wallS", "rsync", 1.0), versus("wireBytes", "rsync", 0.2)],
+  "big-insert": [versus("wallS", "rsync", 1.0), versus("wireBytes", "rsync", 0.2)],
   "watch-10": [{ metric: "ackS", max: 0.25, text: "≤ 0.25 s" }],
   "watch-latency": [
     { metric: "p50Ms", max: 50, text: "≤ 50 ms" },
@@ -259,6 +269,19 @@ const records: RunRecord[] = [];
 const setups: { tool: Tool; scenario: ScenarioId; round: number; wallS: number; exitCode: number | null }[] =
   [];
 
+/** Keeps a timed run's record; an untimed setup run is only noted. */
+function keep(run: Omit<RunRecord, "prep">, prep: Prep | undefined): void {
+  if (prep) records.push({ ...run, prep });
+  else
+    setups.push({
+      tool: run.tool,
+      scenario: run.scenario,
+      round: run.round,
+      wallS: run.wallS ?? Number.NaN,
+      exitCode: run.exitCode,
+    });
+}
+
 function failed(r: RunRecord): boolean {
   return r.exitCode !== 0 || r.differences.length > 0 || (r.missedAcks ?? 0) > 0;
 }
@@ -283,17 +306,18 @@ interface Peers {
   restic: { env: NodeJS.ProcessEnv } | null;
 }
 
-/** Runs the CLI once whenever the sources changed, so tsx's compile cache never counts in a timed run. */
-let compiledFor = "";
+/** Builds dist/ whenever the sources changed, so a build never counts in a timed run. */
 function ensureCliCompiled(): void {
-  const now = sourceFingerprint();
-  if (now === compiledFor) return;
-  spawnSync(process.execPath, ["--import", "tsx", CLI_MAIN, "--version"], { cwd: ROOT });
-  compiledFor = now;
+  ensureBuilt();
 }
 
-function logRun(label: string, text: string): void {
-  console.log(`    [${label}] ${text}`);
+function logRun(label: string, timed: boolean, text: string): void {
+  console.log(`    [${label}] ${timed ? "" : "setup (untimed): "}${text}`);
+}
+
+/** "matches SRC", or the first differences. */
+function copyState(differences: string[]): string {
+  return differences.length === 0 ? "matches SRC" : `DIFFERS: ${differences.slice(0, 5).join("; ")}`;
 }
 
 function fmtWire(w: Wire | undefined): string {
@@ -322,29 +346,28 @@ async function keepwatchPush(d: Destinations, scenario: ScenarioId, round: numbe
     .reduce((n, e) => n + (typeof e.sentBytes === "number" ? e.sentBytes : 0), 0);
   logRun(
     label,
-    `${timed ? "" : "setup (untimed): "}${fmt(r.wallS, 2)} s (exit ${r.exitCode}); ${fmtWire(r.wire)}; ` +
-      `sentBytes ${fmtInt(sentBytes)}; peak RSS client ${fmt(r.client.hwmMiB, 0)} MiB, server ${fmt(serverHwmMiB, 0)} MiB` +
+    timed,
+    `${fmt(r.wallS, 2)} s (exit ${r.exitCode}); ${fmtWire(r.wire)}; sentBytes ${fmtInt(sentBytes)}; peak RSS ` +
+      `client ${fmt(r.client.hwmMiB, 0)} MiB, server ${fmt(serverHwmMiB, 0)} MiB` +
       `${hwmReset ? "" : " (since its start: VmHWM could not be reset)"}; CPU client ${fmt(r.cpu.clientS, 2)} s, ` +
-      `server ${fmt(r.cpu.serverS, 2)} s; mirror ${differences.length === 0 ? "matches SRC" : `DIFFERS: ${differences.slice(0, 5).join("; ")}`}`,
+      `server ${fmt(r.cpu.serverS, 2)} s; mirror ${copyState(differences)}`,
   );
-  if (!prep) {
-    setups.push({ tool: "keepwatch", scenario, round, wallS: r.wallS, exitCode: r.exitCode });
-    return;
-  }
-  records.push({
-    tool: "keepwatch",
-    scenario,
-    round,
+  keep(
+    {
+      tool: "keepwatch",
+      scenario,
+      round,
+      exitCode: r.exitCode,
+      differences,
+      wallS: r.wallS,
+      wire: r.wire,
+      wireBytes: r.wire.total,
+      clientHwmMiB: r.client.hwmMiB,
+      serverHwmMiB,
+      detail: { phases: r.phases, cpu: r.cpu, sentBytes, serverHwmReset: hwmReset },
+    },
     prep,
-    exitCode: r.exitCode,
-    differences,
-    wallS: r.wallS,
-    wire: r.wire,
-    wireBytes: r.wire.total,
-    clientHwmMiB: r.client.hwmMiB,
-    serverHwmMiB,
-    detail: { phases: r.phases, cpu: r.cpu, sentBytes, serverHwmReset: hwmReset },
-  });
+  );
 }
 
 async function rsyncPush(d: Destinations, peers: Peers, scenario: ScenarioId, round: number, timed: boolean) {
@@ -363,27 +386,26 @@ async function rsyncPush(d: Destinations, peers: Peers, scenario: ScenarioId, ro
   const differences = compareTrees(d.src, d.rsyncDest);
   logRun(
     label,
-    `${timed ? "" : "setup (untimed): "}${fmt(r.wallS, 2)} s (exit ${r.exitCode}); ${fmtWire(r.wire)}; ` +
-      `--stats sent ${fmtInt(r.stats.totalSent)} + received ${fmtInt(r.stats.totalReceived)}, literal ` +
-      `${fmtInt(r.stats.literal)}, matched ${fmtInt(r.stats.matched)}; CPU client ${fmt(r.cpu.clientS, 2)} s, ` +
-      `daemon ${fmt(r.cpu.serverS, 2)} s; copy ${differences.length === 0 ? "matches SRC" : `DIFFERS: ${differences.slice(0, 5).join("; ")}`}`,
+    timed,
+    `${fmt(r.wallS, 2)} s (exit ${r.exitCode}); ${fmtWire(r.wire)}; --stats sent ${fmtInt(r.stats.totalSent)} + ` +
+      `received ${fmtInt(r.stats.totalReceived)}, literal ${fmtInt(r.stats.literal)}, matched ` +
+      `${fmtInt(r.stats.matched)}; CPU client ${fmt(r.cpu.clientS, 2)} s, daemon ${fmt(r.cpu.serverS, 2)} s; ` +
+      `copy ${copyState(differences)}`,
   );
-  if (!prep) {
-    setups.push({ tool: "rsync", scenario, round, wallS: r.wallS, exitCode: r.exitCode });
-    return;
-  }
-  records.push({
-    tool: "rsync",
-    scenario,
-    round,
+  keep(
+    {
+      tool: "rsync",
+      scenario,
+      round,
+      exitCode: r.exitCode,
+      differences,
+      wallS: r.wallS,
+      wire: r.wire,
+      wireBytes: r.wire.total,
+      detail: { stats: r.stats, cpu: r.cpu },
+    },
     prep,
-    exitCode: r.exitCode,
-    differences,
-    wallS: r.wallS,
-    wire: r.wire,
-    wireBytes: r.wire.total,
-    detail: { stats: r.stats, cpu: r.cpu },
-  });
+  );
 }
 
 async function resticBackup(
@@ -401,27 +423,26 @@ async function resticBackup(
   const s = r.summary;
   logRun(
     label,
-    `${timed ? "" : "setup (untimed): "}${fmt(r.wallS, 2)} s (exit ${r.exitCode}); ` +
+    timed,
+    `${fmt(r.wallS, 2)} s (exit ${r.exitCode}); ` +
       (s
         ? `files new ${s.files_new}, changed ${s.files_changed}, unmodified ${s.files_unmodified}; ` +
           `added ${fmtInt(s.data_added ?? Number.NaN)} B`
         : "no summary") +
       `; CPU ${fmt(r.cpuS, 2)} s`,
   );
-  if (!prep) {
-    setups.push({ tool: "restic", scenario, round, wallS: r.wallS, exitCode: r.exitCode });
-    return;
-  }
-  records.push({
-    tool: "restic",
-    scenario,
-    round,
+  keep(
+    {
+      tool: "restic",
+      scenario,
+      round,
+      exitCode: r.exitCode,
+      differences: s ? [] : ["restic printed no summary"],
+      wallS: r.wallS,
+      detail: { summary: s, cpuS: r.cpuS },
+    },
     prep,
-    exitCode: r.exitCode,
-    differences: s ? [] : ["restic printed no summary"],
-    wallS: r.wallS,
-    detail: { summary: s, cpuS: r.cpuS },
-  });
+  );
 }
 
 /** The three tools, alternately, on the same SRC. */
@@ -437,10 +458,15 @@ function spreadFiles(count: number, offset: number): string[] {
   return Array.from({ length: count }, (_, i) => smallFilePath(i * step + (offset % step)));
 }
 
+/** New random contents for `paths` under `root`, of the sizes they have now (made before any timing). */
+function newContents(root: string, paths: string[], seed: string): Buffer[] {
+  const stream = new ByteStream(seed);
+  return paths.map((p) => stream.next(statSync(join(root, p)).size));
+}
+
 /** Rewrites `paths` under `root` with new random bytes of the same sizes. */
 function rewriteFiles(root: string, paths: string[], seed: string): void {
-  const stream = new ByteStream(seed);
-  const data = paths.map((p) => stream.next(statSync(join(root, p)).size));
+  const data = newContents(root, paths, seed);
   paths.forEach((p, i) => {
     writeFileSync(join(root, p), data[i] as Buffer);
   });
@@ -533,6 +559,7 @@ interface Watch {
   lines: EventLines;
 }
 
+/** What both watching-client scenarios record: the mirror checked for `paths`, the peaks as of now. */
 function watchRecord(w: Watch, scenario: ScenarioId, round: number, prep: Prep, paths: string[]) {
   const differences = paths.filter((p) => {
     try {
@@ -559,8 +586,7 @@ async function watchBurst(w: Watch, round: number): Promise<void> {
   const prep = await preparer.prepare(label);
   const resets = resetPeakRss(w.client.pid) && resetPeakRss(w.server.child.pid);
   const paths = spreadFiles(CHANGED_FILES, 1059);
-  const stream = new ByteStream(`watch-10-${round}`);
-  const data = paths.map((p) => stream.next(statSync(join(w.src, p)).size));
+  const data = newContents(w.src, paths, `watch-10-${round}`);
   const before = w.proxy.counts();
   const acks = paths.map((p) => w.lines.waitForPut(p, ACK_TIMEOUT_MS));
   const tFirst = performance.now();
@@ -569,14 +595,8 @@ async function watchBurst(w: Watch, round: number): Promise<void> {
   });
   const tLast = performance.now();
   const times = await Promise.all(acks);
-  const now = w.proxy.counts();
-  const wire: Wire = {
-    up: now.up - before.up,
-    down: now.down - before.down,
-    total: now.up - before.up + (now.down - before.down),
-    connections: now.connections - before.connections,
-    drained: false,
-  };
+  // The connection stays open: its bytes so far, without waiting for it to close.
+  const wire = await wireSince(w.proxy, before, 0);
   const acked = times.filter((t): t is number => t !== null);
   const missed = times.length - acked.length;
   const ackS = missed === 0 ? (Math.max(...acked) - tLast) / 1000 : Number.NaN;
@@ -596,10 +616,11 @@ async function watchBurst(w: Watch, round: number): Promise<void> {
   records.push(record);
   logRun(
     label,
+    true,
     `${acked.length}/${paths.length} acknowledged, the last ${fmt(ackS * 1000, 0)} ms after the last write ` +
       `(the ${paths.length} writes took ${fmt((tLast - tFirst) * 1000, 0)} µs); ${fmtWire(wire)}; peak RSS client ` +
       `${fmt(record.clientHwmMiB ?? Number.NaN, 0)} MiB, server ${fmt(record.serverHwmMiB ?? Number.NaN, 0)} MiB; ` +
-      `mirror ${record.differences.length === 0 ? "matches" : "DIFFERS"}`,
+      `mirror ${copyState(record.differences)}`,
   );
 }
 
@@ -609,14 +630,13 @@ async function watchLatency(w: Watch, round: number): Promise<void> {
   const prep = await preparer.prepare(label);
   const resets = resetPeakRss(w.client.pid) && resetPeakRss(w.server.child.pid);
   const paths = spreadFiles(SIZES.latencyEdits, 113);
-  const stream = new ByteStream(`watch-latency-${round}`);
+  const data = newContents(w.src, paths, `watch-latency-${round}`);
   const latencies: number[] = [];
   let missed = 0;
-  for (const path of paths) {
-    const data = stream.next(statSync(join(w.src, path)).size);
+  for (const [i, path] of paths.entries()) {
     const acked = w.lines.waitForPut(path, ACK_TIMEOUT_MS);
     const t0 = performance.now();
-    writeFileSync(join(w.src, path), data);
+    writeFileSync(join(w.src, path), data[i] as Buffer);
     const t1 = await acked;
     if (t1 === null) {
       missed++;
@@ -636,10 +656,11 @@ async function watchLatency(w: Watch, round: number): Promise<void> {
   records.push(record);
   logRun(
     label,
+    true,
     `${latencies.length}/${paths.length} acknowledged: p50 ${fmt(record.p50Ms ?? Number.NaN, 1)} ms, ` +
       `p99 ${fmt(record.p99Ms ?? Number.NaN, 1)} ms, min ${fmt(Math.min(...latencies), 1)} ms, max ` +
       `${fmt(Math.max(...latencies), 1)} ms; peak RSS client ${fmt(record.clientHwmMiB ?? Number.NaN, 0)} MiB, ` +
-      `server ${fmt(record.serverHwmMiB ?? Number.NaN, 0)} MiB; mirror ${record.differences.length === 0 ? "matches" : "DIFFERS"}`,
+      `server ${fmt(record.serverHwmMiB ?? Number.NaN, 0)} MiB; mirror ${copyState(record.differences)}`,
   );
 }
 
@@ -913,14 +934,9 @@ async function main(): Promise<void> {
   console.log(
     `keepwatch vs rsync vs restic${OPTIONS.quick ? " (--quick: reduced sizes; the targets are set for the full sizes)" : ""}`,
   );
-  console.log(
-    `machine: ${cpus().length} vCPU (${cpus()[0]?.model ?? "?"}), ${humanBytes(totalmem())} RAM, Node ${process.version}`,
-  );
+  console.log(machineLine());
   const git = gitDescribe();
-  console.log(
-    `keepwatch: git ${git.head}, ${git.dirtySrcFiles} uncommitted file(s) in src/ and package files; source ` +
-      `fingerprint ${sourceFingerprint()}; run as node --import tsx src/cli/main.ts`,
-  );
+  console.log(`keepwatch: run as node dist/cli/main.js (built from the working tree); ${codeLine(git)}`);
   const versions: Record<Tool, string> = {
     keepwatch: `git ${git.head}`,
     rsync: "missing",
@@ -945,45 +961,22 @@ async function main(): Promise<void> {
     `scenarios: ${SCENARIO_IDS.filter(selected).join(", ")}; ${OPTIONS.runs} timed run(s) per tool and scenario`,
   );
 
-  const fs = statfsSync("/tmp");
-  const free = fs.bavail * fs.bsize;
-  console.log(`disk: /tmp has ${humanBytes(free)} free; this run needs about ${humanBytes(neededBytes())}`);
-  if (free < neededBytes()) throw new Error("not enough free space in /tmp");
+  checkFreeSpace("/tmp", neededBytes());
 
   console.log(`\ndata sets (in ${DATA_ROOT}, kept for later runs):`);
   const data = dataSets();
 
   const work = mkdtempSync("/tmp/kw-bench-");
   console.log(`run folder: ${work}${OPTIONS.keep ? " (kept: --keep)" : " (removed after all timed runs)"}`);
-  for (const signal of ["SIGINT", "SIGTERM"] as const) {
-    process.on(signal, () => {
-      killAll();
-      if (!OPTIONS.keep) rmSync(work, { recursive: true, force: true });
-      process.exit(signal === "SIGINT" ? 130 : 143);
-    });
-  }
+  onInterrupt(() => {
+    if (!OPTIONS.keep) rmSync(work, { recursive: true, force: true });
+  });
 
   const peers: Peers = { rsync: null, restic: null };
   try {
-    const startup: number[] = [];
-    for (let i = 0; i < 3; i++) {
-      const t0 = performance.now();
-      spawnSync(process.execPath, ["--import", "tsx", CLI_MAIN, "--version"], { cwd: ROOT });
-      startup.push((performance.now() - t0) / 1000);
-    }
-    compiledFor = sourceFingerprint();
-    const cliStartup = summarize(startup);
-    // What Node + tsx + keepwatch's modules cost before any work (part of every peak RSS below).
-    const timed = spawnSync(
-      "/usr/bin/time",
-      ["-f", "%M", process.execPath, "--import", "tsx", CLI_MAIN, "--version"],
-      {
-        cwd: ROOT,
-        encoding: "utf8",
-      },
-    );
-    const startupRssMiB =
-      timed.status === 0 ? Number(timed.stderr.trim().split("\n").pop()) / 1024 : Number.NaN;
+    const cli = measureCliStartup();
+    const cliStartup = cli.wallS;
+    const startupRssMiB = cli.rssMiB;
     console.log(
       `keepwatch CLI start-up alone (--version, 3 runs): ${fmt(cliStartup.median, 2)} s (${fmt(cliStartup.min, 2)}–` +
         `${fmt(cliStartup.max, 2)})${Number.isFinite(startupRssMiB) ? `, max RSS ${fmt(startupRssMiB, 0)} MiB (/usr/bin/time)` : ""}`,
@@ -1029,8 +1022,8 @@ async function main(): Promise<void> {
     const contended = records.filter((r) => !r.prep.quiet).length;
     const changed = records.filter((r) => r.prep.sourceChanged).length;
     console.log(
-      `notes: keepwatch's wall times include Node + tsx start-up (${fmt(cliStartup.median, 2)} s alone), its peak ` +
-        `RSS what Node + tsx + its modules take before any work (${fmt(startupRssMiB, 0)} MiB for --version). ` +
+      `notes: keepwatch's wall times include Node start-up (${fmt(cliStartup.median, 2)} s alone), its peak ` +
+        `RSS what Node and its modules take before any work (${fmt(startupRssMiB, 0)} MiB for --version). ` +
         "Wall time is spawn → exit; for keepwatch, exit comes once the server acknowledged everything. Bytes: TCP " +
         "payload both ways through the proxy (IP/TCP headers excluded). Peak RSS: VmHWM, of the push while it ran " +
         "(sampled every 50 ms) and of the server (and watching client) over the scenario (reset with clear_refs " +
@@ -1052,7 +1045,7 @@ async function main(): Promise<void> {
       sourceFingerprint: preparer.firstSourceFingerprint,
       options: { ...OPTIONS, only: [...OPTIONS.only] },
       sizes: SIZES,
-      machine: { cpus: cpus().length, model: cpus()[0]?.model, memBytes: totalmem(), node: process.version },
+      machine: machineInfo(),
       versions,
       missing: [...missing],
       installHint: missing.size > 0 ? installHint : undefined,
@@ -1090,11 +1083,7 @@ async function main(): Promise<void> {
       await peers.rsync.proxy.close();
     }
     killAll();
-    if (!OPTIONS.keep) {
-      const t = performance.now();
-      rmSync(work, { recursive: true, force: true });
-      console.log(`removed ${work} (${fmt((performance.now() - t) / 1000, 1)} s)`);
-    }
+    if (!OPTIONS.keep) removeRunFolder(work);
   }
 }
 
