@@ -4,7 +4,7 @@
 
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { copyFile, mkdir, open, readdir, readFile, rename, stat, writeFile } from "node:fs/promises";
+import { copyFile, mkdir, open, readdir, readFile, rename, stat, unlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { test } from "node:test";
 import { compareTrees, type RunResult, Sandbox } from "./helpers.js";
@@ -108,4 +108,49 @@ test("only changed chunks travel; renames, copies and other sets' content cost n
   }
   const stored = server.events.filter((e) => e.event === "file-done" && e.op === "put").length;
   assert.ok(stored >= 9, `the server recorded every version (${stored} puts)`);
+});
+
+test("an edit is assembled from the mirror's old file when it holds the base, else from the history", {
+  timeout: 120_000,
+}, async (t) => {
+  const box = await Sandbox.create(t);
+  const src = box.path("work");
+  const dest = box.path("dest");
+  const mirrored = join(dest, "work", "big.bin");
+  await mkdir(src);
+  await writeFile(join(src, "big.bin"), randomBytes(8 * 1024 * 1024));
+  const server = await box.startServer(dest);
+  const flipAndPush = async (offset: number, what: string) => {
+    const handle = await open(join(src, "big.bin"), "r+");
+    const byte = Buffer.alloc(1);
+    await handle.read(byte, 0, 1, offset);
+    byte[0] = (byte[0] as number) ^ 0xff;
+    await handle.write(byte, 0, 1, offset);
+    await handle.close();
+    const run = await box.push(src, server.port);
+    assert.equal(run.code, 0, `${what}: push exits 0\n${run.stderr}\n${box.report()}`);
+    assert.ok(sentFor(run, "big.bin") <= 2 * MAX_CHUNK, `${what}: only the changed chunks travel`);
+    assert.deepEqual(
+      await compareTrees(src, join(dest, "work")),
+      [],
+      `${what}: the mirror equals the source`,
+    );
+  };
+  assert.equal((await box.push(src, server.port)).code, 0);
+
+  await flipAndPush(7 * 1024 * 1024, "the mirror holds the base");
+  // Someone changed the mirror's copy (same size): the whole no longer matches, so the
+  // server assembles the next version from the history alone.
+  const tampered = await open(mirrored, "r+");
+  await tampered.write(Buffer.alloc(4096, 0x41), 0, 4096, 1024 * 1024);
+  await tampered.close();
+  await flipAndPush(100, "the mirror's copy was changed");
+  // Cut short, then gone: neither is read as the base.
+  await writeFile(mirrored, "not the base");
+  await flipAndPush(5 * 1024 * 1024, "the mirror's copy is short");
+  await unlink(mirrored);
+  await flipAndPush(3 * 1024 * 1024, "the mirror's copy is gone");
+
+  const verify = await box.run("verify", ["verify", dest]);
+  assert.equal(verify.code, 0, `verify is clean\n${verify.stderr}`);
 });

@@ -9,6 +9,8 @@ import { Worker } from "node:worker_threads";
 
 /** Pieces sent to the worker and not yet hashed; sending more waits (bounds memory). */
 const PIECES_IN_FLIGHT = 4;
+/** The largest piece a hasher takes. */
+export const PIECE_BYTES = 1024 * 1024;
 
 export interface StreamHashes {
   /** The SHA-256 of each chunk, in stream order. */
@@ -21,9 +23,14 @@ export interface StreamHashes {
 export interface StreamHasher {
   start(): void;
   /**
-   * The next piece of the stream, and the stream positions where chunks ended within it
-   * (ascending). The piece must not be used afterwards: it may be handed to another
-   * thread. Resolves when another piece may be sent.
+   * A buffer of `size` bytes (at most PIECE_BYTES) for the caller to read the next piece
+   * into; its memory is reused once the hasher is done with it.
+   */
+  pieceBuffer(size: number): Buffer;
+  /**
+   * The next piece of the stream (from `pieceBuffer`, possibly shortened), and the stream
+   * positions where chunks ended within it (ascending). The piece must not be used
+   * afterwards: it may be handed to another thread. Resolves when another piece may be sent.
    */
   push(piece: Buffer, cutEnds: readonly number[]): Promise<void>;
   /** The stream ended at `end` (the last chunk's end): its hashes. */
@@ -75,6 +82,14 @@ class CutHasher {
 /** Hashes on the caller's thread (where no worker thread can be started). */
 export class InlineStreamHasher implements StreamHasher {
   private hasher = new CutHasher();
+  /** Two, taken in turn: the caller reads the next piece while it chunks this one. */
+  private readonly buffers = [Buffer.allocUnsafe(PIECE_BYTES), Buffer.allocUnsafe(PIECE_BYTES)];
+  private turn = 0;
+
+  pieceBuffer(size: number): Buffer {
+    if (size > PIECE_BYTES) throw new RangeError(`a piece holds at most ${PIECE_BYTES} bytes, not ${size}`);
+    return (this.buffers[this.turn++ % 2] as Buffer).subarray(0, size);
+  }
 
   start(): void {
     this.hasher = new CutHasher();
@@ -124,7 +139,7 @@ parentPort.on("message", (message) => {
     chunk.update(piece.subarray(from));
     chunkBytes += piece.length - from;
     position += piece.length;
-    parentPort.postMessage({ kind: "hashed" });
+    parentPort.postMessage({ kind: "hashed", bytes: message.bytes }, [message.bytes]);
   } else if (message.kind === "finish") {
     if (message.end !== position) {
       parentPort.postMessage({ kind: "failed", message: "the stream ends at " + message.end + ", not at " + position });
@@ -147,7 +162,7 @@ interface Finished {
   sha256: Uint8Array;
 }
 
-type FromWorker = { kind: "hashed" } | Finished | { kind: "failed"; message: string };
+type FromWorker = { kind: "hashed"; bytes: ArrayBuffer } | Finished | { kind: "failed"; message: string };
 
 /** Hashes on a worker thread. */
 export class WorkerStreamHasher implements StreamHasher {
@@ -156,6 +171,8 @@ export class WorkerStreamHasher implements StreamHasher {
   private roomWaiter: (() => void) | null = null;
   private finishWaiter: { resolve: (h: StreamHashes) => void; reject: (e: Error) => void } | null = null;
   private failure: Error | null = null;
+  /** Piece memory the worker has given back, for the next pieces. */
+  private readonly free: ArrayBuffer[] = [];
 
   constructor() {
     this.worker = new Worker(WORKER_SOURCE, { eval: true });
@@ -170,6 +187,12 @@ export class WorkerStreamHasher implements StreamHasher {
     this.worker.postMessage({ kind: "start" });
   }
 
+  pieceBuffer(size: number): Buffer {
+    if (size > PIECE_BYTES) throw new RangeError(`a piece holds at most ${PIECE_BYTES} bytes, not ${size}`);
+    const memory = this.free.pop() ?? new ArrayBuffer(PIECE_BYTES);
+    return Buffer.from(memory, 0, size);
+  }
+
   /** Whether the thread failed (the hasher is of no more use). */
   get failed(): boolean {
     return this.failure !== null;
@@ -177,15 +200,15 @@ export class WorkerStreamHasher implements StreamHasher {
 
   async push(piece: Buffer, cutEnds: readonly number[]): Promise<void> {
     if (this.failure) throw this.failure;
-    // Hand the bytes over without copying when the piece owns its whole memory.
-    const owned = piece.byteOffset === 0 && piece.byteLength === piece.buffer.byteLength;
-    const bytes = owned
-      ? piece.buffer
-      : piece.buffer.slice(piece.byteOffset, piece.byteOffset + piece.byteLength);
+    // The piece's memory (from pieceBuffer) is handed over, not copied, and comes back.
+    const memory = piece.buffer;
+    if (!(memory instanceof ArrayBuffer) || memory.byteLength !== PIECE_BYTES) {
+      throw new Error("a piece must come from pieceBuffer");
+    }
     this.inFlight++;
     this.worker.postMessage(
-      { kind: "piece", bytes, offset: 0, length: piece.byteLength, cutEnds },
-      bytes instanceof ArrayBuffer ? [bytes] : [],
+      { kind: "piece", bytes: memory, offset: piece.byteOffset, length: piece.byteLength, cutEnds },
+      [memory],
     );
     if (this.inFlight >= PIECES_IN_FLIGHT) {
       await new Promise<void>((resolve) => {
@@ -210,6 +233,7 @@ export class WorkerStreamHasher implements StreamHasher {
 
   private onMessage(message: FromWorker): void {
     if (message.kind === "hashed") {
+      if (this.free.length < PIECES_IN_FLIGHT + 2) this.free.push(message.bytes);
       this.inFlight--;
       if (this.inFlight < PIECES_IN_FLIGHT && this.roomWaiter) {
         const resolve = this.roomWaiter;

@@ -99,7 +99,8 @@ const RUN_BYTES = 2 * 1024 * 1024;
 /**
  * The bytes of the chunks `needed` (indices into `chunks`, ascending), read a run of
  * neighbouring chunks at a time, the next run while the current one is sent. Yields null,
- * and stops, when the file came up short (it shrank since it was chunked).
+ * and stops, when the file came up short (it shrank since it was chunked). Each chunk's
+ * bytes are valid until the next one is asked for (the buffers are reused).
  */
 async function* neededChunks(
   fd: number,
@@ -113,6 +114,8 @@ async function* neededChunks(
     at += chunk.length;
   }
   let next = 0;
+  let runs = 0;
+  const buffers = [Buffer.allocUnsafe(RUN_BYTES), Buffer.allocUnsafe(RUN_BYTES)];
   const readRun = () => {
     if (next >= needed.length) return null;
     const start = next;
@@ -125,7 +128,10 @@ async function* neededChunks(
       length += more;
       next++;
     }
-    const buffer = Buffer.allocUnsafe(length);
+    // Two buffers, one being sent while the other is read: allocating one per run made
+    // garbage at the rate the file is sent.
+    const buffer =
+      length <= RUN_BYTES ? (buffers[runs++ % 2] as Buffer).subarray(0, length) : Buffer.allocUnsafe(length);
     return { start, end: next, buffer, read: readAt(fd, buffer, offsets[first] as number) };
   };
   let run = readRun();
@@ -318,7 +324,7 @@ export class ChunkedTransfer implements FileTransfer {
       const chunker = new Chunker();
       const lengths: number[] = [];
       const read = async (at: number) => {
-        const piece = Buffer.allocUnsafeSlow(Math.min(READ_SIZE, size - at));
+        const piece = hasher.pieceBuffer(Math.min(READ_SIZE, size - at));
         return piece.subarray(0, await readAt(fd, piece, at));
       };
       // The next piece is read while this one is chunked, and hashed on another thread.

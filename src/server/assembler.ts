@@ -1,10 +1,17 @@
 // Writes a new version's mirror file while its chunks arrive, in file order: each chunk
-// the client sends is written as it comes, and the chunks the server already held are read
-// from the history just before the first sent chunk that follows them. The whole file's
-// SHA-256 is computed on the way, so the version can be committed as soon as the last chunk
-// is in, without reading the file back from the history (docs/performance.md).
+// the client sends is written as it comes, and the chunks the server already held are
+// filled in just before the first sent chunk that follows them. The whole file's SHA-256 is
+// computed on the way, so the version can be committed as soon as the last chunk is in,
+// without reading the file back from the history (docs/performance.md).
+//
+// The chunks a manifest copies from its base are read, when it can, from the mirror's
+// current file at that path, which normally holds the base: one sequential read of a
+// plain file instead of a pack lookup, a CRC and a SHA-256 per chunk. The mirror is only a
+// view that anyone may have changed, so when the whole does not match its SHA-256 the file
+// is assembled again from the history alone.
 
-import { createHash } from "node:crypto";
+import { createHash, type Hash } from "node:crypto";
+import type { FileHandle } from "node:fs/promises";
 import { KeepwatchError } from "../errors.js";
 import type { ChunkList } from "../store/chunk-list.js";
 import type { Mirror, PendingFile } from "../store/mirror.js";
@@ -13,11 +20,25 @@ import type { History } from "./history.js";
 
 /** Bytes of arrived chunks gathered before one write to the pending file. */
 const WRITE_BYTES = 1024 * 1024;
+/** Bytes read from the mirror's old file at once. */
+const READ_BYTES = 1024 * 1024;
+
+/** Where a manifest's base is likely to be found in the mirror. */
+export interface BaseSource {
+  /** The mirror's file that should hold the base. */
+  path: string;
+  /** The base's size in bytes. */
+  size: number;
+  /** For each chunk of the new version: its offset in the base, or −1 when it is not copied. */
+  offsets: Float64Array;
+}
 
 export class Assembler {
   /** The index of the next chunk to write. */
   private next = 0;
-  private readonly hash = createHash("sha256");
+  /** Bytes written to the pending file (the position of the next write). */
+  private written = 0;
+  private hash: Hash = createHash("sha256");
   private pending: PendingFile | null = null;
   /** Arrived chunks not yet written, in order. */
   private gathered: Buffer[] = [];
@@ -27,6 +48,10 @@ export class Assembler {
   /** The writes still to do, one after the other. */
   private tail: Promise<void> = Promise.resolve();
   private failure: unknown = null;
+  /** The mirror's old file, once opened; null when there is none to read from. */
+  private old: FileHandle | null | undefined;
+  /** Whether any bytes came from the mirror's old file. */
+  private usedOld = false;
 
   constructor(
     private readonly mirror: Mirror,
@@ -34,6 +59,7 @@ export class Assembler {
     private readonly chunks: ChunkList,
     /** The server-wide memory for data in flight: arrived chunks wait in it to be written. */
     private readonly budget: ByteBudget,
+    private readonly base: BaseSource | null = null,
   ) {}
 
   /**
@@ -62,14 +88,24 @@ export class Assembler {
     this.enqueue(async () => {
       await this.fillUpTo(this.chunks.length);
       await this.writeGathered();
+      const sound = this.hash.digest().equals(sha256);
+      if (!sound && this.usedOld) {
+        // The mirror's file did not hold the base after all: from the history alone.
+        this.old = null;
+        this.usedOld = false;
+        this.hash = createHash("sha256");
+        this.next = 0;
+        this.written = 0;
+        const pending = await this.ensurePending();
+        await pending.handle.truncate(0);
+        await this.fillUpTo(this.chunks.length);
+        if (!this.hash.digest().equals(sha256)) throw mismatch();
+      } else if (!sound) {
+        throw mismatch();
+      }
     });
     await this.tail;
-    if (this.failure === null && !this.hash.digest().equals(sha256)) {
-      this.failure = new KeepwatchError(
-        "KW_HASH_MISMATCH",
-        "The content assembled from its chunks does not match its SHA-256; it was not stored.",
-      );
-    }
+    await this.closeOld();
     if (this.failure !== null) {
       const failure = this.failure;
       await this.discard();
@@ -84,6 +120,7 @@ export class Assembler {
   async discard(): Promise<void> {
     this.failure ??= new Error("the assembly was discarded");
     await this.tail;
+    await this.closeOld();
     this.gathered = [];
     this.gatheredBytes = 0;
     this.budget.give(this.held);
@@ -105,15 +142,17 @@ export class Assembler {
   }
 
   /**
-   * Write the chunks from `next` up to (not including) `end`, read from the history one
-   * at a time (so an assembly holds at most one of them in memory).
+   * Write the chunks from `next` up to (not including) `end`: runs of chunks copied from
+   * the base from the mirror's old file, the others from the history one at a time (so an
+   * assembly holds at most one of them, or one run, in memory).
    */
   private async fillUpTo(end: number): Promise<void> {
     if (this.next >= end) return;
     await this.writeGathered();
     const pending = await this.ensurePending();
-    for (; this.next < end; this.next++) {
+    while (this.next < end) {
       if (this.failure !== null) throw this.failure;
+      if (await this.fillFromOld(end, pending)) continue;
       const ref = this.chunks.at(this.next);
       const data = await this.history.chunks.get(ref.id);
       if (data.length !== ref.length) {
@@ -123,8 +162,56 @@ export class Assembler {
         );
       }
       this.hash.update(data);
-      await writeAll(pending, [data]);
+      await this.writeAt(pending, [data]);
+      this.next++;
     }
+  }
+
+  /** Fill a run of chunks from `next` from the mirror's old file; false when it cannot. */
+  private async fillFromOld(end: number, pending: PendingFile): Promise<boolean> {
+    const offsets = this.base?.offsets;
+    const start = offsets?.[this.next] ?? -1;
+    if (!offsets || start < 0) return false;
+    const old = await this.openOld();
+    if (!old) return false;
+    let length = this.chunks.at(this.next).length;
+    let last = this.next + 1;
+    while (last < end && offsets[last] === start + length && length < READ_BYTES) {
+      length += this.chunks.at(last).length;
+      last++;
+    }
+    const data = Buffer.allocUnsafe(length);
+    const { bytesRead } = await old.read(data, 0, length, start);
+    if (bytesRead !== length) {
+      // Shorter than the base: not the base. The history has every chunk.
+      await this.closeOld();
+      this.old = null;
+      return false;
+    }
+    this.usedOld = true;
+    this.hash.update(data);
+    await this.writeAt(pending, [data]);
+    this.next = last;
+    return true;
+  }
+
+  private async openOld(): Promise<FileHandle | null> {
+    if (this.old !== undefined) return this.old;
+    const base = this.base as BaseSource;
+    const handle = await this.mirror.openExisting(base.path);
+    if (handle && (await handle.stat()).size !== base.size) {
+      await handle.close();
+      this.old = null;
+    } else {
+      this.old = handle;
+    }
+    return this.old;
+  }
+
+  private async closeOld(): Promise<void> {
+    const old = this.old;
+    this.old = null;
+    await old?.close().catch(() => {});
   }
 
   private gather(data: Buffer): void {
@@ -134,15 +221,33 @@ export class Assembler {
   }
 
   private async writeGathered(): Promise<void> {
-    const pending = await this.ensurePending();
     const buffers = this.gathered;
     const bytes = this.gatheredBytes;
     if (buffers.length === 0) return;
-    await writeAll(pending, buffers);
+    await this.writeAt(await this.ensurePending(), buffers);
     this.gathered = [];
     this.gatheredBytes = 0;
     this.held -= bytes;
     this.budget.give(bytes);
+  }
+
+  /** writev at the end of what is written, until every byte is (a full disk writes short). */
+  private async writeAt(pending: PendingFile, buffers: Buffer[]): Promise<void> {
+    let rest = buffers;
+    while (rest.length > 0) {
+      const { bytesWritten } = await pending.handle.writev(rest, this.written);
+      this.written += bytesWritten;
+      let skip = bytesWritten;
+      const left: Buffer[] = [];
+      for (const buffer of rest) {
+        if (skip >= buffer.length) skip -= buffer.length;
+        else {
+          left.push(skip > 0 ? buffer.subarray(skip) : buffer);
+          skip = 0;
+        }
+      }
+      rest = left;
+    }
   }
 
   private async ensurePending(): Promise<PendingFile> {
@@ -151,20 +256,9 @@ export class Assembler {
   }
 }
 
-/** writev until every byte is written (a short write is possible on a full disk). */
-async function writeAll(pending: PendingFile, buffers: Buffer[]): Promise<void> {
-  let rest = buffers;
-  while (rest.length > 0) {
-    const { bytesWritten } = await pending.handle.writev(rest);
-    let skip = bytesWritten;
-    const left: Buffer[] = [];
-    for (const buffer of rest) {
-      if (skip >= buffer.length) skip -= buffer.length;
-      else {
-        left.push(skip > 0 ? buffer.subarray(skip) : buffer);
-        skip = 0;
-      }
-    }
-    rest = left;
-  }
+function mismatch(): KeepwatchError {
+  return new KeepwatchError(
+    "KW_HASH_MISMATCH",
+    "The content assembled from its chunks does not match its SHA-256; it was not stored.",
+  );
 }

@@ -21,16 +21,19 @@ import { commitPending, lossOr } from "./put-ref.js";
 import type { RequestContext } from "./session.js";
 
 /**
- * What manifests in flight may hold in memory together: the new chunk list at 48 bytes a
- * chunk (chunk-list.ts and the NEED bookkeeping), so that the largest list the protocol
- * allows (4,194,304 chunks, 192 MiB) fits, and the
- * base's list at ~250 bytes a chunk (objects from the index). A request that could never
+ * What manifests in flight may hold in memory together: the new chunk list at 56 bytes a
+ * chunk (chunk-list.ts, the NEED bookkeeping and where a chunk copied from the base lies in
+ * it), so that the largest list the protocol allows (4,194,304 chunks, 224 MiB) fits, and
+ * the base's list at ~250 bytes a chunk (objects from the index, and their offsets). A request that could never
  * fit is refused with KW_FILE_TOO_LARGE (the client then sends it without a base); the
  * others wait for room, which holds up their connection.
  */
 export const MANIFEST_MEMORY = 256 * 1024 * 1024;
-/** The list (36 bytes), its sort order (4), the asked flags (1) and the NEED list (4). */
-const NEW_BYTES_PER_CHUNK = 48;
+/**
+ * The list (36 bytes), its sort order (4), the asked flags (1), the NEED list (4) and the
+ * offset in the base of a copied chunk (8).
+ */
+const NEW_BYTES_PER_CHUNK = 56;
 const BASE_BYTES_PER_CHUNK = 256;
 
 /** Index ranges per NEED frame (8 bytes each), well within the smallest allowed frame. */
@@ -38,6 +41,10 @@ const RANGES_PER_NEED = 4096;
 
 export class ManifestRequest {
   private base: ChunkRef[] | null = null;
+  /** Where each chunk of the base starts in it, and its size at the end. */
+  private baseOffsets: Float64Array | null = null;
+  /** For each new chunk copied from the base: its offset there (−1 for the others). */
+  private copiedFrom: Float64Array | null = null;
   private readonly chunks: ChunkList;
   private total = 0;
   /** After MANIFEST_END: the indices still to come, in the order the client sends them. */
@@ -86,6 +93,12 @@ export class ManifestRequest {
         return;
       }
       if (!(await this.reserve(this.base.length * BASE_BYTES_PER_CHUNK))) return;
+      const offsets = new Float64Array(this.base.length + 1);
+      this.base.forEach((ref, i) => {
+        offsets[i + 1] = (offsets[i] as number) + ref.length;
+      });
+      this.baseOffsets = offsets;
+      this.copiedFrom = new Float64Array(this.begin.chunkCount).fill(-1);
     }
     this.ctx.reporter.emit({ kind: "file-start", path: this.begin.path, size: this.begin.size });
   }
@@ -104,6 +117,9 @@ export class ManifestRequest {
       }
       for (let i = op.start; i < op.start + op.count; i++) {
         const ref = base[i] as ChunkRef;
+        if (this.copiedFrom && this.chunks.length < this.copiedFrom.length) {
+          this.copiedFrom[this.chunks.length] = this.baseOffsets?.[i] ?? -1;
+        }
         this.add(ref.id, ref.length);
       }
     }
@@ -137,7 +153,12 @@ export class ManifestRequest {
     const needed = new Uint32Array(count);
     for (let i = 0, n = 0; i < asked.length; i++) if (asked[i] === 1) needed[n++] = i;
     this.needed = needed;
-    this.assembler = new Assembler(this.ctx.mirror, this.ctx.history, this.chunks, this.ctx.budget);
+    const baseSize = this.baseOffsets?.[this.baseOffsets.length - 1];
+    const source =
+      this.copiedFrom && baseSize !== undefined
+        ? { path: this.begin.path, size: baseSize, offsets: this.copiedFrom }
+        : null;
+    this.assembler = new Assembler(this.ctx.mirror, this.ctx.history, this.chunks, this.ctx.budget, source);
     this.sendNeed(needed);
     // Assembling a large file takes a while: it must not hold up the connection's other frames.
     if (needed.length === 0) this.ctx.track(this.commit());
@@ -201,6 +222,8 @@ export class ManifestRequest {
     this.ctx.manifestBudget.give(this.reserved);
     this.reserved = 0;
     this.base = null;
+    this.baseOffsets = null;
+    this.copiedFrom = null;
     this.chunks.clear();
     void this.assembler?.discard();
     this.assembler = null;

@@ -206,6 +206,31 @@ export class Mirror {
     }
   }
 
+  /**
+   * The mirror's file at `path` opened for reading, or null when there is none (or it is
+   * not a plain file, or a folder on its way is not a plain folder: links are never
+   * followed). What it holds is only a guess at a content: the caller checks it.
+   */
+  async openExisting(path: string): Promise<FileHandle | null> {
+    assertValidPath(path);
+    const parts = path.split("/");
+    for (let i = 1; i < parts.length; i++) {
+      const st = lstatSync(join(this.root, ...parts.slice(0, i)), { throwIfNoEntry: false });
+      if (!st?.isDirectory()) return null;
+    }
+    let handle: FileHandle;
+    try {
+      handle = await open(join(this.root, path), constants.O_RDONLY | constants.O_NOFOLLOW);
+    } catch {
+      return null;
+    }
+    if (!(await handle.stat()).isFile()) {
+      await handle.close();
+      return null;
+    }
+    return handle;
+  }
+
   /** Throw a prepared file away. */
   async discardPrepared(prepared: PreparedFile): Promise<void> {
     await unlink(prepared.tempPath).catch(() => {});
