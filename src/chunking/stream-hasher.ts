@@ -8,7 +8,7 @@ import { createHash, type Hash } from "node:crypto";
 import { Worker } from "node:worker_threads";
 
 /** Pieces sent to the worker and not yet hashed; sending more waits (bounds memory). */
-const PIECES_IN_FLIGHT = 4;
+const PIECES_IN_FLIGHT = 3;
 /** The largest piece a hasher takes. */
 export const PIECE_BYTES = 1024 * 1024;
 
@@ -233,7 +233,7 @@ export class WorkerStreamHasher implements StreamHasher {
 
   private onMessage(message: FromWorker): void {
     if (message.kind === "hashed") {
-      if (this.free.length < PIECES_IN_FLIGHT + 2) this.free.push(message.bytes);
+      if (this.free.length <= PIECES_IN_FLIGHT) this.free.push(message.bytes);
       this.inFlight--;
       if (this.inFlight < PIECES_IN_FLIGHT && this.roomWaiter) {
         const resolve = this.roomWaiter;

@@ -20,8 +20,8 @@ import type { History } from "./history.js";
 
 /** Bytes of arrived chunks gathered before one write to the pending file. */
 const WRITE_BYTES = 1024 * 1024;
-/** Bytes read from the mirror's old file at once. */
-const READ_BYTES = 1024 * 1024;
+/** Bytes read from the mirror's old file at once (a run of chunks stops short of this). */
+const READ_BYTES = 2 * 1024 * 1024;
 
 /** Where a manifest's base is likely to be found in the mirror. */
 export interface BaseSource {
@@ -52,6 +52,8 @@ export class Assembler {
   private old: FileHandle | null | undefined;
   /** Whether any bytes came from the mirror's old file. */
   private usedOld = false;
+  /** Reused for every read from the mirror's old file (one allocation per read was garbage at disk speed). */
+  private readBuffer: Buffer | null = null;
 
   constructor(
     private readonly mirror: Mirror,
@@ -176,11 +178,15 @@ export class Assembler {
     if (!old) return false;
     let length = this.chunks.at(this.next).length;
     let last = this.next + 1;
-    while (last < end && offsets[last] === start + length && length < READ_BYTES) {
-      length += this.chunks.at(last).length;
+    while (last < end && offsets[last] === start + length) {
+      const more = this.chunks.at(last).length;
+      if (length + more > READ_BYTES) break;
+      length += more;
       last++;
     }
-    const data = Buffer.allocUnsafe(length);
+    // Written (and hashed) before the next read, so one buffer serves every run.
+    this.readBuffer ??= Buffer.allocUnsafe(READ_BYTES);
+    const data = length <= READ_BYTES ? this.readBuffer.subarray(0, length) : Buffer.allocUnsafe(length);
     const { bytesRead } = await old.read(data, 0, length, start);
     if (bytesRead !== length) {
       // Shorter than the base: not the base. The history has every chunk.
