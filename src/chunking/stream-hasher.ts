@@ -4,7 +4,7 @@
 // after chunking it, with the positions where chunks ended in it; the worker hashes the
 // bytes once into the stream's hash and, cut by cut, into the chunks' hashes.
 
-import { createHash, type Hash } from "node:crypto";
+import { createHash } from "node:crypto";
 import { Worker } from "node:worker_threads";
 
 /** Pieces sent to the worker and not yet hashed; sending more waits (bounds memory). */
@@ -39,49 +39,60 @@ export interface StreamHasher {
   close(): Promise<void>;
 }
 
-/**
- * The hashing both hashers share: bytes go into the stream's hash and the current chunk's,
- * whose digest is taken at each cut.
- */
-class CutHasher {
-  private whole: Hash = createHash("sha256");
-  private chunk: Hash = createHash("sha256");
-  private position = 0;
-  private chunkBytes = 0;
-  private ids: Buffer[] = [];
-
-  update(piece: Uint8Array, cutEnds: readonly number[]): void {
-    this.whole.update(piece);
-    let from = 0;
-    for (const end of cutEnds) {
-      const to = end - this.position;
-      this.chunk.update(piece.subarray(from, to));
-      this.ids.push(this.chunk.digest());
-      this.chunk = createHash("sha256");
-      this.chunkBytes = 0;
-      from = to;
-    }
-    this.chunk.update(piece.subarray(from));
-    this.chunkBytes += piece.length - from;
-    this.position += piece.length;
-  }
-
-  finish(end: number): StreamHashes {
-    if (end !== this.position) throw new Error(`the stream ends at ${end}, not at ${this.position}`);
-    if (this.chunkBytes > 0) this.ids.push(this.chunk.digest());
-    const result = { chunkIds: this.ids, sha256: this.whole.digest() };
-    this.whole = createHash("sha256");
-    this.chunk = createHash("sha256");
-    this.position = 0;
-    this.chunkBytes = 0;
-    this.ids = [];
-    return result;
-  }
+/** The state of one stream's hashing (see CUT_HASHING). */
+interface CutHashing {
+  update(piece: Uint8Array, cutEnds: readonly number[]): void;
+  /** The hashes, and a fresh start; throws when the stream did not end at `end`. */
+  finish(end: number): StreamHashes;
 }
+
+// The hashing both hashers share, as the body of a function of `createHash` that returns a
+// CutHashing: bytes go into the stream's hash and the current chunk's, whose digest is taken
+// at each cut. It is source text because the worker thread runs it as given (a worker
+// started from a module file would need that file compiled, and under tsx, in the tests and
+// `npm start`, worker threads do not get its TypeScript loader); this thread builds the same
+// function from it, so both run the very same code.
+const CUT_HASHING = `
+  let whole = createHash("sha256");
+  let chunk = createHash("sha256");
+  let position = 0;
+  let chunkBytes = 0;
+  let ids = [];
+  return {
+    update(piece, cutEnds) {
+      whole.update(piece);
+      let from = 0;
+      for (const end of cutEnds) {
+        const to = end - position;
+        chunk.update(piece.subarray(from, to));
+        ids.push(chunk.digest());
+        chunk = createHash("sha256");
+        chunkBytes = 0;
+        from = to;
+      }
+      chunk.update(piece.subarray(from));
+      chunkBytes += piece.length - from;
+      position += piece.length;
+    },
+    finish(end) {
+      if (end !== position) throw new Error("the stream ends at " + end + ", not at " + position);
+      if (chunkBytes > 0) ids.push(chunk.digest());
+      const result = { chunkIds: ids, sha256: whole.digest() };
+      whole = createHash("sha256");
+      chunk = createHash("sha256");
+      position = 0;
+      chunkBytes = 0;
+      ids = [];
+      return result;
+    },
+  };
+`;
+
+const cutHashing = new Function("createHash", CUT_HASHING) as (hash: typeof createHash) => CutHashing;
 
 /** Hashes on the caller's thread (where no worker thread can be started). */
 export class InlineStreamHasher implements StreamHasher {
-  private hasher = new CutHasher();
+  private hasher = cutHashing(createHash);
   /** Two, taken in turn: the caller reads the next piece while it chunks this one. */
   private readonly buffers = [Buffer.allocUnsafe(PIECE_BYTES), Buffer.allocUnsafe(PIECE_BYTES)];
   private turn = 0;
@@ -92,7 +103,7 @@ export class InlineStreamHasher implements StreamHasher {
   }
 
   start(): void {
-    this.hasher = new CutHasher();
+    this.hasher = cutHashing(createHash);
   }
 
   async push(piece: Buffer, cutEnds: readonly number[]): Promise<void> {
@@ -106,50 +117,35 @@ export class InlineStreamHasher implements StreamHasher {
   async close(): Promise<void> {}
 }
 
-// The worker's code. It is given as source (the worker runs it as CommonJS) because a
-// worker started from a module file would need that file compiled, and under tsx (tests,
-// npm start) worker threads do not get its TypeScript loader.
+// The worker's code (CommonJS, run as given: see CUT_HASHING).
 const WORKER_SOURCE = `
 const { parentPort } = require("node:worker_threads");
 const { createHash } = require("node:crypto");
-let whole, chunk, position, chunkBytes, ids;
-function reset() {
-  whole = createHash("sha256");
-  chunk = createHash("sha256");
-  position = 0;
-  chunkBytes = 0;
-  ids = [];
-}
-reset();
+function cutHashing(createHash) {${CUT_HASHING}}
+let hashing = cutHashing(createHash);
 parentPort.on("message", (message) => {
   if (message.kind === "start") {
-    reset();
+    hashing = cutHashing(createHash);
   } else if (message.kind === "piece") {
-    const piece = new Uint8Array(message.bytes, message.offset, message.length);
-    whole.update(piece);
-    let from = 0;
-    for (const end of message.cutEnds) {
-      const to = end - position;
-      chunk.update(piece.subarray(from, to));
-      ids.push(chunk.digest());
-      chunk = createHash("sha256");
-      chunkBytes = 0;
-      from = to;
-    }
-    chunk.update(piece.subarray(from));
-    chunkBytes += piece.length - from;
-    position += piece.length;
+    hashing.update(new Uint8Array(message.bytes, message.offset, message.length), message.cutEnds);
     parentPort.postMessage({ kind: "hashed", bytes: message.bytes }, [message.bytes]);
   } else if (message.kind === "finish") {
-    if (message.end !== position) {
-      parentPort.postMessage({ kind: "failed", message: "the stream ends at " + message.end + ", not at " + position });
-    } else {
-      if (chunkBytes > 0) ids.push(chunk.digest());
-      const packed = Buffer.concat(ids);
-      const sha256 = whole.digest();
-      parentPort.postMessage({ kind: "finished", ids: packed.buffer, idsOffset: packed.byteOffset, count: ids.length, sha256 });
+    let hashes;
+    try {
+      hashes = hashing.finish(message.end);
+    } catch (error) {
+      hashing = cutHashing(createHash);
+      parentPort.postMessage({ kind: "failed", message: error.message });
+      return;
     }
-    reset();
+    const packed = Buffer.concat(hashes.chunkIds);
+    parentPort.postMessage({
+      kind: "finished",
+      ids: packed.buffer,
+      idsOffset: packed.byteOffset,
+      count: hashes.chunkIds.length,
+      sha256: hashes.sha256,
+    });
   }
 });
 `;

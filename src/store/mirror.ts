@@ -24,53 +24,13 @@ import { dirname, join } from "node:path";
 import { errnoCode, KeepwatchError } from "../errors.js";
 import { PathLocks } from "../protocol/path-locks.js";
 import { assertValidPath } from "../protocol/paths.js";
+import { PathSyncer } from "./path-syncer.js";
 
 /** Metadata kept with each file. */
 export interface FileAttributes {
   mtimeMs: number;
   /** Permission bits (masked to 0o7777). */
   mode: number;
-}
-
-/** Coalesces fsyncs of the same folder: callers that arrive while one runs share the next. */
-class FolderSyncer {
-  private running = new Map<string, Promise<void>>();
-  private queued = new Map<string, Promise<void>>();
-
-  sync(folder: string): Promise<void> {
-    const waiting = this.queued.get(folder);
-    if (waiting) return waiting;
-    const current = this.running.get(folder);
-    if (!current) return this.start(folder);
-    const next = current.then(
-      () => {
-        this.queued.delete(folder);
-        return this.start(folder);
-      },
-      () => {
-        this.queued.delete(folder);
-        return this.start(folder);
-      },
-    );
-    this.queued.set(folder, next);
-    return next;
-  }
-
-  private start(folder: string): Promise<void> {
-    const run = (async () => {
-      const handle = await open(folder, constants.O_RDONLY | constants.O_DIRECTORY);
-      try {
-        await handle.sync();
-      } finally {
-        await handle.close();
-      }
-    })();
-    const tracked = run.finally(() => {
-      if (this.running.get(folder) === tracked) this.running.delete(folder);
-    });
-    this.running.set(folder, tracked);
-    return tracked;
-  }
 }
 
 /** A file being written in the temporary folder, to be installed into the mirror. */
@@ -85,7 +45,8 @@ export interface PreparedFile {
 }
 
 export class Mirror {
-  private readonly syncer = new FolderSyncer();
+  /** fsyncs of folders after a rename or mkdir, coalesced per folder. */
+  private readonly syncer = new PathSyncer();
   private readonly tempPrefix = `put-${process.pid}-${randomBytes(4).toString("hex")}-`;
   private tempCounter = 0;
   /**

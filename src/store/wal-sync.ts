@@ -8,23 +8,21 @@
 // thread pool before it relies on the commit. The connection stays at FULL for every other
 // write (prune, repacking), which must be durable before files are removed.
 
-import { constants } from "node:fs";
-import { open } from "node:fs/promises";
 import type Database from "better-sqlite3";
+import { PathSyncer } from "./path-syncer.js";
 
 export class WalSync {
-  private running: Promise<void> | null = null;
-  private queued: Promise<void> | null = null;
+  /** The log file: the database's name with "-wal". */
+  private readonly log: string;
+  private readonly syncer = new PathSyncer();
 
   constructor(
     private readonly db: Database.Database,
-    /** The database file; its log is this name with "-wal". */
+    /** The database file. */
     file: string,
   ) {
     this.log = `${file}-wal`;
   }
-
-  private readonly log: string;
 
   /** Run `write` (a transaction) without waiting for the disk; call `sync` before relying on it. */
   commitLazily<T>(write: () => T): T {
@@ -41,34 +39,6 @@ export class WalSync {
    * starts after the call. Calls that come while one runs share the next one.
    */
   sync(): Promise<void> {
-    if (this.queued) return this.queued;
-    if (!this.running) return this.start();
-    const next = this.running.then(
-      () => this.startQueued(),
-      () => this.startQueued(),
-    );
-    this.queued = next;
-    return next;
-  }
-
-  private startQueued(): Promise<void> {
-    this.queued = null;
-    return this.start();
-  }
-
-  private start(): Promise<void> {
-    const run = (async () => {
-      const handle = await open(this.log, constants.O_RDONLY);
-      try {
-        await handle.sync();
-      } finally {
-        await handle.close();
-      }
-    })();
-    const tracked = run.finally(() => {
-      if (this.running === tracked) this.running = null;
-    });
-    this.running = tracked;
-    return tracked;
+    return this.syncer.sync(this.log);
   }
 }
