@@ -8,7 +8,7 @@ import { createHash } from "node:crypto";
 import { Worker } from "node:worker_threads";
 
 /** Pieces sent to the worker and not yet hashed; sending more waits (bounds memory). */
-const PIECES_IN_FLIGHT = 3;
+const PIECES_IN_FLIGHT = 6;
 /** The largest piece a hasher takes. */
 export const PIECE_BYTES = 1024 * 1024;
 
@@ -29,10 +29,12 @@ export interface StreamHasher {
   pieceBuffer(size: number): Buffer;
   /**
    * The next piece of the stream (from `pieceBuffer`, possibly shortened), and the stream
-   * positions where chunks ended within it (ascending). The piece must not be used
-   * afterwards: it may be handed to another thread. Resolves when another piece may be sent.
+   * positions where chunks ended within it (ascending), or null when the caller hashes the
+   * chunks itself and wants the stream's hash only (then `finish` gives no chunk hashes).
+   * The piece must not be used afterwards: it may be handed to another thread. Resolves
+   * when another piece may be sent.
    */
-  push(piece: Buffer, cutEnds: readonly number[]): Promise<void>;
+  push(piece: Buffer, cutEnds: readonly number[] | null): Promise<void>;
   /** The stream ended at `end` (the last chunk's end): its hashes. */
   finish(end: number): Promise<StreamHashes>;
   /** Let the thread go (the hasher cannot be used again). */
@@ -41,7 +43,7 @@ export interface StreamHasher {
 
 /** The state of one stream's hashing (see CUT_HASHING). */
 interface CutHashing {
-  update(piece: Uint8Array, cutEnds: readonly number[]): void;
+  update(piece: Uint8Array, cutEnds: readonly number[] | null): void;
   /** The hashes, and a fresh start; throws when the stream did not end at `end`. */
   finish(end: number): StreamHashes;
 }
@@ -61,6 +63,10 @@ const CUT_HASHING = `
   return {
     update(piece, cutEnds) {
       whole.update(piece);
+      if (cutEnds === null) {
+        position += piece.length;
+        return;
+      }
       let from = 0;
       for (const end of cutEnds) {
         const to = end - position;
@@ -106,7 +112,7 @@ export class InlineStreamHasher implements StreamHasher {
     this.hasher = cutHashing(createHash);
   }
 
-  async push(piece: Buffer, cutEnds: readonly number[]): Promise<void> {
+  async push(piece: Buffer, cutEnds: readonly number[] | null): Promise<void> {
     this.hasher.update(piece, cutEnds);
   }
 
@@ -194,7 +200,7 @@ export class WorkerStreamHasher implements StreamHasher {
     return this.failure !== null;
   }
 
-  async push(piece: Buffer, cutEnds: readonly number[]): Promise<void> {
+  async push(piece: Buffer, cutEnds: readonly number[] | null): Promise<void> {
     if (this.failure) throw this.failure;
     // The piece's memory (from pieceBuffer) is handed over, not copied, and comes back.
     const memory = piece.buffer;

@@ -7,6 +7,7 @@
 import { closeSync, constants, fstatSync, openSync, read, readSync, type Stats } from "node:fs";
 import { join } from "node:path";
 import { Chunker, chunkBuffer, sha256 } from "../chunking/fastcdc.js";
+import { type ChunkRef, rechunk, usableGuide } from "../chunking/rechunk.js";
 import { withStreamHasher } from "../chunking/stream-hasher.js";
 import { KeepwatchError, RemoteError } from "../errors.js";
 import type { Frame } from "../protocol/frame.js";
@@ -26,11 +27,6 @@ import { type ClientState, decodeChunkList, encodeChunkList } from "./state.js";
 export const PIECE_SIZE = 256 * 1024;
 /** Bytes read from disk per step while a large file is chunked. */
 const READ_SIZE = 1024 * 1024;
-
-interface ChunkRef {
-  id: Buffer;
-  length: number;
-}
 
 export type PutOutcome =
   /**
@@ -277,7 +273,9 @@ export class ChunkedTransfer implements FileTransfer {
       done = resolve;
     });
     try {
-      const scanned = await this.chunkFile(fd, entry.size);
+      const record = this.state.get(entry.path);
+      const guide = record?.kind === "file" && record.chunks ? decodeChunkList(record.chunks) : null;
+      const scanned = await this.chunkFile(fd, entry.size, guide);
       await previous;
       if (!scanned || !sameFile(before, fstatSync(fd))) return { status: "changed" };
       const header = { ...entry, sha256: scanned.sha256 };
@@ -285,10 +283,9 @@ export class ChunkedTransfer implements FileTransfer {
       if (await this.putByReference(header)) {
         return { status: "stored", entry, sha256: header.sha256, chunks, sentBytes: 0 };
       }
-      const record = this.state.get(entry.path);
       const base =
-        record?.kind === "file" && record.chunks && this.state.knowsContent(record.sha256)
-          ? { sha256: record.sha256, chunks: decodeChunkList(record.chunks) }
+        record?.kind === "file" && guide && this.state.knowsContent(record.sha256)
+          ? { sha256: record.sha256, chunks: guide }
           : null;
       let sent: number | null;
       try {
@@ -316,11 +313,19 @@ export class ChunkedTransfer implements FileTransfer {
   }
 
   /**
-   * Read the whole file once: its chunks with their hashes, and its SHA-256. Files are
+   * Read the whole file once: its chunks with their hashes, and its SHA-256 (guided by the
+   * chunks of the version before, `guide`, when there is one: see rechunk). Files are
    * chunked one at a time in this process: the hashing thread takes one stream at a time.
    */
-  private chunkFile(fd: number, size: number): Promise<{ chunks: ChunkRef[]; sha256: Buffer } | null> {
+  private chunkFile(
+    fd: number,
+    size: number,
+    guide: ChunkRef[] | null,
+  ): Promise<{ chunks: ChunkRef[]; sha256: Buffer } | null> {
     return withStreamHasher(async (hasher) => {
+      if (guide && usableGuide(guide)) {
+        return rechunk((buffer, position) => readAt(fd, buffer, position), size, guide, hasher);
+      }
       const chunker = new Chunker();
       const lengths: number[] = [];
       const read = async (at: number) => {

@@ -14,6 +14,7 @@ import {
   fchmodSync,
   fsync,
   futimesSync,
+  linkSync,
   lstatSync,
   openSync,
   renameSync,
@@ -43,6 +44,9 @@ export interface PendingFile {
 export interface PreparedFile {
   readonly tempPath: string;
 }
+
+/** A replaced file at least this large is removed off this thread (see `place`). */
+const LARGE_FILE_BYTES = 16 * 1024 * 1024;
 
 export class Mirror {
   /** fsyncs of folders after a rename or mkdir, coalesced per folder. */
@@ -92,7 +96,7 @@ export class Mirror {
       } finally {
         await pending.handle.close();
       }
-      await this.place(pending.tempPath, path);
+      await this.place(pending.tempPath, path, true);
     } catch (error) {
       // Whatever failed, the temporary file must not stay behind.
       await unlink(pending.tempPath).catch(() => {});
@@ -197,11 +201,17 @@ export class Mirror {
     await unlink(prepared.tempPath).catch(() => {});
   }
 
-  /** Rename a durable temporary file to `path` and make the rename durable. */
-  private async place(tempPath: string, path: string): Promise<void> {
+  /**
+   * Rename a durable temporary file to `path` and make the rename durable. With `large`,
+   * a large file it replaces is first linked into the temporary folder and removed from
+   * there afterwards, on the thread pool: a rename that drops the last link of a 1 GiB file
+   * frees its blocks on the spot (0.4 s here), on this thread, before the version's ACK.
+   */
+  private async place(tempPath: string, path: string, large = false): Promise<void> {
     const parent = parentOf(path);
     const target = join(this.root, path);
     await this.ensureFolder(parent);
+    const old = large ? this.keepLargeFile(target) : null;
     try {
       await this.clearFolderAt(path);
       renameSync(tempPath, target);
@@ -210,8 +220,24 @@ export class Mirror {
       // The folder was removed meanwhile (by another session): make it again.
       await this.ensureFolder(parent);
       renameSync(tempPath, target);
+    } finally {
+      // Nothing waits for it; a crash leaves it in the temporary folder, emptied at start.
+      if (old) unlink(old).catch(() => {});
     }
     await this.syncer.sync(dirname(target));
+  }
+
+  /** A second name in the temporary folder for the large plain file at `target`, or null. */
+  private keepLargeFile(target: string): string | null {
+    const st = lstatSync(target, { throwIfNoEntry: false });
+    if (!st?.isFile() || st.size < LARGE_FILE_BYTES) return null;
+    const name = this.tempName();
+    try {
+      linkSync(target, name);
+      return name;
+    } catch {
+      return null;
+    }
   }
 
   private tempName(): string {

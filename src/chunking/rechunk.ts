@@ -1,0 +1,196 @@
+// Chunking a file again after an edit, guided by the chunk list of the version before it.
+// FastCDC cuts depend only on the bytes since the previous cut, so where the new file holds,
+// from a cut on, exactly the bytes of an old chunk, FastCDC would cut it there again: that
+// chunk need not be searched for a cut, only hashed and compared. The scan below checks the
+// old chunks where it expects them (each one after the last chunk it found), and runs FastCDC
+// only from where that check fails until a chunk it cuts is an old one again (an insertion
+// or deletion shifts what follows; the shifted chunks are found again by their hashes). The
+// result is the very chunk list a full FastCDC pass gives (test: rechunk.test.ts), for about
+// half its work on an edited file: hashing instead of cutting and hashing (docs/performance.md).
+//
+// The scan hashes the chunks on the caller's thread; the stream hasher, on its own thread,
+// takes every byte once in order for the whole file's SHA-256.
+
+import { createHash } from "node:crypto";
+import { Chunker, DEFAULT_CHUNK_PARAMS } from "./fastcdc.js";
+import { PIECE_BYTES, type StreamHasher } from "./stream-hasher.js";
+
+export interface ChunkRef {
+  id: Buffer;
+  length: number;
+}
+
+/** Reads into `buffer` from the file's `position`; resolves with the bytes read. */
+export type ReadAt = (buffer: Buffer, position: number) => Promise<number>;
+
+/** Bytes of the file held at once: room for the largest chunk and a few reads after it. */
+const WINDOW_BYTES = 4 * 1024 * 1024;
+/** Reads (of a hasher piece each) on their way while the window's bytes are hashed. */
+const READS_AHEAD = 2;
+
+/**
+ * The file's bytes, read forward once into a window, a few reads ahead, each byte handed
+ * once, in order, to the stream hasher as it arrives.
+ */
+class ForwardWindow {
+  private readonly buffer = Buffer.allocUnsafe(WINDOW_BYTES);
+  /** File position of buffer[0], and how many bytes from there the buffer holds. */
+  private start = 0;
+  private length = 0;
+  /** Reads under way, in file order, each into a piece for the hasher; and where the next starts. */
+  private readonly ahead: { piece: Buffer; read: Promise<number> }[] = [];
+  private nextRead = 0;
+
+  constructor(
+    private readonly read: ReadAt,
+    private readonly size: number,
+    private readonly hasher: StreamHasher,
+  ) {}
+
+  /**
+   * The bytes [from, to) (to − from at most a chunk's largest size, from never before an
+   * earlier call's from), valid until the next call; null when the file came up short.
+   */
+  async bytes(from: number, to: number): Promise<Buffer | null> {
+    if (to > this.start + this.length) {
+      const end = this.start + this.length;
+      this.buffer.copy(this.buffer, 0, from - this.start, this.length);
+      this.length = end - from;
+      this.start = from;
+      this.readAhead();
+      // Up to `to`, then on while the window has room for what is already on its way.
+      while (
+        this.start + this.length < to ||
+        (this.ahead.length > 0 && this.buffer.length - this.length >= PIECE_BYTES)
+      ) {
+        const next = this.ahead.shift();
+        if (!next) return null;
+        const got = await next.read;
+        // A plain file reads short only at its end: it is shorter than its size said.
+        if (got !== next.piece.length) return null;
+        next.piece.copy(this.buffer, this.length);
+        this.length += got;
+        // A memory copy costs far less than a hash; the piece itself goes to the hasher.
+        await this.hasher.push(next.piece, null);
+        this.readAhead();
+      }
+    }
+    return this.buffer.subarray(from - this.start, to - this.start);
+  }
+
+  /** Wait for the reads under way (the caller closes the file next). */
+  async close(): Promise<void> {
+    for (const { read } of this.ahead.splice(0)) await read.catch(() => {});
+  }
+
+  private readAhead(): void {
+    while (this.ahead.length < READS_AHEAD && this.nextRead < this.size) {
+      const piece = this.hasher.pieceBuffer(Math.min(PIECE_BYTES, this.size - this.nextRead));
+      this.ahead.push({ piece, read: this.read(piece, this.nextRead) });
+      this.nextRead += piece.length;
+    }
+  }
+}
+
+function chunkId(bytes: Uint8Array): Buffer {
+  return createHash("sha256").update(bytes).digest();
+}
+
+/**
+ * Whether `previous` can guide the scan: chunks FastCDC could have cut with keepwatch's
+ * parameters (a list from elsewhere, or made with other parameters, is not used).
+ */
+export function usableGuide(previous: readonly ChunkRef[]): boolean {
+  return (
+    previous.length > 0 &&
+    previous.every((c) => c.id.length === 32 && c.length > 0 && c.length <= DEFAULT_CHUNK_PARAMS.maxSize)
+  );
+}
+
+/**
+ * The chunks of a file of `size` bytes and its SHA-256, the file being an edit of one whose
+ * chunks were `previous` (any list may be given: a poor guide costs time, never a wrong
+ * result). The hasher must have been started; null when the file came up short.
+ */
+export async function rechunk(
+  read: ReadAt,
+  size: number,
+  previous: readonly ChunkRef[],
+  hasher: StreamHasher,
+): Promise<{ chunks: ChunkRef[]; sha256: Buffer; searchedBytes: number } | null> {
+  if (!usableGuide(previous)) throw new RangeError("rechunk needs the chunks of a version cut by FastCDC");
+  const window = new ForwardWindow(read, size, hasher);
+  try {
+    return await scan(window, size, previous, hasher);
+  } finally {
+    await window.close();
+  }
+}
+
+async function scan(
+  window: ForwardWindow,
+  size: number,
+  previous: readonly ChunkRef[],
+  hasher: StreamHasher,
+): Promise<{ chunks: ChunkRef[]; sha256: Buffer; searchedBytes: number } | null> {
+  const firstIndex = new Map<string, number>();
+  previous.forEach((c, i) => {
+    const key = c.id.toString("latin1");
+    if (!firstIndex.has(key)) firstIndex.set(key, i);
+  });
+  const chunks: ChunkRef[] = [];
+  let position = 0;
+  /** The old chunk expected at `position` (the one after the last old chunk found). */
+  let expected = 0;
+  /** Bytes FastCDC searched for cuts (the rest was only hashed). */
+  let searchedBytes = 0;
+  while (position < size) {
+    const old = previous[expected];
+    // The old file's last chunk ended with the file, not at a cut: it is only the same
+    // chunk where the new file ends with it too.
+    const candidate =
+      old !== undefined &&
+      position + old.length <= size &&
+      (expected < previous.length - 1 || position + old.length === size);
+    if (candidate) {
+      const bytes = await window.bytes(position, position + old.length);
+      if (bytes === null) return null;
+      const id = chunkId(bytes);
+      if (id.equals(old.id)) {
+        chunks.push({ id, length: old.length });
+        position += old.length;
+        expected++;
+        continue;
+      }
+    }
+    // Cut with FastCDC from here until a chunk it cuts is one of the old ones.
+    const chunker = new Chunker();
+    let fed = position;
+    let found = false;
+    while (!found && fed < size) {
+      const to = Math.min(size, fed + DEFAULT_CHUNK_PARAMS.maxSize);
+      const bytes = await window.bytes(fed, to);
+      if (bytes === null) return null;
+      searchedBytes += to - fed;
+      fed = to;
+      const cut = chunker.push(bytes);
+      const last = fed === size ? chunker.finish() : null;
+      if (last) cut.push(last);
+      for (const chunk of cut) {
+        const id = chunkId(chunk.data);
+        chunks.push({ id, length: chunk.length });
+        position += chunk.length;
+        const at = firstIndex.get(id.toString("latin1"));
+        if (at !== undefined) {
+          expected = at + 1;
+          found = true;
+          break;
+        }
+      }
+    }
+    if (!found) expected = previous.length;
+  }
+  // The whole file has passed through the window, and so through the stream hasher.
+  const hashes = await hasher.finish(size);
+  return { chunks, sha256: hashes.sha256, searchedBytes };
+}
