@@ -246,6 +246,7 @@ const CLIENT_TYPES = [
   MessageType.MANIFEST_DATA,
   MessageType.MANIFEST_END,
   MessageType.CHUNK,
+  MessageType.CHUNK_DELTA,
   MessageType.LIST,
   MessageType.RESTORE,
 ];
@@ -253,10 +254,11 @@ const SERVER_TYPES = [
   MessageType.WELCOME,
   MessageType.ACK,
   MessageType.NEED,
+  MessageType.BASIS,
   MessageType.ENTRY,
   MessageType.FILE_DATA,
 ];
-const UNKNOWN_TYPES = [0, 0x07, 0x0f, 0x1b, 0x22, 0x34, 0x40, 0x7fff, 0x8000, 0xffff];
+const UNKNOWN_TYPES = [0, 0x07, 0x0f, 0x1c, 0x23, 0x34, 0x40, 0x7fff, 0x8000, 0xffff];
 
 /** Request ids at and above this are the runner's barriers, never a plan's requests. */
 const BARRIER_ID_BASE = 0x7f00_0000;
@@ -765,7 +767,7 @@ class Planner {
     let chunkCount = list.length;
     let baseField = base ? base.sha256 : Buffer.alloc(0);
     let wholeHash = sha256(whole);
-    const variant = this.fieldMutation() ? rng.int(12) : -1;
+    const variant = this.fieldMutation() ? rng.int(13) : -1;
     let label = "";
     if (variant === 0) {
       chunkCount = rng.pick([
@@ -862,6 +864,12 @@ class Planner {
         return markMutated(
           frameOf(MessageType.CHUNK, id, encodeHistory.chunk(rng.pick([index + 1, 0xffff_ffff]), chunk.data)),
           "chunk index wrong",
+        );
+      }
+      if (variant === 12 && rng.chance(0.5)) {
+        return markMutated(
+          frameOf(MessageType.CHUNK_DELTA, id, encodeHistory.chunkDelta(index, rng.bytes(rng.int(40)))),
+          "a CHUNK_DELTA of random ops",
         );
       }
       return frame;
@@ -1053,6 +1061,7 @@ class Planner {
           MessageType.MANIFEST_DATA,
           MessageType.MANIFEST_END,
           MessageType.CHUNK,
+          MessageType.CHUNK_DELTA,
         ]);
         this.add(
           markMutated(
@@ -1701,6 +1710,12 @@ class FuzzConnection {
           }
           entry.last = need.last;
           this.needs.set(id, entry);
+          return null;
+        }
+        case MessageType.BASIS: {
+          this.count("BASIS");
+          decodeHistory.basis(frame.payload);
+          if (this.needs.get(id)?.last) return "BASIS after the last NEED";
           return null;
         }
         case MessageType.ENTRY: {

@@ -13,8 +13,14 @@ import { connect, type Socket } from "node:net";
 import { join } from "node:path";
 import { after, afterEach, before, describe, it } from "node:test";
 import { connect as tlsConnect } from "node:tls";
+import { deltaOps } from "../src/chunking/block-delta.js";
 import { encodeFrame, type Frame, MAX_FRAME_PAYLOAD } from "../src/protocol/frame.js";
-import { encodeHistory, MAX_CHUNKS_PER_FILE, type ManifestOp } from "../src/protocol/history-messages.js";
+import {
+  decodeHistory,
+  encodeHistory,
+  MAX_CHUNKS_PER_FILE,
+  type ManifestOp,
+} from "../src/protocol/history-messages.js";
 import { MAX_TOKEN_BYTES, MessageType } from "../src/protocol/messages.js";
 import {
   exists,
@@ -62,7 +68,7 @@ const CLOSE_GRACE_MS = 2000;
 function manifestBegin(
   id: number,
   path: string,
-  m: { size: number; sha256: Buffer; chunkCount: number },
+  m: { size: number; sha256: Buffer; chunkCount: number; base?: Buffer },
 ): Buffer {
   return encodeFrame(
     MessageType.MANIFEST_BEGIN,
@@ -73,7 +79,7 @@ function manifestBegin(
       mtimeMs: 1_600_000_000_000,
       mode: 0o644,
       sha256: m.sha256,
-      base: Buffer.alloc(0),
+      base: m.base ?? Buffer.alloc(0),
       chunkCount: m.chunkCount,
     }),
   );
@@ -960,5 +966,188 @@ describe("3b. a manifest of 2^40 bytes fed chunk entries", { timeout: 120_000 },
     client.destroy();
     await world.assertCleanAfter("a flood of chunk entries");
     assert.ok(peak < RSS_LIMIT_MIB, `peak RSS ${peak.toFixed(1)} MiB, expected under ${RSS_LIMIT_MIB} MiB`);
+  });
+});
+
+// ---------------------------------------------------------------------------------------
+// 3c. Deltas inside a chunk (protocol version 4)
+
+describe("3c. CHUNK_DELTA: a delta of the basis the server offered", { timeout: 120_000 }, () => {
+  const target = withTarget();
+
+  /** Two chunks X and Y no store holds yet; the edit flips a byte of X. */
+  function files() {
+    const X = randomBytes(40 * 1024);
+    const Y = randomBytes(40 * 1024);
+    const edited = Buffer.from(X);
+    edited[20_000] = (edited[20_000] as number) ^ 0xff;
+    return { X, Y, base: Buffer.concat([X, Y]), edited, after: Buffer.concat([edited, Y]) };
+  }
+  type Files = ReturnType<typeof files>;
+
+  /** Stores X+Y as `path` in `set` (two chunks, no base), on its own connection. */
+  async function storeBase(world: Target, set: string, path: string, f: Files): Promise<void> {
+    const { X, Y, base } = f;
+    const client = await world.client();
+    await client.hello(set);
+    client.write(
+      Buffer.concat([
+        manifestBegin(1, path, { size: base.length, sha256: sha256(base), chunkCount: 2 }),
+        manifestData(1, [
+          { op: "new", length: X.length, id: sha256(X) },
+          { op: "new", length: Y.length, id: sha256(Y) },
+        ]),
+        manifestEnd(1),
+      ]),
+    );
+    const need = await client.waitFor("NEED", (f) => f.type === MessageType.NEED);
+    assert.deepEqual(decodeHistory.need(need.payload).ranges, [[0, 2]]);
+    client.write(Buffer.concat([chunkFrame(1, 0, X), chunkFrame(1, 1, Y)]));
+    await expectAck(client, 1, "the base's manifest");
+    client.destroy();
+  }
+
+  /** Sends the edit as a manifest on `base`; resolves with the BASIS frames, then the NEED. */
+  async function sendEdit(
+    client: RawClient,
+    path: string,
+    f: Files,
+  ): Promise<{ bases: Frame[]; need: Frame }> {
+    const { base, edited, after } = f;
+    client.write(
+      Buffer.concat([
+        manifestBegin(1, path, {
+          size: after.length,
+          sha256: sha256(after),
+          chunkCount: 2,
+          base: sha256(base),
+        }),
+        manifestData(1, [
+          { op: "new", length: edited.length, id: sha256(edited) },
+          { op: "copy", start: 1, count: 1 },
+        ]),
+        manifestEnd(1),
+      ]),
+    );
+    const bases: Frame[] = [];
+    for (;;) {
+      const frame = await client.nextFrame();
+      if (frame.type === MessageType.BASIS) bases.push(frame);
+      else return { bases, need: frame };
+    }
+  }
+
+  function deltaFrame(index: number, ops: Buffer): Buffer {
+    return encodeFrame(MessageType.CHUNK_DELTA, 1, encodeHistory.chunkDelta(index, ops));
+  }
+
+  it("the changed chunk travels as a delta of the one it replaces, and the mirror gets the edit", async () => {
+    const world = target();
+    await world.markTmp();
+    const f = files();
+    const { X, edited, after } = f;
+    await storeBase(world, "delta", "file.bin", f);
+    const client = await world.client();
+    await client.hello("delta");
+    const { bases, need } = await sendEdit(client, "file.bin", f);
+    assert.equal(showFrame(need), "NEED id 1", errorText(need));
+    assert.deepEqual(decodeHistory.need(need.payload).ranges, [[0, 1]]);
+    assert.equal(bases.length, 1, "one BASIS, for the changed chunk");
+    const basis = decodeHistory.basis((bases[0] as Frame).payload);
+    assert.equal(basis.index, 0);
+    assert.equal(basis.length, X.length, "the basis is the chunk the new one replaces");
+    const ops = deltaOps(edited, basis);
+    assert.ok(ops.length < 2048, `${ops.length} bytes of ops for a one-byte change`);
+    client.write(deltaFrame(0, ops));
+    await expectAck(client, 1, "the edit sent as a delta");
+    assert.ok(
+      (await readFile(join(world.dest, "delta", "file.bin"))).equals(after),
+      "the mirror holds the edit",
+    );
+    client.destroy();
+    await world.assertCleanAfter("an edit sent as a delta");
+  });
+
+  it("a delta that builds other bytes is KW_HASH_MISMATCH for the request; the mirror keeps the version before", async () => {
+    const world = target();
+    const f = files();
+    const { X, base } = f;
+    await storeBase(world, "delta-wrong", "file.bin", f);
+    const client = await world.client();
+    await client.hello("delta-wrong");
+    const { bases } = await sendEdit(client, "file.bin", f);
+    // The basis unchanged (a COPY of every block): right length, wrong bytes.
+    const basis = decodeHistory.basis((bases[0] as Frame).payload);
+    client.write(deltaFrame(0, deltaOps(X, basis)));
+    await expectError(client, 1, "KW_HASH_MISMATCH", "a delta that rebuilds the basis itself");
+    client.write(mkdirFrame(2, "still-open"));
+    await expectAck(client, 2, "the connection stays open after a request-level KW_HASH_MISMATCH");
+    assert.ok((await readFile(join(world.dest, "delta-wrong", "file.bin"))).equals(base));
+    client.destroy();
+    await world.assertCleanAfter("a delta of the wrong bytes");
+  });
+
+  it("malformed deltas, and deltas the server did not offer, close the connection and store nothing", async () => {
+    const world = target();
+    const f = files();
+    const { base, edited } = f;
+    await storeBase(world, "delta-bad", "file.bin", f);
+    const copyOp = (block: number, count: number) => {
+      const op = Buffer.alloc(9);
+      op[0] = 0x01;
+      op.writeUInt32BE(block, 1);
+      op.writeUInt32BE(count, 5);
+      return op;
+    };
+    const cases: [string, Buffer][] = [
+      ["a COPY past the basis's last block", copyOp(39, 2)],
+      ["a COPY of 2^32 − 1 blocks", copyOp(1, 0xffffffff)],
+      ["ops that build fewer bytes than the chunk has", copyOp(0, 1)],
+      ["ops that build more bytes than the chunk has", Buffer.concat([copyOp(0, 40), copyOp(0, 1)])],
+      ["a LITERAL cut short", Buffer.from([0x02, 0, 0, 0x10, 0, 1, 2, 3])],
+      ["an unknown op", Buffer.from([0x07, 0, 0, 0, 0])],
+    ];
+    for (const [what, ops] of cases) {
+      const client = await world.client();
+      await client.hello("delta-bad");
+      await sendEdit(client, "file.bin", f);
+      client.write(deltaFrame(0, ops));
+      await expectError(client, 0, "KW_BAD_MESSAGE", what);
+      await expectClosed(client, what);
+      client.destroy();
+    }
+    // No BASIS offered: a manifest without a base.
+    const noBasis = await world.client();
+    await noBasis.hello("delta-bad");
+    noBasis.write(
+      Buffer.concat([
+        manifestBegin(1, "other.bin", { size: edited.length, sha256: sha256(edited), chunkCount: 1 }),
+        manifestData(1, [{ op: "new", length: edited.length, id: sha256(edited) }]),
+        manifestEnd(1),
+      ]),
+    );
+    const need = await noBasis.nextFrame();
+    assert.equal(showFrame(need), "NEED id 1", "a manifest without a base gets no BASIS");
+    noBasis.write(deltaFrame(0, copyOp(0, 40)));
+    await expectError(noBasis, 0, "KW_BAD_MESSAGE", "a CHUNK_DELTA for a chunk with no BASIS");
+    await expectClosed(noBasis, "a CHUNK_DELTA for a chunk with no BASIS");
+    noBasis.destroy();
+    // A version-3 connection: no BASIS, and CHUNK_DELTA is not a message it has.
+    const old = await world.client();
+    old.send(MessageType.HELLO, 0, helloPayload("delta-bad", 3, 3, world.token));
+    const welcome = await old.nextFrame();
+    assert.equal(showFrame(welcome), "WELCOME id 0", errorText(welcome));
+    const v3 = await sendEdit(old, "file.bin", f);
+    assert.equal(v3.bases.length, 0, "no BASIS on a version-3 connection");
+    assert.equal(showFrame(v3.need), "NEED id 1");
+    old.write(deltaFrame(0, copyOp(0, 40)));
+    await expectError(old, 0, "KW_UNEXPECTED_MESSAGE", "a CHUNK_DELTA on a version-3 connection");
+    old.destroy();
+    assert.ok(
+      (await readFile(join(world.dest, "delta-bad", "file.bin"))).equals(base),
+      "the mirror is unchanged",
+    );
+    assert.deepEqual(await world.mirrorPaths("delta-bad"), ["file.bin"]);
+    await world.assertCleanAfter("malformed deltas");
   });
 });

@@ -6,12 +6,14 @@
 
 import { closeSync, constants, fstatSync, openSync, read, readSync, type Stats } from "node:fs";
 import { join } from "node:path";
+import { deltaOps } from "../chunking/block-delta.js";
 import { Chunker, chunkBuffer, sha256 } from "../chunking/fastcdc.js";
 import { type ChunkRef, rechunk, usableGuide } from "../chunking/rechunk.js";
 import { withStreamHasher } from "../chunking/stream-hasher.js";
 import { KeepwatchError, RemoteError } from "../errors.js";
 import type { Frame } from "../protocol/frame.js";
 import {
+  type Basis,
   decodeHistory,
   encodeHistory,
   type FileHeader,
@@ -376,11 +378,18 @@ export class ChunkedTransfer implements FileTransfer {
     base: { sha256: Buffer; chunks: ChunkRef[] } | null,
   ): Promise<number | null> {
     const needed: number[] = [];
+    /** Bases the server offered for needed chunks (BASIS, version 4): they travel as deltas. */
+    const bases = new Map<number, Basis>();
     let needDone!: () => void;
     const allNeeds = new Promise<void>((resolve) => {
       needDone = resolve;
     });
     const request = this.link.open((frame: Frame) => {
+      if (frame.type === MessageType.BASIS && this.link.welcome.version >= 4) {
+        const basis = decodeHistory.basis(frame.payload);
+        bases.set(basis.index, basis);
+        return;
+      }
       if (frame.type !== MessageType.NEED) {
         throw new KeepwatchError(
           "KW_UNEXPECTED_MESSAGE",
@@ -428,8 +437,19 @@ export class ChunkedTransfer implements FileTransfer {
         await request.answer.catch(() => {});
         return null;
       }
-      await conn.sendAndWait(MessageType.CHUNK, request.id, encodeHistory.chunk(piece.index, piece.data));
-      sent += piece.data.length;
+      const basis = bases.get(piece.index);
+      const ops = basis ? deltaOps(piece.data, basis) : null;
+      if (ops && ops.length < piece.data.length) {
+        await conn.sendAndWait(
+          MessageType.CHUNK_DELTA,
+          request.id,
+          encodeHistory.chunkDelta(piece.index, ops),
+        );
+        sent += ops.length;
+      } else {
+        await conn.sendAndWait(MessageType.CHUNK, request.id, encodeHistory.chunk(piece.index, piece.data));
+        sent += piece.data.length;
+      }
       this.reporter.emit({ kind: "file-progress", path: header.path, bytes: sent, size: header.size });
     }
     await request.answer;

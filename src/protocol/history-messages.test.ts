@@ -118,3 +118,27 @@ describe("history messages", () => {
     assert.throws(() => decodeHistory.entry(bad), { code: "KW_BAD_MESSAGE" });
   });
 });
+
+describe("BASIS and CHUNK_DELTA (version 4)", () => {
+  test("BASIS round-trips, and one whose checksums do not fit its sizes is refused", () => {
+    const sums = Buffer.alloc(3 * 12, 7);
+    const basis = { index: 5, blockSize: 1024, length: 2500, sums };
+    assert.deepEqual(decodeHistory.basis(encodeHistory.basis(basis)), basis);
+    const bad = [
+      { ...basis, sums: Buffer.alloc(2 * 12) }, // 3 blocks of 2,500 bytes, 2 sums
+      { ...basis, blockSize: 63 },
+      { ...basis, blockSize: 65 * 1024, sums: Buffer.alloc(12) },
+      { ...basis, length: 0, sums: Buffer.alloc(0) },
+    ];
+    for (const m of bad) {
+      assert.throws(() => decodeHistory.basis(encodeHistory.basis(m)), /BASIS message is malformed/);
+    }
+    assert.throws(() => decodeHistory.basis(Buffer.alloc(5)));
+  });
+
+  test("CHUNK_DELTA carries its index and ops; shorter than an index is refused", () => {
+    const ops = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0, 1]);
+    assert.deepEqual(decodeHistory.chunkDelta(encodeHistory.chunkDelta(9, ops)), { index: 9, ops });
+    assert.throws(() => decodeHistory.chunkDelta(Buffer.alloc(3)), /shorter than its index/);
+  });
+});

@@ -1,9 +1,11 @@
 // The messages that carry chunked content and read the history (protocol version 2):
 // content by reference (PUT_REF), chunk manifests as edits of a base content
 // (MANIFEST_*), the server's list of chunks it lacks (NEED), the chunks (CHUNK), and the
-// read side (LIST, RESTORE, their ENTRY and FILE_DATA answers). docs/protocol.md is the
-// specification.
+// read side (LIST, RESTORE, their ENTRY and FILE_DATA answers); since version 4 also the
+// delta inside a chunk (BASIS, CHUNK_DELTA). docs/protocol.md is the specification.
 
+import { blockCount, SUM_BYTES } from "../chunking/block-delta.js";
+import { CHUNK_SIZE_LIMIT } from "../chunking/fastcdc.js";
 import { ProtocolError } from "../errors.js";
 import { FieldReader, FieldWriter } from "./fields.js";
 import { MAX_WIRE_PATH_BYTES, SHA256_BYTES } from "./messages.js";
@@ -30,6 +32,23 @@ export interface ManifestBegin extends FileHeader {
 export type ManifestOp =
   | { op: "copy"; start: number; count: number }
   | { op: "new"; length: number; id: Buffer };
+
+/**
+ * BASIS (version 4): the checksums of the blocks of a chunk the server holds, offered as
+ * the basis of a delta for the needed chunk `index` (see chunking/block-delta.ts).
+ */
+export interface Basis {
+  index: number;
+  blockSize: number;
+  /** The basis chunk's length in bytes. */
+  length: number;
+  /** SUM_BYTES per block: weak u32, then the strong checksum. */
+  sums: Buffer;
+}
+
+/** The block sizes a BASIS may use. */
+export const MIN_DELTA_BLOCK = 64;
+export const MAX_DELTA_BLOCK = 64 * 1024;
 
 export interface NeedRanges {
   /** True on the last NEED frame of the request. */
@@ -146,6 +165,13 @@ export const encodeHistory = {
     head.writeUInt32BE(index, 0);
     return Buffer.concat([head, data], 4 + data.length);
   },
+  /** A CHUNK_DELTA payload: the chunk's index in the new list, then the delta's ops. */
+  chunkDelta(index: number, ops: Buffer): Buffer {
+    return encodeHistory.chunk(index, ops);
+  },
+  basis(m: Basis): Buffer {
+    return new FieldWriter().u32(m.index).u32(m.blockSize).u32(m.length).bytes(m.sums).finish();
+  },
   list(m: ListRequest): Buffer {
     return new FieldWriter().str(m.path).f64(m.time).u8(m.mode).finish();
   },
@@ -235,6 +261,29 @@ export const decodeHistory = {
     if (payload.length < 4)
       throw new ProtocolError("KW_BAD_MESSAGE", "A CHUNK message is shorter than its index.");
     return { index: payload.readUInt32BE(0), data: payload.subarray(4) };
+  },
+  chunkDelta(payload: Buffer): { index: number; ops: Buffer } {
+    if (payload.length < 4)
+      throw new ProtocolError("KW_BAD_MESSAGE", "A CHUNK_DELTA message is shorter than its index.");
+    return { index: payload.readUInt32BE(0), ops: payload.subarray(4) };
+  },
+  basis(payload: Buffer): Basis {
+    const r = new FieldReader(payload, "BASIS");
+    const index = r.u32("index");
+    const blockSize = r.u32("blockSize");
+    const length = r.u32("length");
+    const sums = r.bytes("sums", payload.length);
+    r.end();
+    if (
+      blockSize < MIN_DELTA_BLOCK ||
+      blockSize > MAX_DELTA_BLOCK ||
+      length === 0 ||
+      length > CHUNK_SIZE_LIMIT ||
+      sums.length !== blockCount(length, blockSize) * SUM_BYTES
+    ) {
+      throw new ProtocolError("KW_BAD_MESSAGE", "The BASIS message is malformed.");
+    }
+    return { index, blockSize, length, sums };
   },
   list(payload: Buffer): ListRequest {
     const r = new FieldReader(payload, "LIST");

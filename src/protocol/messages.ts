@@ -6,7 +6,7 @@ import { type ErrorCode, isErrorCode, ProtocolError } from "../errors.js";
 import { FieldReader, FieldWriter } from "./fields.js";
 import { MAX_FRAME_PAYLOAD } from "./frame.js";
 
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;
 export const MIN_PROTOCOL_VERSION = 3;
 
 /** Longest path (in UTF-8 bytes) a message may carry; see paths.ts for the full rules. */
@@ -44,8 +44,10 @@ export const MessageType = {
   MANIFEST_DATA: 0x18,
   MANIFEST_END: 0x19,
   CHUNK: 0x1a,
+  CHUNK_DELTA: 0x1b,
   ACK: 0x20,
   NEED: 0x21,
+  BASIS: 0x22,
   LIST: 0x30,
   ENTRY: 0x31,
   RESTORE: 0x32,

@@ -3,6 +3,7 @@
 // those travel. Then the version is assembled, checked, committed and mirrored.
 
 import { createHash } from "node:crypto";
+import { applyDelta, blockSums, DELTA_BLOCK_BYTES, DeltaError } from "../chunking/block-delta.js";
 import { KeepwatchError, ProtocolError } from "../errors.js";
 import {
   encodeHistory,
@@ -38,6 +39,14 @@ const BASE_BYTES_PER_CHUNK = 256;
 
 /** Index ranges per NEED frame (8 bytes each), well within the smallest allowed frame. */
 const RANGES_PER_NEED = 4096;
+/**
+ * A request needing at most this many chunks is offered a basis for each (BASIS, version
+ * 4): the chunks of an edit, not those of a new or rewritten file, which share nothing
+ * with the base's. Each costs a read of one stored chunk, twice.
+ */
+const MAX_BASES = 32;
+/** How far from a needed chunk a copied one is looked for, to place it in the base. */
+const BASIS_REACH = 4;
 
 export class ManifestRequest {
   private base: ChunkRef[] | null = null;
@@ -59,6 +68,8 @@ export class ManifestRequest {
   private readonly since: number;
   /** Writes the mirror file as the chunks arrive (after MANIFEST_END). */
   private assembler: Assembler | null = null;
+  /** The basis offered (BASIS) for a needed chunk: the id of the base's chunk it replaces. */
+  private readonly bases = new Map<number, Buffer>();
 
   constructor(
     private readonly id: number,
@@ -159,6 +170,7 @@ export class ManifestRequest {
         ? { path: this.begin.path, size: baseSize, offsets: this.copiedFrom }
         : null;
     this.assembler = new Assembler(this.ctx.mirror, this.ctx.history, this.chunks, this.ctx.budget, source);
+    await this.offerBases(needed);
     this.sendNeed(needed);
     // Assembling a large file takes a while: it must not hold up the connection's other frames.
     if (needed.length === 0) this.ctx.track(this.commit());
@@ -171,6 +183,39 @@ export class ManifestRequest {
       throw this.violation(`CHUNK ${index} was not the next one the server asked for`);
     }
     this.nextNeeded++;
+    await this.accept(index, data);
+  }
+
+  /** CHUNK_DELTA: a needed chunk as a delta of the basis offered for it. */
+  async chunkDelta(index: number, ops: Buffer): Promise<void> {
+    if (!this.needed) throw this.violation("a CHUNK_DELTA arrived before MANIFEST_END");
+    if (this.failed) return;
+    if (this.nextNeeded >= this.needed.length || this.needed[this.nextNeeded] !== index) {
+      throw this.violation(`CHUNK_DELTA ${index} was not the next chunk the server asked for`);
+    }
+    const basisId = this.bases.get(index);
+    if (!basisId) throw this.violation(`CHUNK_DELTA ${index} is for a chunk the server offered no basis for`);
+    this.nextNeeded++;
+    let basis: Buffer;
+    try {
+      basis = await this.ctx.history.chunks.get(basisId);
+    } catch (error) {
+      this.fail(ioError(error, this.begin.path));
+      return;
+    }
+    let data: Buffer;
+    try {
+      data = applyDelta(basis, DELTA_BLOCK_BYTES, ops, this.chunks.at(index).length);
+    } catch (error) {
+      if (error instanceof DeltaError) throw this.violation(`CHUNK_DELTA ${index}: ${error.message}`);
+      throw error;
+    }
+    await this.accept(index, data);
+  }
+
+  /** A needed chunk's bytes arrived (in the order asked): check, store and write them. */
+  private async accept(index: number, data: Buffer): Promise<void> {
+    const needed = this.needed as Uint32Array;
     const ref = this.chunks.at(index);
     if (data.length !== ref.length || !createHash("sha256").update(data).digest().equals(ref.id)) {
       this.fail(
@@ -193,9 +238,55 @@ export class ManifestRequest {
       kind: "file-progress",
       path: this.begin.path,
       bytes: this.nextNeeded,
-      size: this.needed.length,
+      size: needed.length,
     });
-    if (this.nextNeeded === this.needed.length) this.ctx.track(this.commit());
+    if (this.nextNeeded === needed.length) this.ctx.track(this.commit());
+  }
+
+  /**
+   * Send a BASIS for each needed chunk that replaces a chunk of the base (version 4, an
+   * edit needing few chunks): the base's chunk where the new one stands, placed by the
+   * nearest chunk copied from the base before it (else after it).
+   */
+  private async offerBases(needed: Uint32Array): Promise<void> {
+    const base = this.base;
+    const copied = this.copiedFrom;
+    const offsets = this.baseOffsets;
+    if (this.ctx.protocolVersion < 4 || !base || !copied || !offsets || needed.length > MAX_BASES) return;
+    const baseIndexAt = (offset: number): number => {
+      let lo = 0;
+      let hi = base.length - 1;
+      while (lo < hi) {
+        const mid = (lo + hi + 1) >> 1;
+        if ((offsets[mid] as number) <= offset) lo = mid;
+        else hi = mid - 1;
+      }
+      return lo;
+    };
+    for (const index of needed) {
+      let basisIndex = -1;
+      for (let d = 1; d <= BASIS_REACH && basisIndex < 0; d++) {
+        const before = copied[index - d] ?? -1;
+        const after = copied[index + d] ?? -1;
+        if (index - d >= 0 && before >= 0) basisIndex = baseIndexAt(before) + d;
+        else if (after >= 0) basisIndex = baseIndexAt(after) - d;
+      }
+      const basisRef = base[basisIndex];
+      if (!basisRef) continue;
+      let basis: Buffer;
+      try {
+        basis = await this.ctx.history.chunks.get(basisRef.id);
+      } catch {
+        continue; // A chunk that cannot be read is no basis; the chunk travels whole.
+      }
+      const { length, sums } = blockSums(basis, DELTA_BLOCK_BYTES);
+      this.bases.set(index, basisRef.id);
+      this.ctx.send(
+        MessageType.BASIS,
+        this.id,
+        encodeHistory.basis({ index, blockSize: DELTA_BLOCK_BYTES, length, sums }),
+      );
+    }
   }
 
   /** `bytes` more of the server's manifest memory; false (and refused) if they never fit. */

@@ -42,6 +42,8 @@ export interface RequestContext {
   readonly mirror: Mirror;
   readonly set: string;
   readonly reporter: Reporter;
+  /** The protocol version agreed in the handshake. */
+  readonly protocolVersion: number;
   /** Memory the server allows for small files in flight, shared by all sessions. */
   readonly budget: ByteBudget;
   /** Memory the server allows for manifests' chunk lists, shared by all sessions. */
@@ -93,6 +95,8 @@ export class Session implements RequestContext {
   mirror!: Mirror;
   set = "";
   clientName = "";
+  /** The protocol version agreed in the handshake. */
+  protocolVersion = 0;
   /** Whom the connection speaks for, once HELLO was accepted. */
   principal: Principal | null = null;
   private diskFullSaidAt = 0;
@@ -298,6 +302,16 @@ export class Session implements RequestContext {
         const { index, data } = decodeHistory.chunk(frame.payload);
         return this.manifestFor(frame)?.chunk(index, data);
       }
+      case MessageType.CHUNK_DELTA: {
+        if (this.protocolVersion < 4) {
+          throw new ProtocolError(
+            "KW_UNEXPECTED_MESSAGE",
+            `CHUNK_DELTA needs protocol version 4; this connection agreed on version ${this.protocolVersion}.`,
+          );
+        }
+        const { index, ops } = decodeHistory.chunkDelta(frame.payload);
+        return this.manifestFor(frame)?.chunkDelta(index, ops);
+      }
       case MessageType.MKDIR:
         return this.begin(frame.requestId, () => {
           this.inFlight.set(frame.requestId, { kind: "op" });
@@ -371,6 +385,7 @@ export class Session implements RequestContext {
     this.principal = principal;
     this.set = hello.setName;
     this.clientName = hello.clientName;
+    this.protocolVersion = version;
     this.state = "ready";
     this.conn.send(
       MessageType.WELCOME,
