@@ -79,10 +79,21 @@ export function startProcess(command: string, commandArgs: string[], options: St
   return { proc, pid: proc.pid, exit, stdout: () => out, stderr: () => err };
 }
 
-/** `node dist/cli/main.js ARGS` (built first if needed). */
+/**
+ * The Node options the executable's first line gives (`#!/usr/bin/env -S node OPTIONS`): an
+ * installed `keepwatch` runs with them, so the benchmarks do too.
+ */
+export function cliNodeOptions(): string[] {
+  const first = readFileSync(CLI_MAIN, "utf8").split("\n", 1)[0] ?? "";
+  const match = /^#!\/usr\/bin\/env(?: -S)? node(.*)$/.exec(first);
+  if (!match) throw new Error(`${CLI_MAIN} does not start with a node shebang: ${first}`);
+  return (match[1] as string).split(" ").filter((option) => option !== "");
+}
+
+/** `node OPTIONS dist/cli/main.js ARGS`, as the installed executable runs (built first if needed). */
 export function startCli(cliArgs: string[], options: StartOptions = {}): Child {
   ensureBuilt();
-  return startProcess(process.execPath, [CLI_MAIN, ...cliArgs], options);
+  return startProcess(process.execPath, [...cliNodeOptions(), CLI_MAIN, ...cliArgs], options);
 }
 
 /**
@@ -92,7 +103,7 @@ export function startCli(cliArgs: string[], options: StartOptions = {}): Child {
  */
 export function measureCliStartup(runs = 3): { wallS: Summary; rssMiB: number } {
   ensureBuilt();
-  const command = [process.execPath, CLI_MAIN, "--version"];
+  const command = [process.execPath, ...cliNodeOptions(), CLI_MAIN, "--version"];
   const wallS: number[] = [];
   for (let i = 0; i < runs; i++) {
     const t0 = performance.now();

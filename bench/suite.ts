@@ -27,8 +27,9 @@
 // timed runs are done. The data sets are generated once, deterministically, into .bench-data/
 // (gitignored) and reused by later runs with the same sizes; they are read once before the timed
 // runs, so every tool reads its source from the page cache (caches are never dropped).
-// keepwatch runs as installed, from dist/ (`node dist/cli/main.js`, built from the working tree
-// first when the sources changed): Node start-up (printed) is part of its wall times.
+// keepwatch runs as installed, from dist/ (`node OPTIONS dist/cli/main.js`, OPTIONS being those of
+// the executable's first line; built from the working tree first when the sources changed): Node
+// start-up (printed) is part of its wall times.
 //
 // Run:  npm run bench [-- --quick] [--runs N] [--only SCENARIO[,…]] [--keep] [--no-wait]
 //   --quick    128 MiB big file, 2,000 small files, 40 MiB mixed tree, 20 latency edits, 1 run:
@@ -100,6 +101,7 @@ import {
 } from "./peers.js";
 import {
   type Child,
+  cliNodeOptions,
   ensureBuilt,
   measureCliStartup,
   onInterrupt,
@@ -936,7 +938,9 @@ async function main(): Promise<void> {
   );
   console.log(machineLine());
   const git = gitDescribe();
-  console.log(`keepwatch: run as node dist/cli/main.js (built from the working tree); ${codeLine(git)}`);
+  console.log(
+    `keepwatch: run as node ${[...cliNodeOptions(), "dist/cli/main.js"].join(" ")} (built from the working tree); ${codeLine(git)}`,
+  );
   const versions: Record<Tool, string> = {
     keepwatch: `git ${git.head}`,
     rsync: "missing",

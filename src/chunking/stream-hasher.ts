@@ -8,7 +8,7 @@ import { createHash } from "node:crypto";
 import { Worker } from "node:worker_threads";
 
 /** Pieces sent to the worker and not yet hashed; sending more waits (bounds memory). */
-const PIECES_IN_FLIGHT = 6;
+const PIECES_IN_FLIGHT = 3;
 /** The largest piece a hasher takes. */
 export const PIECE_BYTES = 1024 * 1024;
 
