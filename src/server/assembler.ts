@@ -113,8 +113,9 @@ export class Assembler {
       await this.writeGathered();
       const sound = this.hash.digest().equals(sha256);
       if (!sound && this.usedOld) {
-        // The mirror's file did not hold the base after all: from the history alone.
-        this.old = null;
+        // The mirror's file did not hold the base after all: from the history alone
+        // (closed, it stays null: openOld no longer opens it).
+        await this.closeOld();
         this.usedOld = false;
         this.hash = createHash("sha256");
         this.next = 0;
@@ -214,7 +215,6 @@ export class Assembler {
     if (bytesRead !== run.data.length) {
       // Shorter than the base: not the base. The history has every chunk.
       await this.closeOld();
-      this.old = null;
       return false;
     }
     this.usedOld = true;
