@@ -72,7 +72,12 @@ export class ServerLink {
     const timeoutMs = options.connectTimeoutMs ?? 10_000;
     const where = `${options.host}:${options.port}`;
     const { security } = options;
-    const { token, localFingerprint } = await credentialsFor(security, options.host, options.port);
+    // With TLS the credentials are read once the handshake is done: a server hands a
+    // connection to TLS only after it wrote its local-access file (server.ts), so a client
+    // that connects while a server is (re)starting on that port never reads a missing or
+    // stale file. A plain TCP connection has no such moment: it reads them first.
+    let token: Buffer = Buffer.alloc(0);
+    if (security.insecure) ({ token } = await credentialsFor(security, options.host, options.port));
     const socket: Socket = security.insecure
       ? netConnect({ host: options.host, port: options.port })
       : tlsConnect({
@@ -129,28 +134,33 @@ export class ServerLink {
         socket.once("secureConnect", () => {
           const presented = fingerprintOf((socket as TLSSocket).getPeerCertificate().raw);
           const file = knownServersFile(security.configDir);
-          checkFingerprint({
-            where,
-            presented,
-            expected: security.fingerprint,
-            local: localFingerprint,
-            knownServersFile: file,
-          }).then(
-            (outcome) => {
-              if (settled) return;
-              if (outcome === "pinned") security.onPinned?.(where, presented, file);
-              sendHello();
-            },
-            (error: unknown) =>
-              settle(
-                error instanceof KeepwatchError
-                  ? error
-                  : new KeepwatchError(
-                      "KW_STATE_UNUSABLE",
-                      `The known-servers file cannot be used: ${String(error)}.`,
-                    ),
-              ),
-          );
+          credentialsFor(security, options.host, options.port)
+            .then((credentials) => {
+              token = credentials.token;
+              return checkFingerprint({
+                where,
+                presented,
+                expected: security.fingerprint,
+                local: credentials.localFingerprint,
+                knownServersFile: file,
+              });
+            })
+            .then(
+              (outcome) => {
+                if (settled) return;
+                if (outcome === "pinned") security.onPinned?.(where, presented, file);
+                sendHello();
+              },
+              (error: unknown) =>
+                settle(
+                  error instanceof KeepwatchError
+                    ? error
+                    : new KeepwatchError(
+                        "KW_STATE_UNUSABLE",
+                        `The known-servers file or the local-access file in ${security.configDir} cannot be used: ${String(error)}.`,
+                      ),
+                ),
+            );
         });
       }
       conn.once("close", (error) => {
