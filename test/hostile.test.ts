@@ -13,7 +13,7 @@ import { connect, type Socket } from "node:net";
 import { join } from "node:path";
 import { after, afterEach, before, describe, it } from "node:test";
 import { connect as tlsConnect } from "node:tls";
-import { deltaOps } from "../src/chunking/block-delta.js";
+import { copyOp, deltaOps, literalHead } from "../src/chunking/block-delta.js";
 import { encodeFrame, type Frame, MAX_FRAME_PAYLOAD } from "../src/protocol/frame.js";
 import {
   decodeHistory,
@@ -1092,19 +1092,12 @@ describe("3c. CHUNK_DELTA: a delta of the basis the server offered", { timeout: 
     const f = files();
     const { base, edited } = f;
     await storeBase(world, "delta-bad", "file.bin", f);
-    const copyOp = (block: number, count: number) => {
-      const op = Buffer.alloc(9);
-      op[0] = 0x01;
-      op.writeUInt32BE(block, 1);
-      op.writeUInt32BE(count, 5);
-      return op;
-    };
     const cases: [string, Buffer][] = [
       ["a COPY past the basis's last block", copyOp(39, 2)],
       ["a COPY of 2^32 − 1 blocks", copyOp(1, 0xffffffff)],
       ["ops that build fewer bytes than the chunk has", copyOp(0, 1)],
       ["ops that build more bytes than the chunk has", Buffer.concat([copyOp(0, 40), copyOp(0, 1)])],
-      ["a LITERAL cut short", Buffer.from([0x02, 0, 0, 0x10, 0, 1, 2, 3])],
+      ["a LITERAL cut short", Buffer.concat([literalHead(4096), Buffer.from([1, 2, 3])])],
       ["an unknown op", Buffer.from([0x07, 0, 0, 0, 0])],
     ];
     for (const [what, ops] of cases) {

@@ -6,7 +6,16 @@ import assert from "node:assert/strict";
 import { createCipheriv, createHash } from "node:crypto";
 import { describe, test } from "node:test";
 import fc from "fast-check";
-import { applyDelta, blockSums, DELTA_BLOCK_BYTES, DeltaError, deltaOps, SUM_BYTES } from "./block-delta.js";
+import {
+  applyDelta,
+  blockSums,
+  copyOp,
+  DELTA_BLOCK_BYTES,
+  DeltaError,
+  deltaOps,
+  literalHead,
+  SUM_BYTES,
+} from "./block-delta.js";
 
 function randomBytes(seed: number, length: number): Buffer {
   const key = createHash("sha256").update(`keepwatch block delta test ${seed}`).digest().subarray(0, 16);
@@ -92,20 +101,16 @@ describe("block delta", () => {
       }),
       { numRuns: 2000 },
     );
-    const copy = (block: number, count: number) => {
-      const op = Buffer.alloc(9);
-      op[0] = 1;
-      op.writeUInt32BE(block, 1);
-      op.writeUInt32BE(count, 5);
-      return op;
-    };
-    assert.throws(() => applyDelta(basis, 1024, copy(4, 2), 2000), DeltaError); // past the basis
-    assert.throws(() => applyDelta(basis, 1024, copy(0, 0), 0), DeltaError); // empty run
-    assert.throws(() => applyDelta(basis, 1024, copy(0, 2), 1000), DeltaError); // more than length
-    assert.throws(() => applyDelta(basis, 1024, copy(0, 1), 2000), DeltaError); // less than length
-    assert.throws(() => applyDelta(basis, 1024, copy(0, 1).subarray(0, 5), 1024), DeltaError); // cut short
-    assert.throws(() => applyDelta(basis, 1024, Buffer.from([2, 0, 0, 0, 9, 1]), 9), DeltaError);
+    assert.throws(() => applyDelta(basis, 1024, copyOp(4, 2), 2000), DeltaError); // past the basis
+    assert.throws(() => applyDelta(basis, 1024, copyOp(0, 0), 0), DeltaError); // empty run
+    assert.throws(() => applyDelta(basis, 1024, copyOp(0, 2), 1000), DeltaError); // more than length
+    assert.throws(() => applyDelta(basis, 1024, copyOp(0, 1), 2000), DeltaError); // less than length
+    assert.throws(() => applyDelta(basis, 1024, copyOp(0, 1).subarray(0, 5), 1024), DeltaError); // cut short
+    assert.throws(
+      () => applyDelta(basis, 1024, Buffer.concat([literalHead(9), Buffer.from([1])]), 9),
+      DeltaError,
+    );
     assert.throws(() => applyDelta(basis, 1024, Buffer.from([7]), 1), DeltaError);
-    assert.throws(() => applyDelta(basis, 1024, copy(0xffffffff, 2), 2048), DeltaError); // overflow
+    assert.throws(() => applyDelta(basis, 1024, copyOp(0xffffffff, 2), 2048), DeltaError); // overflow
   });
 });

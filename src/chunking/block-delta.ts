@@ -28,6 +28,23 @@ export interface BlockSums {
 const OP_COPY = 0x01;
 const OP_LITERAL = 0x02;
 
+/** A COPY op: blocks `block` … `block + count − 1` of the basis. */
+export function copyOp(block: number, count: number): Buffer {
+  const op = Buffer.allocUnsafe(9);
+  op[0] = OP_COPY;
+  op.writeUInt32BE(block, 1);
+  op.writeUInt32BE(count, 5);
+  return op;
+}
+
+/** The head of a LITERAL op of `length` bytes (the bytes follow it). */
+export function literalHead(length: number): Buffer {
+  const head = Buffer.allocUnsafe(5);
+  head[0] = OP_LITERAL;
+  head.writeUInt32BE(length, 1);
+  return head;
+}
+
 /** A delta that cannot be applied to its basis (a protocol violation by its sender). */
 export class DeltaError extends Error {}
 
@@ -90,18 +107,11 @@ export function deltaOps(target: Uint8Array, basis: BlockSums): Buffer {
   const flushLiteral = (to: number) => {
     if (to <= literalFrom) return;
     flushRun();
-    const head = Buffer.allocUnsafe(5);
-    head[0] = OP_LITERAL;
-    head.writeUInt32BE(to - literalFrom, 1);
-    out.push(head, Buffer.from(target.subarray(literalFrom, to)));
+    out.push(literalHead(to - literalFrom), Buffer.from(target.subarray(literalFrom, to)));
   };
   const flushRun = () => {
     if (run.count === 0) return;
-    const op = Buffer.allocUnsafe(9);
-    op[0] = OP_COPY;
-    op.writeUInt32BE(run.block, 1);
-    op.writeUInt32BE(run.count, 5);
-    out.push(op);
+    out.push(copyOp(run.block, run.count));
     run.count = 0;
   };
   /** Block `block` of the basis is target[at, at + its length). */
