@@ -18,7 +18,7 @@ import {
   writeSync,
 } from "node:fs";
 import { dirname, join, relative } from "node:path";
-import { ByteStream, MiB } from "./lib.js";
+import { ByteStream, fmtInt, MiB } from "./lib.js";
 
 export function writeAll(fd: number, data: Buffer, position: number): void {
   let off = 0;
@@ -277,6 +277,18 @@ export function flipMiddleByte(path: string): number {
   } finally {
     closeSync(fd);
   }
+}
+
+/** The one-byte edit of the big-file scenarios, on `name` in `dir`: what it did, in words. */
+export function flipBigFile(dir: string, name: string): string {
+  const offset = flipMiddleByte(join(dir, name));
+  return `flipped the byte at offset ${fmtInt(offset)} of ${name} (XOR 0xff)`;
+}
+
+/** The insertion of the big-file scenarios: `count` bytes of the stream `seed` at offset 0. */
+export function insertIntoBigFile(dir: string, name: string, count: number, seed: string): string {
+  insertAtStart(join(dir, name), new ByteStream(seed).next(count));
+  return `inserted ${count} random bytes at offset 0 of ${name} (in place)`;
 }
 
 /** Insert `bytes` at offset 0 of `path`, in place (same inode), shifting the file from its end. */

@@ -32,10 +32,9 @@ import { spawnSync } from "node:child_process";
 import { copyFileSync, mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { CountingProxy, type Wire } from "./counting-proxy.js";
-import { compareTrees, flipMiddleByte, insertAtStart, writeBigFile } from "./data.js";
+import { compareTrees, flipBigFile, insertIntoBigFile, writeBigFile } from "./data.js";
 import { type KwServer, type PushPhases, runPush, startKwServer } from "./keepwatch.js";
 import {
-  ByteStream,
   CLK_TCK,
   checkFreeSpace,
   codeLine,
@@ -299,13 +298,10 @@ async function rsyncRun(
 /** Applies a scenario's change to SRC (untimed). */
 function applyChange(src: string, scenario: ScenarioId, round: number): string {
   switch (scenario) {
-    case "flip": {
-      const offset = flipMiddleByte(join(src, BIG));
-      return `flipped the byte at offset ${fmtInt(offset)} of ${BIG} (XOR 0xff)`;
-    }
+    case "flip":
+      return flipBigFile(src, BIG);
     case "insert":
-      insertAtStart(join(src, BIG), new ByteStream(`insert-${round}`).next(INSERT_BYTES));
-      return `inserted ${INSERT_BYTES} random bytes at offset 0 of ${BIG} (in place)`;
+      return insertIntoBigFile(src, BIG, INSERT_BYTES, `insert-${round}`);
     case "rename":
       renameSync(join(src, MID), join(src, MID_RENAMED));
       return `renamed ${MID} to ${MID_RENAMED}`;

@@ -55,8 +55,8 @@ import {
   cachedDataSet,
   compareTrees,
   copyTree,
-  flipMiddleByte,
-  insertAtStart,
+  flipBigFile,
+  insertIntoBigFile,
   readTree,
   sameContent,
   smallFilePath,
@@ -477,13 +477,10 @@ function rewriteFiles(root: string, paths: string[], seed: string): void {
 /** Applies an edit scenario's change to SRC (untimed). Returns what it did. */
 function applyChange(src: string, scenario: ScenarioId, round: number): string {
   switch (scenario) {
-    case "big-flip": {
-      const offset = flipMiddleByte(join(src, BIG));
-      return `flipped the byte at offset ${fmtInt(offset)} of ${BIG} (XOR 0xff)`;
-    }
+    case "big-flip":
+      return flipBigFile(src, BIG);
     case "big-insert":
-      insertAtStart(join(src, BIG), new ByteStream(`insert-${round}`).next(INSERT_BYTES));
-      return `inserted ${INSERT_BYTES} random bytes at offset 0 of ${BIG} (in place)`;
+      return insertIntoBigFile(src, BIG, INSERT_BYTES, `insert-${round}`);
     case "small-edit": {
       const paths = spreadFiles(CHANGED_FILES, 37);
       rewriteFiles(src, paths, `small-edit-${round}`);
