@@ -247,6 +247,8 @@ const CLIENT_TYPES = [
   MessageType.MANIFEST_END,
   MessageType.CHUNK,
   MessageType.CHUNK_DELTA,
+  MessageType.MANIFEST_STREAM,
+  MessageType.MANIFEST_CLOSE,
   MessageType.LIST,
   MessageType.RESTORE,
 ];
@@ -258,7 +260,7 @@ const SERVER_TYPES = [
   MessageType.ENTRY,
   MessageType.FILE_DATA,
 ];
-const UNKNOWN_TYPES = [0, 0x07, 0x0f, 0x1c, 0x23, 0x34, 0x40, 0x7fff, 0x8000, 0xffff];
+const UNKNOWN_TYPES = [0, 0x07, 0x0f, 0x1e, 0x23, 0x34, 0x40, 0x7fff, 0x8000, 0xffff];
 
 /** Request ids at and above this are the runner's barriers, never a plan's requests. */
 const BARRIER_ID_BASE = 0x7f00_0000;
@@ -768,6 +770,8 @@ class Planner {
     let baseField = base ? base.sha256 : Buffer.alloc(0);
     let wholeHash = sha256(whole);
     const variant = this.fieldMutation() ? rng.int(13) : -1;
+    // A streamed manifest (version 5): the whole hash and the chunk count come at its end.
+    const streamed = rng.chance(0.3);
     let label = "";
     if (variant === 0) {
       chunkCount = rng.pick([
@@ -788,20 +792,40 @@ class Planner {
       wholeHash = rng.bytes(32);
       label = "wrong whole sha256";
     }
-    let begin = frameOf(
-      MessageType.MANIFEST_BEGIN,
-      id,
-      encodeHistory.manifestBegin({
-        path,
-        size,
-        mtimeMs: this.mtime(),
-        mode: 0o644,
-        sha256: wholeHash,
-        base: baseField,
-        chunkCount,
-      }),
-    );
-    if (label !== "") markMutated(begin, label);
+    const end = streamed
+      ? frameOf(
+          MessageType.MANIFEST_CLOSE,
+          id,
+          encodeHistory.manifestClose({ sha256: wholeHash, chunkCount }),
+        )
+      : frameOf(MessageType.MANIFEST_END, id, encode.empty());
+    let begin = streamed
+      ? frameOf(
+          MessageType.MANIFEST_STREAM,
+          id,
+          encodeHistory.manifestStream({
+            path,
+            size,
+            mtimeMs: this.mtime(),
+            mode: 0o644,
+            base: baseField,
+            maxChunks: list.length,
+          }),
+        )
+      : frameOf(
+          MessageType.MANIFEST_BEGIN,
+          id,
+          encodeHistory.manifestBegin({
+            path,
+            size,
+            mtimeMs: this.mtime(),
+            mode: 0o644,
+            sha256: wholeHash,
+            base: baseField,
+            chunkCount,
+          }),
+        );
+    if (label !== "") markMutated(streamed && (variant === 0 || variant === 3) ? end : begin, label);
     if (variant === 4) begin = this.withHostilePath(begin);
     this.add(begin);
     let dataOps = ops;
@@ -843,9 +867,8 @@ class Planner {
       );
       return;
     }
-    this.add(frameOf(MessageType.MANIFEST_END, id, encode.empty()));
-    if (variant === 9)
-      this.add(markMutated(frameOf(MessageType.MANIFEST_END, id, encode.empty()), "MANIFEST_END twice"));
+    this.add(end);
+    if (variant === 9) this.add(markMutated({ ...end, label: end.label }, "the manifest ended twice"));
     this.flush();
     const chunks = list.map((chunk, index) => {
       const frame = frameOf(
@@ -1060,6 +1083,7 @@ class Planner {
           MessageType.PUT_END,
           MessageType.MANIFEST_DATA,
           MessageType.MANIFEST_END,
+          MessageType.MANIFEST_CLOSE,
           MessageType.CHUNK,
           MessageType.CHUNK_DELTA,
         ]);

@@ -43,6 +43,7 @@ import {
   helloPayload,
   localToken,
   mkdirFrame,
+  putAbort,
   putBegin,
   putData,
   putEnd,
@@ -1142,5 +1143,242 @@ describe("3c. CHUNK_DELTA: a delta of the basis the server offered", { timeout: 
     );
     assert.deepEqual(await world.mirrorPaths("delta-bad"), ["file.bin"]);
     await world.assertCleanAfter("malformed deltas");
+  });
+});
+
+// ---------------------------------------------------------------------------------------
+// 3d. Streamed manifests (protocol version 5)
+
+describe("3d. MANIFEST_STREAM: a manifest described while the file is read", { timeout: 120_000 }, () => {
+  const target = withTarget();
+  const CHUNKS = 6;
+
+  /** Six chunks no store holds yet; the edit changes the first. */
+  function files() {
+    const parts = Array.from({ length: CHUNKS }, () => randomBytes(20 * 1024));
+    const first = parts[0] as Buffer;
+    const edited = Buffer.from(first);
+    edited[5_000] = (edited[5_000] as number) ^ 0xff;
+    const base = Buffer.concat(parts);
+    const after = Buffer.concat([edited, ...parts.slice(1)]);
+    return { parts, edited, base, after };
+  }
+  type Files = ReturnType<typeof files>;
+
+  /** Stores the six chunks as `path` in `set` (a manifest without a base), on its own connection. */
+  async function storeBase(world: Target, set: string, path: string, f: Files): Promise<void> {
+    const client = await world.client();
+    await client.hello(set);
+    client.write(
+      Buffer.concat([
+        manifestBegin(1, path, { size: f.base.length, sha256: sha256(f.base), chunkCount: CHUNKS }),
+        manifestData(
+          1,
+          f.parts.map((p) => ({ op: "new" as const, length: p.length, id: sha256(p) })),
+        ),
+        manifestEnd(1),
+      ]),
+    );
+    const need = await client.waitFor("NEED", (frame) => frame.type === MessageType.NEED);
+    assert.deepEqual(decodeHistory.need(need.payload).ranges, [[0, CHUNKS]]);
+    client.write(Buffer.concat(f.parts.map((p, i) => chunkFrame(1, i, p))));
+    await expectAck(client, 1, "the base's manifest");
+    client.destroy();
+  }
+
+  /** The answer for `id`, after any BASIS and NEED frames that came before it, must be this ERROR. */
+  async function expectAnswer(client: RawClient, id: number, code: string, what: string): Promise<void> {
+    let frame = await client.nextFrame();
+    while (frame.type === MessageType.BASIS || frame.type === MessageType.NEED)
+      frame = await client.nextFrame();
+    assert.equal(showFrame(frame), `ERROR id ${id} ${code}`, `${what} (message: ${errorText(frame)})`);
+  }
+
+  function streamFrame(id: number, path: string, size: number, base: Buffer, maxChunks: number): Buffer {
+    return encodeFrame(
+      MessageType.MANIFEST_STREAM,
+      id,
+      encodeHistory.manifestStream({ path, size, mtimeMs: 1_600_000_000_000, mode: 0o644, base, maxChunks }),
+    );
+  }
+
+  function closeFrame(id: number, sha: Buffer, chunkCount: number): Buffer {
+    return encodeFrame(
+      MessageType.MANIFEST_CLOSE,
+      id,
+      encodeHistory.manifestClose({ sha256: sha, chunkCount }),
+    );
+  }
+
+  /** The edit's ops: its new first chunk, then the base's other five. */
+  function editOps(f: Files): ManifestOp[] {
+    return [
+      { op: "new", length: f.edited.length, id: sha256(f.edited) },
+      { op: "copy", start: 1, count: CHUNKS - 1 },
+    ];
+  }
+
+  it("NEED and BASIS come before MANIFEST_CLOSE, the chunk travels before it, and the mirror gets the edit", async () => {
+    const world = target();
+    await world.markTmp();
+    const f = files();
+    await storeBase(world, "stream", "file.bin", f);
+    const client = await world.client();
+    await client.hello("stream");
+    client.write(
+      Buffer.concat([
+        streamFrame(1, "file.bin", f.after.length, sha256(f.base), CHUNKS),
+        manifestData(1, editOps(f)),
+      ]),
+    );
+    const basisFrame = await client.nextFrame();
+    assert.equal(showFrame(basisFrame), "BASIS id 1", errorText(basisFrame));
+    const basis = decodeHistory.basis(basisFrame.payload);
+    assert.equal(basis.index, 0, "the basis is offered for the changed chunk");
+    const need = await client.nextFrame();
+    assert.equal(showFrame(need), "NEED id 1", errorText(need));
+    assert.deepEqual(decodeHistory.need(need.payload), { last: false, ranges: [[0, 1]] });
+    // The chunk travels while the manifest is still open.
+    client.write(
+      encodeFrame(MessageType.CHUNK_DELTA, 1, encodeHistory.chunkDelta(0, deltaOps(f.edited, basis))),
+    );
+    await expectSilence(client, 200, "no answer before MANIFEST_CLOSE");
+    client.write(closeFrame(1, sha256(f.after), CHUNKS));
+    const last = await client.nextFrame();
+    assert.equal(showFrame(last), "NEED id 1", errorText(last));
+    assert.deepEqual(decodeHistory.need(last.payload), { last: true, ranges: [] });
+    await expectAck(client, 1, "the streamed edit");
+    assert.ok(
+      (await readFile(join(world.dest, "stream", "file.bin"))).equals(f.after),
+      "the mirror holds the edit",
+    );
+    client.destroy();
+    await world.assertCleanAfter("a streamed edit");
+  });
+
+  it("a wrong SHA-256 at MANIFEST_CLOSE is KW_HASH_MISMATCH; the mirror keeps the version before", async () => {
+    const world = target();
+    const f = files();
+    await storeBase(world, "stream-wrong", "file.bin", f);
+    const client = await world.client();
+    await client.hello("stream-wrong");
+    client.write(
+      Buffer.concat([
+        streamFrame(1, "file.bin", f.after.length, sha256(f.base), CHUNKS),
+        manifestData(1, editOps(f)),
+      ]),
+    );
+    await client.waitFor("the NEED of the changed chunk", (frame) => frame.type === MessageType.NEED);
+    client.write(Buffer.concat([chunkFrame(1, 0, f.edited), closeFrame(1, sha256(f.base), CHUNKS)]));
+    await expectAnswer(
+      client,
+      1,
+      "KW_HASH_MISMATCH",
+      "a streamed manifest closed with another file's SHA-256",
+    );
+    client.write(mkdirFrame(2, "still-open"));
+    await expectAck(client, 2, "the connection stays open after a request-level KW_HASH_MISMATCH");
+    assert.ok((await readFile(join(world.dest, "stream-wrong", "file.bin"))).equals(f.base));
+    client.destroy();
+    await world.assertCleanAfter("a streamed manifest with a wrong SHA-256");
+  });
+
+  it("refused before MANIFEST_CLOSE, the request stays open until PUT_ABORT and its chunks are ignored", async () => {
+    const world = target();
+    const f = files();
+    const client = await world.client();
+    await client.hello("stream-refused");
+    client.write(streamFrame(1, "file.bin", f.after.length, sha256(f.base), CHUNKS));
+    await expectError(
+      client,
+      1,
+      "KW_CONTENT_UNKNOWN",
+      "a streamed manifest on a base the server does not hold",
+    );
+    client.write(Buffer.concat([manifestData(1, editOps(f)), chunkFrame(1, 0, f.edited)]));
+    await expectSilence(client, 200, "the refused request's frames are ignored");
+    client.write(putAbort(1));
+    await expectSilence(client, 200, "PUT_ABORT of a refused request is not answered");
+    // The id is free again.
+    client.write(mkdirFrame(1, "after-abort"));
+    await expectAck(client, 1, "a request that reuses the aborted id");
+    assert.deepEqual(await world.mirrorPaths("stream-refused"), ["after-abort"]);
+    client.destroy();
+    await world.assertCleanAfter("a refused streamed manifest");
+  });
+
+  it("streamed manifests that break the rules close the connection and store nothing", async () => {
+    const world = target();
+    const f = files();
+    await storeBase(world, "stream-bad", "file.bin", f);
+    const open = streamFrame(1, "file.bin", f.after.length, sha256(f.base), CHUNKS);
+    const cases: [string, Buffer][] = [
+      [
+        "a CHUNK for a chunk not listed yet",
+        Buffer.concat([
+          open,
+          manifestData(1, [{ op: "copy", start: 0, count: CHUNKS - 1 }]),
+          chunkFrame(1, 5, f.edited),
+        ]),
+      ],
+      [
+        "MANIFEST_CLOSE with another chunk count",
+        Buffer.concat([open, manifestData(1, editOps(f)), closeFrame(1, sha256(f.after), CHUNKS + 1)]),
+      ],
+      [
+        "MANIFEST_CLOSE before the whole size is described",
+        Buffer.concat([
+          open,
+          manifestData(1, [{ op: "copy", start: 1, count: 2 }]),
+          closeFrame(1, sha256(f.after), 2),
+        ]),
+      ],
+      [
+        "MANIFEST_END ending a streamed manifest",
+        Buffer.concat([open, manifestData(1, editOps(f)), manifestEnd(1)]),
+      ],
+      [
+        "ops past maxChunks",
+        Buffer.concat([
+          streamFrame(1, "file.bin", f.after.length, sha256(f.base), 2),
+          manifestData(1, editOps(f)),
+        ]),
+      ],
+      [
+        "MANIFEST_CLOSE ending a manifest begun by MANIFEST_BEGIN",
+        Buffer.concat([
+          manifestBegin(1, "file.bin", {
+            size: f.after.length,
+            sha256: sha256(f.after),
+            chunkCount: CHUNKS,
+            base: sha256(f.base),
+          }),
+          manifestData(1, editOps(f)),
+          closeFrame(1, sha256(f.after), CHUNKS),
+        ]),
+      ],
+    ];
+    for (const [what, frames] of cases) {
+      const client = await world.client();
+      await client.hello("stream-bad");
+      client.write(frames);
+      await expectAnswer(client, 0, "KW_BAD_MESSAGE", what);
+      await expectClosed(client, what);
+      client.destroy();
+    }
+    // A version-4 connection does not have the message.
+    const old = await world.client();
+    old.send(MessageType.HELLO, 0, helloPayload("stream-bad", 4, 4, world.token));
+    const welcome = await old.nextFrame();
+    assert.equal(showFrame(welcome), "WELCOME id 0", errorText(welcome));
+    old.write(open);
+    await expectError(old, 0, "KW_UNEXPECTED_MESSAGE", "MANIFEST_STREAM on a version-4 connection");
+    old.destroy();
+    assert.ok(
+      (await readFile(join(world.dest, "stream-bad", "file.bin"))).equals(f.base),
+      "the mirror is unchanged",
+    );
+    assert.deepEqual(await world.mirrorPaths("stream-bad"), ["file.bin"]);
+    await world.assertCleanAfter("streamed manifests that break the rules");
   });
 });

@@ -23,6 +23,9 @@ export interface ChunkRef {
 /** Reads into `buffer` from the file's `position`; resolves with the bytes read. */
 export type ReadAt = (buffer: Buffer, position: number) => Promise<number>;
 
+/** Told of each chunk as soon as it is found, in file order (the scan waits for it). */
+export type OnChunk = (chunk: ChunkRef) => void | Promise<void>;
+
 /** Bytes of the file held at once: room for the largest chunk and a few reads after it. */
 const WINDOW_BYTES = 4 * 1024 * 1024;
 /** Reads (of a hasher piece each) on their way while the window's bytes are hashed. */
@@ -110,18 +113,20 @@ export function usableGuide(previous: readonly ChunkRef[]): boolean {
 /**
  * The chunks of a file of `size` bytes and its SHA-256, the file being an edit of one whose
  * chunks were `previous` (any list may be given: a poor guide costs time, never a wrong
- * result). The hasher must have been started; null when the file came up short.
+ * result). The hasher must have been started; null when the file came up short. `onChunk`
+ * hears of each chunk as it is found, before the whole file is read.
  */
 export async function rechunk(
   read: ReadAt,
   size: number,
   previous: readonly ChunkRef[],
   hasher: StreamHasher,
+  onChunk: OnChunk = () => {},
 ): Promise<{ chunks: ChunkRef[]; sha256: Buffer; searchedBytes: number } | null> {
   if (!usableGuide(previous)) throw new RangeError("rechunk needs the chunks of a version cut by FastCDC");
   const window = new ForwardWindow(read, size, hasher);
   try {
-    return await scan(window, size, previous, hasher);
+    return await scan(window, size, previous, hasher, onChunk);
   } finally {
     await window.close();
   }
@@ -132,6 +137,7 @@ async function scan(
   size: number,
   previous: readonly ChunkRef[],
   hasher: StreamHasher,
+  onChunk: OnChunk,
 ): Promise<{ chunks: ChunkRef[]; sha256: Buffer; searchedBytes: number } | null> {
   const firstIndex = new Map<string, number>();
   previous.forEach((c, i) => {
@@ -157,7 +163,9 @@ async function scan(
       if (bytes === null) return null;
       const id = chunkId(bytes);
       if (id.equals(old.id)) {
-        chunks.push({ id, length: old.length });
+        const chunk = { id, length: old.length };
+        chunks.push(chunk);
+        await onChunk(chunk);
         position += old.length;
         expected++;
         continue;
@@ -178,7 +186,9 @@ async function scan(
       if (last) cut.push(last);
       for (const chunk of cut) {
         const id = chunkId(chunk.data);
-        chunks.push({ id, length: chunk.length });
+        const ref = { id, length: chunk.length };
+        chunks.push(ref);
+        await onChunk(ref);
         position += chunk.length;
         const at = firstIndex.get(id.toString("latin1"));
         if (at !== undefined) {

@@ -2,13 +2,15 @@
 // already holds travels by reference (PUT_REF: renames, copies, --force). A small file
 // travels whole in one go (PUT). A larger one is cut into content-defined chunks; the
 // client sends its manifest as edits of the version the server acknowledged last, the
-// server answers with the chunks it lacks, and only those travel.
+// server answers with the chunks it lacks, and only those travel. An edit of a file the
+// server holds streams its manifest while the file is read (version 5), so that the
+// server writes the new version while the client is still reading it.
 
 import { closeSync, constants, fstatSync, openSync, read, readSync, type Stats } from "node:fs";
 import { join } from "node:path";
 import { deltaOps } from "../chunking/block-delta.js";
-import { Chunker, chunkBuffer, sha256 } from "../chunking/fastcdc.js";
-import { type ChunkRef, rechunk, usableGuide } from "../chunking/rechunk.js";
+import { Chunker, chunkBuffer, DEFAULT_CHUNK_PARAMS, sha256 } from "../chunking/fastcdc.js";
+import { type ChunkRef, type OnChunk, rechunk, usableGuide } from "../chunking/rechunk.js";
 import { withStreamHasher } from "../chunking/stream-hasher.js";
 import { KeepwatchError, RemoteError } from "../errors.js";
 import type { Frame } from "../protocol/frame.js";
@@ -17,6 +19,7 @@ import {
   decodeHistory,
   encodeHistory,
   type FileHeader,
+  MAX_CHUNKS_PER_FILE,
   type ManifestOp,
 } from "../protocol/history-messages.js";
 import { encode, MessageType, messageTypeName } from "../protocol/messages.js";
@@ -29,6 +32,8 @@ import { type ClientState, decodeChunkList, encodeChunkList } from "./state.js";
 export const PIECE_SIZE = 256 * 1024;
 /** Bytes read from disk per step while a large file is chunked. */
 const READ_SIZE = 1024 * 1024;
+/** Bytes of a file read between two MANIFEST_DATA frames of a streamed manifest. */
+const STREAM_STEP_BYTES = 4 * 1024 * 1024;
 
 export type PutOutcome =
   /**
@@ -157,22 +162,42 @@ async function* neededChunks(
   }
 }
 
-/** Edits that turn `base` into `next`: runs of base chunks (COPY) and chunks it lacks (NEW). */
-export function diffChunks(base: ChunkRef[], next: ChunkRef[]): ManifestOp[] {
-  const where = new Map<string, number>();
-  base.forEach((c, i) => {
-    const key = c.id.toString("hex");
-    if (!where.has(key)) where.set(key, i);
-  });
-  const ops: ManifestOp[] = [];
-  for (const chunk of next) {
-    const at = where.get(chunk.id.toString("hex"));
-    const last = ops[ops.length - 1];
-    if (at === undefined) ops.push({ op: "new", length: chunk.length, id: chunk.id });
-    else if (last?.op === "copy" && last.start + last.count === at) last.count++;
-    else ops.push({ op: "copy", start: at, count: 1 });
+/**
+ * Edits that turn `base` into a new chunk list, as its chunks come: runs of base chunks
+ * (COPY) and chunks the base lacks (NEW). `take` hands over the ops so far; a run of
+ * copies that goes on after it continues as a new COPY op.
+ */
+export class ManifestDiff {
+  private readonly where = new Map<string, number>();
+  private ops: ManifestOp[] = [];
+
+  constructor(base: readonly ChunkRef[]) {
+    base.forEach((c, i) => {
+      const key = c.id.toString("latin1");
+      if (!this.where.has(key)) this.where.set(key, i);
+    });
   }
-  return ops;
+
+  push(chunk: ChunkRef): void {
+    const at = this.where.get(chunk.id.toString("latin1"));
+    const last = this.ops[this.ops.length - 1];
+    if (at === undefined) this.ops.push({ op: "new", length: chunk.length, id: chunk.id });
+    else if (last?.op === "copy" && last.start + last.count === at) last.count++;
+    else this.ops.push({ op: "copy", start: at, count: 1 });
+  }
+
+  take(): ManifestOp[] {
+    const ops = this.ops;
+    this.ops = [];
+    return ops;
+  }
+}
+
+/** Edits that turn `base` into `next` (see ManifestDiff). */
+export function diffChunks(base: ChunkRef[], next: ChunkRef[]): ManifestOp[] {
+  const diff = new ManifestDiff(base);
+  for (const chunk of next) diff.push(chunk);
+  return diff.take();
 }
 
 export class ChunkedTransfer implements FileTransfer {
@@ -277,18 +302,28 @@ export class ChunkedTransfer implements FileTransfer {
     try {
       const record = this.state.get(entry.path);
       const guide = record?.kind === "file" && record.chunks ? decodeChunkList(record.chunks) : null;
-      const scanned = await this.chunkFile(fd, entry.size, guide);
-      await previous;
+      let base =
+        record?.kind === "file" && guide && this.state.knowsContent(record.sha256)
+          ? { sha256: record.sha256, chunks: guide }
+          : null;
+      let scanned: { chunks: ChunkRef[]; sha256: Buffer } | null;
+      if (base && usableGuide(base.chunks) && this.link.welcome.version >= 5) {
+        await previous;
+        const streamed = await this.streamEdit(fd, entry, before, base);
+        if ("status" in streamed) return streamed;
+        // The server would not take the edit on this base: the whole manifest, without it.
+        scanned = streamed.retry;
+        base = null;
+      } else {
+        scanned = await this.chunkFile(fd, entry.size, guide);
+        await previous;
+      }
       if (!scanned || !sameFile(before, fstatSync(fd))) return { status: "changed" };
       const header = { ...entry, sha256: scanned.sha256 };
       const chunks = encodeChunkList(scanned.chunks);
       if (await this.putByReference(header)) {
         return { status: "stored", entry, sha256: header.sha256, chunks, sentBytes: 0 };
       }
-      const base =
-        record?.kind === "file" && guide && this.state.knowsContent(record.sha256)
-          ? { sha256: record.sha256, chunks: guide }
-          : null;
       let sent: number | null;
       try {
         try {
@@ -323,11 +358,13 @@ export class ChunkedTransfer implements FileTransfer {
     fd: number,
     size: number,
     guide: ChunkRef[] | null,
+    onChunk?: OnChunk,
   ): Promise<{ chunks: ChunkRef[]; sha256: Buffer } | null> {
     return withStreamHasher(async (hasher) => {
       if (guide && usableGuide(guide)) {
-        return rechunk((buffer, position) => readAt(fd, buffer, position), size, guide, hasher);
+        return rechunk((buffer, position) => readAt(fd, buffer, position), size, guide, hasher, onChunk);
       }
+      if (onChunk) throw new Error("chunks are told as they are found only when a guide is used");
       const chunker = new Chunker();
       const lengths: number[] = [];
       const read = async (at: number) => {
@@ -364,6 +401,190 @@ export class ChunkedTransfer implements FileTransfer {
       const chunks = lengths.map((length, i) => ({ id: hashes.chunkIds[i] as Buffer, length }));
       return { chunks, sha256: hashes.sha256 };
     });
+  }
+
+  /**
+   * An edit of a file the server holds (version 5, docs/protocol.md section 14): its
+   * manifest, as edits of `base`, travels while the file is read, and each chunk the server
+   * asks for travels as soon as it asks. Returns the outcome; or, when the server would not
+   * take the edit on this base (it no longer holds it, or has no room for its chunk list),
+   * the file's chunks and hash as read, for the caller to send without a base.
+   */
+  private async streamEdit(
+    fd: number,
+    entry: DiskEntry,
+    before: Stats,
+    base: { sha256: Buffer; chunks: ChunkRef[] },
+  ): Promise<PutOutcome | { retry: { chunks: ChunkRef[]; sha256: Buffer } | null }> {
+    const conn = this.link.conn;
+    const { path, size, mtimeMs, mode } = entry;
+    /** The chunks found so far, and where each starts in the file. */
+    const found: ChunkRef[] = [];
+    const offsets: number[] = [];
+    let position = 0;
+    /** Chunks the server asked for (NEED), in its order; and the bases offered (BASIS). */
+    const queue: number[] = [];
+    let head = 0;
+    const bases = new Map<number, Basis>();
+    let sending: Promise<void> | null = null;
+    let sendError: unknown = null;
+    let stopped = false;
+    let shrank = false;
+    let sent = 0;
+    let refusal: unknown = null;
+    let allListed!: () => void;
+    const listed = new Promise<void>((resolve) => {
+      allListed = resolve;
+    });
+
+    const sendAsked = async (): Promise<void> => {
+      while (head < queue.length && !stopped && refusal === null && !this.link.isLost) {
+        const index = queue[head++] as number;
+        const { length } = found[index] as ChunkRef;
+        const data = Buffer.allocUnsafe(length);
+        if ((await readAt(fd, data, offsets[index] as number)) !== length) {
+          shrank = true;
+          return;
+        }
+        if (stopped || refusal !== null || this.link.isLost) return;
+        const basis = bases.get(index);
+        bases.delete(index);
+        const ops = basis ? deltaOps(data, basis) : null;
+        if (ops && ops.length < length) {
+          await conn.sendAndWait(MessageType.CHUNK_DELTA, request.id, encodeHistory.chunkDelta(index, ops));
+          sent += ops.length;
+        } else {
+          await conn.sendAndWait(MessageType.CHUNK, request.id, encodeHistory.chunk(index, data));
+          sent += length;
+        }
+        this.reporter.emit({ kind: "file-progress", path, bytes: sent, size });
+      }
+    };
+    /** Wait until no chunk is being sent (after `stopped`, none will be). */
+    const settleSending = async (): Promise<void> => {
+      while (sending) await sending;
+    };
+
+    const request = this.link.open((frame: Frame) => {
+      if (frame.type === MessageType.BASIS) {
+        const basis = decodeHistory.basis(frame.payload);
+        bases.set(basis.index, basis);
+        return;
+      }
+      if (frame.type !== MessageType.NEED) {
+        throw new KeepwatchError(
+          "KW_UNEXPECTED_MESSAGE",
+          `The server answered a streamed manifest with ${messageTypeName(frame.type)}.`,
+        );
+      }
+      const need = decodeHistory.need(frame.payload);
+      for (const [start, count] of need.ranges) {
+        if (start + count > found.length) {
+          throw new KeepwatchError(
+            "KW_UNEXPECTED_MESSAGE",
+            `The server asked for chunk ${start + count - 1} of a manifest that so far has ${found.length}.`,
+          );
+        }
+        for (let i = start; i < start + count; i++) queue.push(i);
+      }
+      sending ??= sendAsked()
+        .catch((error: unknown) => {
+          sendError ??= error;
+        })
+        .finally(() => {
+          sending = null;
+        });
+      if (need.last) allListed();
+    });
+    request.answer.catch((error: unknown) => {
+      refusal = error;
+    });
+
+    conn.send(
+      MessageType.MANIFEST_STREAM,
+      request.id,
+      encodeHistory.manifestStream({
+        path,
+        size,
+        mtimeMs,
+        mode,
+        base: base.sha256,
+        maxChunks: Math.min(MAX_CHUNKS_PER_FILE, Math.floor(size / DEFAULT_CHUNK_PARAMS.minSize) + 1),
+      }),
+    );
+    this.reporter.emit({ kind: "file-start", path, size });
+    const diff = new ManifestDiff(base.chunks);
+    let unsent = 0;
+    const sendOps = async (): Promise<void> => {
+      const ops = diff.take();
+      if (refusal !== null || this.link.isLost) return;
+      for (const payload of encodeHistory.manifestData(ops, this.link.welcome.maxFrame)) {
+        await conn.sendAndWait(MessageType.MANIFEST_DATA, request.id, payload);
+      }
+    };
+    let scanned: { chunks: ChunkRef[]; sha256: Buffer } | null = null;
+    let closeSent = false;
+    try {
+      scanned = await this.chunkFile(fd, size, base.chunks, async (chunk) => {
+        found.push(chunk);
+        offsets.push(position);
+        position += chunk.length;
+        diff.push(chunk);
+        unsent += chunk.length;
+        if (unsent >= STREAM_STEP_BYTES) {
+          unsent = 0;
+          await sendOps();
+        }
+      });
+      if (scanned && sameFile(before, fstatSync(fd)) && refusal === null && !this.link.isLost) {
+        await sendOps();
+        conn.send(
+          MessageType.MANIFEST_CLOSE,
+          request.id,
+          encodeHistory.manifestClose({ sha256: scanned.sha256, chunkCount: found.length }),
+        );
+        closeSent = true;
+        // Every chunk is listed (NEED last), or the server refused the request.
+        await Promise.race([listed, request.answer]).catch(() => {});
+        await settleSending();
+        if (!shrank && sendError === null) await request.answer.catch(() => {});
+      }
+    } finally {
+      stopped = true;
+      await settleSending();
+    }
+    if (sendError !== null) throw sendError;
+    if (this.link.isLost) await request.answer;
+    // A request refused before MANIFEST_CLOSE, or not closed, or closed with a chunk that
+    // could not be read again, is still open on the server: PUT_ABORT ends it (answered by
+    // ACK, or by nothing when the server had refused it).
+    if (!closeSent || (shrank && refusal === null)) {
+      conn.send(
+        MessageType.PUT_ABORT,
+        request.id,
+        encode.putAbort({ reason: "the file changed while it was read" }),
+      );
+      await request.answer.catch(() => {});
+    }
+    if (refusal instanceof RemoteError) {
+      // A chunk read again for sending no longer matched its hash: the file changed.
+      if (refusal.code === "KW_HASH_MISMATCH") return { status: "changed" };
+      if (refusal.code === "KW_CONTENT_UNKNOWN" || refusal.code === "KW_FILE_TOO_LARGE") {
+        if (refusal.code === "KW_CONTENT_UNKNOWN") this.state.forgetContent(base.sha256);
+        return { retry: scanned };
+      }
+    }
+    if (refusal !== null) throw refusal;
+    if (closeSent && !shrank && scanned) {
+      return {
+        status: "stored",
+        entry,
+        sha256: scanned.sha256,
+        chunks: encodeChunkList(found),
+        sentBytes: sent,
+      };
+    }
+    return { status: "changed" };
   }
 
   /**

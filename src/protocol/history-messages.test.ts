@@ -45,6 +45,38 @@ describe("history messages", () => {
     );
   });
 
+  test("MANIFEST_STREAM and MANIFEST_CLOSE round-trip (version 5)", () => {
+    fc.assert(
+      fc.property(
+        header,
+        fc.boolean(),
+        fc.integer({ min: 0, max: 4 * 1024 * 1024 }),
+        sha,
+        (h, withBase, n, base) => {
+          const { sha256, ...rest } = h;
+          const m = { ...rest, base: withBase ? base : Buffer.alloc(0), maxChunks: n };
+          assert.deepEqual(decodeHistory.manifestStream(encodeHistory.manifestStream(m)), m);
+          const close = { sha256, chunkCount: n };
+          assert.deepEqual(decodeHistory.manifestClose(encodeHistory.manifestClose(close)), close);
+        },
+      ),
+    );
+    const stream = { path: "a", size: 1, mtimeMs: 0, mode: 0, base: Buffer.alloc(0), maxChunks: 1 };
+    const bad = [
+      encodeHistory.manifestStream({ ...stream, maxChunks: 4 * 1024 * 1024 + 1 }),
+      encodeHistory.manifestStream({ ...stream, base: Buffer.alloc(31) }),
+    ];
+    for (const payload of bad)
+      assert.throws(() => decodeHistory.manifestStream(payload), { code: "KW_BAD_MESSAGE" });
+    const shortSha = encodeHistory.manifestClose({ sha256: Buffer.alloc(31), chunkCount: 1 });
+    assert.throws(() => decodeHistory.manifestClose(shortSha), { code: "KW_BAD_MESSAGE" });
+    const trailing = Buffer.concat([
+      encodeHistory.manifestClose({ sha256: Buffer.alloc(32), chunkCount: 1 }),
+      Buffer.from([0]),
+    ]);
+    assert.throws(() => decodeHistory.manifestClose(trailing), { code: "KW_BAD_MESSAGE" });
+  });
+
   test("manifest ops round-trip, packed into frames without splitting an op", () => {
     fc.assert(
       fc.property(fc.array(op, { maxLength: 200 }), fc.integer({ min: 37, max: 2000 }), (ops, maxPayload) => {

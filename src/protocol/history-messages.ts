@@ -28,6 +28,27 @@ export interface ManifestBegin extends FileHeader {
   chunkCount: number;
 }
 
+/**
+ * MANIFEST_STREAM (version 5): a manifest sent while the file is still being read, so
+ * without the file's SHA-256 and exact chunk count, which MANIFEST_CLOSE then carries.
+ */
+export interface ManifestStream {
+  path: string;
+  size: number;
+  mtimeMs: number;
+  mode: number;
+  /** SHA-256 of a content the server holds, whose chunk list the edits refer to; empty for none. */
+  base: Buffer;
+  /** The most chunks the manifest will describe (the server reserves room for them). */
+  maxChunks: number;
+}
+
+/** MANIFEST_CLOSE (version 5): what a streamed manifest could say only at its end. */
+export interface ManifestClose {
+  sha256: Buffer;
+  chunkCount: number;
+}
+
 /** One edit of a manifest: take `count` chunks of the base from `start`, or one new chunk. */
 export type ManifestOp =
   | { op: "copy"; start: number; count: number }
@@ -120,6 +141,19 @@ export const encodeHistory = {
   },
   manifestBegin(m: ManifestBegin): Buffer {
     return fileHeader(new FieldWriter(), m).bytes(m.base).u32(m.chunkCount).finish();
+  },
+  manifestStream(m: ManifestStream): Buffer {
+    return new FieldWriter()
+      .str(m.path)
+      .u64(m.size)
+      .f64(m.mtimeMs)
+      .u32(m.mode)
+      .bytes(m.base)
+      .u32(m.maxChunks)
+      .finish();
+  },
+  manifestClose(m: ManifestClose): Buffer {
+    return new FieldWriter().bytes(m.sha256).u32(m.chunkCount).finish();
   },
   /** Ops packed into payloads of at most `maxPayload` bytes; no op is split. */
   manifestData(ops: ManifestOp[], maxPayload: number): Buffer[] {
@@ -218,6 +252,35 @@ export const decodeHistory = {
       );
     }
     return { ...header, base, chunkCount };
+  },
+  manifestStream(payload: Buffer): ManifestStream {
+    const r = new FieldReader(payload, "MANIFEST_STREAM");
+    const path = r.str("path", MAX_WIRE_PATH_BYTES);
+    const size = r.u64("size");
+    const mtimeMs = r.time("mtimeMs");
+    const mode = r.u32("mode");
+    const base = r.bytes("base", SHA256_BYTES);
+    const maxChunks = r.u32("maxChunks");
+    r.end();
+    if (base.length !== 0 && base.length !== SHA256_BYTES) {
+      throw new ProtocolError(
+        "KW_BAD_MESSAGE",
+        "The MANIFEST_STREAM message's base must be empty or 32 bytes.",
+      );
+    }
+    if (maxChunks > MAX_CHUNKS_PER_FILE) {
+      throw new ProtocolError(
+        "KW_BAD_MESSAGE",
+        `A manifest of up to ${maxChunks} chunks exceeds the limit of ${MAX_CHUNKS_PER_FILE}.`,
+      );
+    }
+    return { path, size, mtimeMs, mode, base, maxChunks };
+  },
+  manifestClose(payload: Buffer): ManifestClose {
+    const r = new FieldReader(payload, "MANIFEST_CLOSE");
+    const m = { sha256: r.fixed("sha256", SHA256_BYTES), chunkCount: r.u32("chunkCount") };
+    r.end();
+    return m;
   },
   manifestData(payload: Buffer): ManifestOp[] {
     const ops: ManifestOp[] = [];

@@ -149,6 +149,8 @@ describe("message type numbers", () => {
         MANIFEST_END: 0x19,
         CHUNK: 0x1a,
         CHUNK_DELTA: 0x1b,
+        MANIFEST_STREAM: 0x1c,
+        MANIFEST_CLOSE: 0x1d,
         ACK: 0x20,
         NEED: 0x21,
         BASIS: 0x22,

@@ -6,7 +6,7 @@ import { type ErrorCode, isErrorCode, ProtocolError } from "../errors.js";
 import { FieldReader, FieldWriter } from "./fields.js";
 import { MAX_FRAME_PAYLOAD } from "./frame.js";
 
-export const PROTOCOL_VERSION = 4;
+export const PROTOCOL_VERSION = 5;
 export const MIN_PROTOCOL_VERSION = 3;
 
 /** Longest path (in UTF-8 bytes) a message may carry; see paths.ts for the full rules. */
@@ -45,6 +45,8 @@ export const MessageType = {
   MANIFEST_END: 0x19,
   CHUNK: 0x1a,
   CHUNK_DELTA: 0x1b,
+  MANIFEST_STREAM: 0x1c,
+  MANIFEST_CLOSE: 0x1d,
   ACK: 0x20,
   NEED: 0x21,
   BASIS: 0x22,

@@ -1,6 +1,7 @@
 // Writes a new version's mirror file while its chunks arrive, in file order: each chunk
 // the client sends is written as it comes, and the chunks the server already held are
-// filled in just before the first sent chunk that follows them. The whole file's SHA-256 is
+// filled in just before the first sent chunk that follows them (or, for a streamed
+// manifest, as soon as its description reaches them: advance). The whole file's SHA-256 is
 // computed on the way, so the version can be committed as soon as the last chunk is in,
 // without reading the file back from the history (docs/performance.md).
 //
@@ -100,6 +101,15 @@ export class Assembler {
       this.next = index + 1;
       if (this.gatheredBytes >= WRITE_BYTES) await this.writeGathered();
     });
+  }
+
+  /**
+   * The chunks before `end` are known and none of them is still to arrive (a streamed
+   * manifest): write them now rather than when the next chunk arrives.
+   */
+  advance(end: number): void {
+    if (this.failure !== null || end <= this.next) return;
+    this.enqueue(() => this.fillUpTo(end));
   }
 
   /**

@@ -1,6 +1,11 @@
 // The manifest request: the client describes a file as a list of chunks (as edits of a
 // base content the server holds), the server answers with the chunks it lacks, and only
 // those travel. Then the version is assembled, checked, committed and mirrored.
+//
+// A streamed manifest (MANIFEST_STREAM, protocol version 5) is described while the client
+// still reads the file: the server asks for chunks, and assembles the mirror file, as the
+// description arrives, and learns the file's SHA-256 only at MANIFEST_CLOSE. The client's
+// reading and the server's writing then overlap instead of following one another.
 
 import { createHash } from "node:crypto";
 import { applyDelta, blockSums, DELTA_BLOCK_BYTES, DeltaError } from "../chunking/block-delta.js";
@@ -9,7 +14,9 @@ import {
   encodeHistory,
   MAX_CHUNKS_PER_FILE,
   type ManifestBegin,
+  type ManifestClose,
   type ManifestOp,
+  type ManifestStream,
 } from "../protocol/history-messages.js";
 import { MessageType } from "../protocol/messages.js";
 import { pathProblem } from "../protocol/paths.js";
@@ -36,6 +43,12 @@ export const MANIFEST_MEMORY = 256 * 1024 * 1024;
  */
 const NEW_BYTES_PER_CHUNK = 56;
 const BASE_BYTES_PER_CHUNK = 256;
+/**
+ * A streamed manifest remembers the id of every chunk it asked for (a Map entry), so that a
+ * chunk repeated in the file travels once; that memory is reserved this many chunks at a time.
+ */
+const ASKED_BYTES_PER_CHUNK = 160;
+const ASKED_BLOCK = 1024;
 
 /** Index ranges per NEED frame (8 bytes each), well within the smallest allowed frame. */
 const RANGES_PER_NEED = 4096;
@@ -56,9 +69,17 @@ export class ManifestRequest {
   private copiedFrom: Float64Array | null = null;
   private readonly chunks: ChunkList;
   private total = 0;
-  /** After MANIFEST_END: the indices still to come, in the order the client sends them. */
-  private needed: Uint32Array | null = null;
+  /**
+   * The indices of the chunks asked for, in the order the client sends them: all of them
+   * at MANIFEST_END, or, for a streamed manifest, a growing list from its start.
+   */
+  private needed: Uint32Array | number[] | null = null;
+  /** How many of `needed` arrived, and how many were listed to the client in NEED frames. */
   private nextNeeded = 0;
+  private listed = 0;
+  /** A streamed manifest: after MANIFEST_CLOSE; and the ids it asked for (chunk repeats travel once). */
+  private closed = false;
+  private readonly asked = new Set<string>();
   /** Set once an ERROR was sent; later frames are swallowed until the request ends. */
   private failed = false;
   private ended = false;
@@ -71,13 +92,31 @@ export class ManifestRequest {
   /** The basis offered (BASIS) for a needed chunk: the id of the base's chunk it replaces. */
   private readonly bases = new Map<number, Buffer>();
 
+  /** The manifest's header: for a streamed one, its SHA-256 comes at MANIFEST_CLOSE. */
+  private readonly begin: ManifestBegin;
+  /** Opened by MANIFEST_STREAM (version 5) rather than MANIFEST_BEGIN. */
+  private readonly streamed: boolean;
+
   constructor(
     private readonly id: number,
-    private readonly begin: ManifestBegin,
+    begin: ManifestBegin | ManifestStream,
     private readonly ctx: RequestContext,
   ) {
-    this.chunks = new ChunkList(begin.chunkCount);
+    if ("maxChunks" in begin) {
+      const { maxChunks, ...header } = begin;
+      this.begin = { ...header, sha256: Buffer.alloc(0), chunkCount: maxChunks };
+      this.streamed = true;
+    } else {
+      this.begin = begin;
+      this.streamed = false;
+    }
+    this.chunks = new ChunkList(this.begin.chunkCount);
     this.since = ctx.history.chunks.lossMark();
+  }
+
+  /** Whether the whole chunk list is known (after MANIFEST_END, or MANIFEST_CLOSE when streamed). */
+  private get described(): boolean {
+    return this.streamed ? this.closed : this.needed !== null;
   }
 
   async open(): Promise<void> {
@@ -111,12 +150,17 @@ export class ManifestRequest {
       this.baseOffsets = offsets;
       this.copiedFrom = new Float64Array(this.begin.chunkCount).fill(-1);
     }
+    if (this.streamed) {
+      this.needed = [];
+      this.assembler = this.newAssembler();
+    }
     this.ctx.reporter.emit({ kind: "file-start", path: this.begin.path, size: this.begin.size });
   }
 
-  data(ops: ManifestOp[]): void {
-    if (this.needed) throw this.violation("MANIFEST_DATA arrived after MANIFEST_END");
+  async data(ops: ManifestOp[]): Promise<void> {
+    if (this.described) throw this.violation(`MANIFEST_DATA arrived after ${this.endName}`);
     if (this.failed) return;
+    const from = this.chunks.length;
     for (const op of ops) {
       if (op.op === "new") {
         this.add(op.id, op.length);
@@ -134,10 +178,79 @@ export class ManifestRequest {
         this.add(ref.id, ref.length);
       }
     }
+    if (this.streamed) await this.ask(from);
+  }
+
+  /**
+   * A streamed manifest's chunks from `from` on were described: ask for those the store
+   * lacks, list them in NEED (with a BASIS where there is one), and let the assembler write
+   * what it can.
+   */
+  private async ask(from: number): Promise<void> {
+    const needed = this.needed as number[];
+    const scope = this.ctx.reuseScope();
+    // The list is cleared if the connection closes during a lookup.
+    for (let i = from; i < this.chunks.length; i++) {
+      const id = this.chunks.id(i);
+      const key = id.toString("latin1");
+      if (this.asked.has(key) || (await scope.chunk(id))) continue;
+      if (this.asked.size % ASKED_BLOCK === 0 && !(await this.reserve(ASKED_BLOCK * ASKED_BYTES_PER_CHUNK))) {
+        return;
+      }
+      if (this.failed) return;
+      this.asked.add(key);
+      needed.push(i);
+    }
+    await this.list();
+    this.assembler?.advance(this.assembled());
+  }
+
+  /**
+   * Send NEED (last 0) for the asked chunks not yet listed, each once the chunks around it
+   * are described (its BASIS is placed by them); at MANIFEST_CLOSE the rest, with last 1.
+   */
+  private async list(): Promise<void> {
+    const needed = this.needed as number[];
+    let end = this.listed;
+    while (end < needed.length && (this.closed || (needed[end] as number) + BASIS_REACH < this.chunks.length))
+      end++;
+    if (end === this.listed && !this.closed) return;
+    const batch = needed.slice(this.listed, end);
+    await this.offerBases(batch);
+    if (this.failed) return;
+    this.listed = end;
+    this.sendNeed(batch, this.closed);
+  }
+
+  /** The chunks before the first asked one that has not arrived: those the assembler may write. */
+  private assembled(): number {
+    const needed = this.needed as number[];
+    return this.nextNeeded < needed.length ? (needed[this.nextNeeded] as number) : this.chunks.length;
+  }
+
+  /** MANIFEST_CLOSE: a streamed manifest's end, with its SHA-256 and chunk count. */
+  async close(m: ManifestClose): Promise<void> {
+    if (!this.streamed) throw this.violation("MANIFEST_CLOSE ends only a manifest begun by MANIFEST_STREAM");
+    if (this.closed) throw this.violation("MANIFEST_CLOSE arrived twice");
+    this.closed = true;
+    if (this.failed) {
+      this.ended = true;
+      this.ctx.release(this.id);
+      return;
+    }
+    if (m.chunkCount !== this.chunks.length || this.total !== this.begin.size) {
+      throw this.violation(
+        `the manifest has ${this.chunks.length} chunks and ${this.total} bytes, not ${m.chunkCount} and ${this.begin.size}`,
+      );
+    }
+    this.begin.sha256 = m.sha256;
+    await this.list();
+    if (!this.failed && this.nextNeeded === (this.needed as number[]).length) this.ctx.track(this.commit());
   }
 
   /** MANIFEST_END: check the list, then ask for the chunks the store lacks. */
   async end(): Promise<void> {
+    if (this.streamed) throw this.violation("a streamed manifest ends with MANIFEST_CLOSE, not MANIFEST_END");
     if (this.needed) throw this.violation("MANIFEST_END arrived twice");
     if (this.failed) {
       this.ended = true;
@@ -164,22 +277,20 @@ export class ManifestRequest {
     const needed = new Uint32Array(count);
     for (let i = 0, n = 0; i < asked.length; i++) if (asked[i] === 1) needed[n++] = i;
     this.needed = needed;
-    const baseSize = this.baseOffsets?.[this.baseOffsets.length - 1];
-    const source =
-      this.copiedFrom && baseSize !== undefined
-        ? { path: this.begin.path, size: baseSize, offsets: this.copiedFrom }
-        : null;
-    this.assembler = new Assembler(this.ctx.mirror, this.ctx.history, this.chunks, this.ctx.budget, source);
-    await this.offerBases(needed);
-    this.sendNeed(needed);
+    this.assembler = this.newAssembler();
+    if (needed.length <= MAX_BASES) await this.offerBases(needed);
+    this.listed = needed.length;
+    this.sendNeed(needed, true);
     // Assembling a large file takes a while: it must not hold up the connection's other frames.
     if (needed.length === 0) this.ctx.track(this.commit());
   }
 
   async chunk(index: number, data: Buffer): Promise<void> {
+    // A streamed manifest refused on the way: its chunks may still be coming.
+    if (this.streamed && this.failed) return;
     if (!this.needed) throw this.violation("a CHUNK arrived before MANIFEST_END");
     if (this.failed) return;
-    if (this.nextNeeded >= this.needed.length || this.needed[this.nextNeeded] !== index) {
+    if (this.nextNeeded >= this.listed || this.needed[this.nextNeeded] !== index) {
       throw this.violation(`CHUNK ${index} was not the next one the server asked for`);
     }
     this.nextNeeded++;
@@ -188,9 +299,10 @@ export class ManifestRequest {
 
   /** CHUNK_DELTA: a needed chunk as a delta of the basis offered for it. */
   async chunkDelta(index: number, ops: Buffer): Promise<void> {
+    if (this.streamed && this.failed) return;
     if (!this.needed) throw this.violation("a CHUNK_DELTA arrived before MANIFEST_END");
     if (this.failed) return;
-    if (this.nextNeeded >= this.needed.length || this.needed[this.nextNeeded] !== index) {
+    if (this.nextNeeded >= this.listed || this.needed[this.nextNeeded] !== index) {
       throw this.violation(`CHUNK_DELTA ${index} was not the next chunk the server asked for`);
     }
     const basisId = this.bases.get(index);
@@ -215,7 +327,7 @@ export class ManifestRequest {
 
   /** A needed chunk's bytes arrived (in the order asked): check, store and write them. */
   private async accept(index: number, data: Buffer): Promise<void> {
-    const needed = this.needed as Uint32Array;
+    const needed = this.needed as Uint32Array | number[];
     const ref = this.chunks.at(index);
     if (data.length !== ref.length || !createHash("sha256").update(data).digest().equals(ref.id)) {
       this.fail(
@@ -240,19 +352,34 @@ export class ManifestRequest {
       bytes: this.nextNeeded,
       size: needed.length,
     });
-    if (this.nextNeeded === needed.length) this.ctx.track(this.commit());
+    if (this.streamed && !this.closed) this.assembler?.advance(this.assembled());
+    else if (this.nextNeeded === needed.length) this.ctx.track(this.commit());
+  }
+
+  /** The assembler of the new mirror file, reading copied chunks from the old one when it can. */
+  private newAssembler(): Assembler {
+    const baseSize = this.baseOffsets?.[this.baseOffsets.length - 1];
+    const source =
+      this.copiedFrom && baseSize !== undefined
+        ? { path: this.begin.path, size: baseSize, offsets: this.copiedFrom }
+        : null;
+    return new Assembler(this.ctx.mirror, this.ctx.history, this.chunks, this.ctx.budget, source);
+  }
+
+  private get endName(): string {
+    return this.streamed ? "MANIFEST_CLOSE" : "MANIFEST_END";
   }
 
   /**
    * Send a BASIS for each needed chunk that replaces a chunk of the base (version 4, an
-   * edit needing few chunks): the base's chunk where the new one stands, placed by the
-   * nearest chunk copied from the base before it (else after it).
+   * edit needing few chunks: at most MAX_BASES in a request): the base's chunk where the
+   * new one stands, placed by the nearest chunk copied from the base before it (else after it).
    */
-  private async offerBases(needed: Uint32Array): Promise<void> {
+  private async offerBases(needed: Uint32Array | number[]): Promise<void> {
     const base = this.base;
     const copied = this.copiedFrom;
     const offsets = this.baseOffsets;
-    if (this.ctx.protocolVersion < 4 || !base || !copied || !offsets || needed.length > MAX_BASES) return;
+    if (this.ctx.protocolVersion < 4 || !base || !copied || !offsets) return;
     const baseIndexAt = (offset: number): number => {
       let lo = 0;
       let hi = base.length - 1;
@@ -264,6 +391,7 @@ export class ManifestRequest {
       return lo;
     };
     for (const index of needed) {
+      if (this.bases.size >= MAX_BASES) return;
       let basisIndex = -1;
       for (let d = 1; d <= BASIS_REACH && basisIndex < 0; d++) {
         const before = copied[index - d] ?? -1;
@@ -364,27 +492,29 @@ export class ManifestRequest {
     this.total += length;
   }
 
-  private sendNeed(needed: Uint32Array): void {
+  /** NEED frames listing `needed`; the last of them says `last` (at least one frame when it does). */
+  private sendNeed(needed: Uint32Array | number[], last: boolean): void {
     const ranges: [number, number][] = [];
     for (const index of needed) {
       const last = ranges[ranges.length - 1];
       if (last && last[0] + last[1] === index) last[1]++;
       else ranges.push([index, 1]);
     }
-    for (let i = 0; i === 0 || i < ranges.length; i += RANGES_PER_NEED) {
+    for (let i = 0; i < ranges.length || (i === 0 && last); i += RANGES_PER_NEED) {
       const part = ranges.slice(i, i + RANGES_PER_NEED);
-      const last = i + RANGES_PER_NEED >= ranges.length;
-      this.ctx.send(MessageType.NEED, this.id, encodeHistory.need({ last, ranges: part }));
+      const final = last && i + RANGES_PER_NEED >= ranges.length;
+      this.ctx.send(MessageType.NEED, this.id, encodeHistory.need({ last: final, ranges: part }));
     }
   }
 
   /**
-   * Refuse the request. Before MANIFEST_END the client still ends it (MANIFEST_END or
-   * PUT_ABORT); after it the ERROR ends it, and chunks already on their way are ignored.
+   * Refuse the request. Before MANIFEST_END (MANIFEST_CLOSE) the client still ends it
+   * (with that frame or PUT_ABORT), and a streamed manifest's chunks on their way are
+   * ignored; after it the ERROR ends it, and chunks already on their way are ignored.
    */
   private fail(error: KeepwatchError): void {
     this.failed = true;
-    this.ended = this.needed !== null;
+    this.ended = this.described;
     this.releaseMemory();
     this.ctx.reject(this.id, error, !this.ended);
   }

@@ -227,6 +227,16 @@ export class Session implements RequestContext {
     if (this.state === "ready") this.conn.sendError(id, error);
   }
 
+  /** A message that a version before `version` does not have is a protocol violation. */
+  private needVersion(version: number, type: number): void {
+    if (this.protocolVersion < version) {
+      throw new ProtocolError(
+        "KW_UNEXPECTED_MESSAGE",
+        `${messageTypeName(type)} needs protocol version ${version}; this connection agreed on version ${this.protocolVersion}.`,
+      );
+    }
+  }
+
   private async onFrame(frame: Frame): Promise<void> {
     if (this.state === "hello") {
       if (frame.type !== MessageType.HELLO || frame.requestId !== 0) {
@@ -292,6 +302,22 @@ export class Session implements RequestContext {
           this.inFlight.set(frame.requestId, { kind: "manifest", manifest });
           return manifest.open();
         });
+      case MessageType.MANIFEST_STREAM:
+        this.needVersion(5, frame.type);
+        return this.begin(frame.requestId, () => {
+          const manifest = new ManifestRequest(
+            frame.requestId,
+            decodeHistory.manifestStream(frame.payload),
+            this,
+          );
+          this.inFlight.set(frame.requestId, { kind: "manifest", manifest });
+          return manifest.open();
+        });
+      case MessageType.MANIFEST_CLOSE: {
+        this.needVersion(5, frame.type);
+        const close = decodeHistory.manifestClose(frame.payload);
+        return this.manifestFor(frame)?.close(close);
+      }
       case MessageType.MANIFEST_DATA:
         return this.manifestFor(frame)?.data(decodeHistory.manifestData(frame.payload));
       case MessageType.MANIFEST_END: {
@@ -303,12 +329,7 @@ export class Session implements RequestContext {
         return this.manifestFor(frame)?.chunk(index, data);
       }
       case MessageType.CHUNK_DELTA: {
-        if (this.protocolVersion < 4) {
-          throw new ProtocolError(
-            "KW_UNEXPECTED_MESSAGE",
-            `CHUNK_DELTA needs protocol version 4; this connection agreed on version ${this.protocolVersion}.`,
-          );
-        }
+        this.needVersion(4, frame.type);
         const { index, ops } = decodeHistory.chunkDelta(frame.payload);
         return this.manifestFor(frame)?.chunkDelta(index, ops);
       }
