@@ -4,7 +4,7 @@
 
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { copyFile, mkdir, open, readdir, readFile, rename, stat, unlink, writeFile } from "node:fs/promises";
+import { copyFile, cp, mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { test } from "node:test";
 import { compareTrees, type RunResult, Sandbox } from "./helpers.js";
@@ -154,6 +154,52 @@ test("an edit is assembled from the mirror's old file when it holds the base, el
   await unlink(mirrored);
   await flipAndPush(3 * 1024 * 1024, "the mirror's copy is gone");
 
+  const verify = await box.run("verify", ["verify", dest]);
+  assert.equal(verify.code, 0, `verify is clean\n${verify.stderr}`);
+});
+
+test("an edit whose base the server no longer holds (DEST restored from an older copy) is sent again without it", {
+  timeout: 120_000,
+}, async (t) => {
+  const box = await Sandbox.create(t);
+  const src = box.path("work");
+  const dest = box.path("dest");
+  const older = box.path("dest-older");
+  await mkdir(src);
+  await writeFile(join(src, "big.bin"), randomBytes(4 * 1024 * 1024));
+  const flip = async (offset: number) => {
+    const handle = await open(join(src, "big.bin"), "r+");
+    const byte = Buffer.alloc(1);
+    await handle.read(byte, 0, 1, offset);
+    byte[0] = (byte[0] as number) ^ 0xff;
+    await handle.write(byte, 0, 1, offset);
+    await handle.close();
+  };
+  let server = await box.startServer(dest);
+  const push = async (what: string) => {
+    const run = await box.push(src, server.port);
+    assert.equal(run.code, 0, `${what}: push exits 0\n${run.stderr}\n${box.report()}`);
+    assert.deepEqual(await compareTrees(src, join(dest, "work")), [], `${what}: the mirror equals the source`);
+    return run;
+  };
+  await push("the first version");
+  await server.kill();
+  await cp(dest, older, { recursive: true });
+  server = await box.startServer(dest, { port: server.port });
+  await flip(1024 * 1024);
+  await push("an edit the client then takes as its base");
+  // The server's DEST goes back to the copy from before that edit: the client's base is
+  // a content the server never held.
+  await server.kill();
+  await rm(dest, { recursive: true });
+  await rename(older, dest);
+  server = await box.startServer(dest, { port: server.port });
+  await flip(3 * 1024 * 1024);
+  const again = await push("an edit on a base the server does not hold");
+  // Without a base, the server still holds the first version's chunks: the two changed
+  // chunks (and at most their neighbours) travel, not the file.
+  const sent = sentFor(again, "big.bin");
+  assert.ok(sent > 0 && sent <= 4 * MAX_CHUNK, `the edit without a base sent ${sent} bytes`);
   const verify = await box.run("verify", ["verify", dest]);
   assert.equal(verify.code, 0, `verify is clean\n${verify.stderr}`);
 });

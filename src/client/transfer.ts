@@ -32,8 +32,17 @@ import { type ClientState, decodeChunkList, encodeChunkList } from "./state.js";
 export const PIECE_SIZE = 256 * 1024;
 /** Bytes read from disk per step while a large file is chunked. */
 const READ_SIZE = 1024 * 1024;
-/** Bytes of a file read between two MANIFEST_DATA frames of a streamed manifest. */
-const STREAM_STEP_BYTES = 4 * 1024 * 1024;
+/**
+ * When a streamed manifest's ops travel (MANIFEST_DATA): at the latest every
+ * STREAM_STEP_BYTES of the file, so that the server writes the copied chunks as the file
+ * is read; sooner when they hold a new chunk followed by STREAM_NEW_AFTER chunks and at
+ * least STREAM_NEW_BYTES (the server lists a chunk once four more are described, and its
+ * NEED then comes while the file is still read). Each frame costs about 40 bytes on the
+ * wire (header and TLS record), so they are not sent more often than that.
+ */
+const STREAM_STEP_BYTES = 32 * 1024 * 1024;
+const STREAM_NEW_AFTER = 4;
+const STREAM_NEW_BYTES = 1024 * 1024;
 
 export type PutOutcome =
   /**
@@ -178,12 +187,14 @@ export class ManifestDiff {
     });
   }
 
-  push(chunk: ChunkRef): void {
+  /** Add the next chunk; true when it is new (not in the base). */
+  push(chunk: ChunkRef): boolean {
     const at = this.where.get(chunk.id.toString("latin1"));
     const last = this.ops[this.ops.length - 1];
     if (at === undefined) this.ops.push({ op: "new", length: chunk.length, id: chunk.id });
     else if (last?.op === "copy" && last.start + last.count === at) last.count++;
     else this.ops.push({ op: "copy", start: at, count: 1 });
+    return at === undefined;
   }
 
   take(): ManifestOp[] {
@@ -514,7 +525,9 @@ export class ChunkedTransfer implements FileTransfer {
     );
     this.reporter.emit({ kind: "file-start", path, size });
     const diff = new ManifestDiff(base.chunks);
+    /** File bytes whose ops have not travelled; chunks since the last new one among them (−1: none). */
     let unsent = 0;
+    let sinceNew = -1;
     const sendOps = async (): Promise<void> => {
       const ops = diff.take();
       if (refusal !== null || this.link.isLost) return;
@@ -529,10 +542,12 @@ export class ChunkedTransfer implements FileTransfer {
         found.push(chunk);
         offsets.push(position);
         position += chunk.length;
-        diff.push(chunk);
+        if (diff.push(chunk)) sinceNew = 0;
+        else if (sinceNew >= 0) sinceNew++;
         unsent += chunk.length;
-        if (unsent >= STREAM_STEP_BYTES) {
+        if (unsent >= STREAM_STEP_BYTES || (sinceNew >= STREAM_NEW_AFTER && unsent >= STREAM_NEW_BYTES)) {
           unsent = 0;
+          sinceNew = -1;
           await sendOps();
         }
       });
