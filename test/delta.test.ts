@@ -4,7 +4,19 @@
 
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { copyFile, cp, mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from "node:fs/promises";
+import {
+  copyFile,
+  cp,
+  mkdir,
+  open,
+  readdir,
+  readFile,
+  rename,
+  rm,
+  stat,
+  unlink,
+  writeFile,
+} from "node:fs/promises";
 import { join } from "node:path";
 import { test } from "node:test";
 import { compareTrees, type RunResult, Sandbox } from "./helpers.js";
@@ -22,6 +34,16 @@ function sentFor(run: RunResult, path: string): number {
   const sent = done[0]?.sentBytes;
   assert.equal(typeof sent, "number", `file-done of ${path} reports sentBytes`);
   return sent as number;
+}
+
+/** Flip every bit of the byte at `offset` of the file at `path`, in place. */
+async function flipByte(path: string, offset: number): Promise<void> {
+  const handle = await open(path, "r+");
+  const byte = Buffer.alloc(1);
+  await handle.read(byte, 0, 1, offset);
+  byte[0] = (byte[0] as number) ^ 0xff;
+  await handle.write(byte, 0, 1, offset);
+  await handle.close();
 }
 
 async function packBytes(dest: string): Promise<number> {
@@ -124,12 +146,7 @@ test("an edit is assembled from the mirror's old file when it holds the base, el
   await writeFile(join(src, "big.bin"), randomBytes(8 * 1024 * 1024));
   const server = await box.startServer(dest);
   const flipAndPush = async (offset: number, what: string) => {
-    const handle = await open(join(src, "big.bin"), "r+");
-    const byte = Buffer.alloc(1);
-    await handle.read(byte, 0, 1, offset);
-    byte[0] = (byte[0] as number) ^ 0xff;
-    await handle.write(byte, 0, 1, offset);
-    await handle.close();
+    await flipByte(join(src, "big.bin"), offset);
     const run = await box.push(src, server.port);
     assert.equal(run.code, 0, `${what}: push exits 0\n${run.stderr}\n${box.report()}`);
     assert.ok(sentFor(run, "big.bin") <= 2 * MAX_CHUNK, `${what}: only the changed chunks travel`);
@@ -167,26 +184,22 @@ test("an edit whose base the server no longer holds (DEST restored from an older
   const older = box.path("dest-older");
   await mkdir(src);
   await writeFile(join(src, "big.bin"), randomBytes(4 * 1024 * 1024));
-  const flip = async (offset: number) => {
-    const handle = await open(join(src, "big.bin"), "r+");
-    const byte = Buffer.alloc(1);
-    await handle.read(byte, 0, 1, offset);
-    byte[0] = (byte[0] as number) ^ 0xff;
-    await handle.write(byte, 0, 1, offset);
-    await handle.close();
-  };
   let server = await box.startServer(dest);
   const push = async (what: string) => {
     const run = await box.push(src, server.port);
     assert.equal(run.code, 0, `${what}: push exits 0\n${run.stderr}\n${box.report()}`);
-    assert.deepEqual(await compareTrees(src, join(dest, "work")), [], `${what}: the mirror equals the source`);
+    assert.deepEqual(
+      await compareTrees(src, join(dest, "work")),
+      [],
+      `${what}: the mirror equals the source`,
+    );
     return run;
   };
   await push("the first version");
   await server.kill();
   await cp(dest, older, { recursive: true });
   server = await box.startServer(dest, { port: server.port });
-  await flip(1024 * 1024);
+  await flipByte(join(src, "big.bin"), 1024 * 1024);
   await push("an edit the client then takes as its base");
   // The server's DEST goes back to the copy from before that edit: the client's base is
   // a content the server never held.
@@ -194,7 +207,7 @@ test("an edit whose base the server no longer holds (DEST restored from an older
   await rm(dest, { recursive: true });
   await rename(older, dest);
   server = await box.startServer(dest, { port: server.port });
-  await flip(3 * 1024 * 1024);
+  await flipByte(join(src, "big.bin"), 3 * 1024 * 1024);
   const again = await push("an edit on a base the server does not hold");
   // Without a base, the server still holds the first version's chunks: the two changed
   // chunks (and at most their neighbours) travel, not the file.

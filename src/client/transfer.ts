@@ -21,6 +21,7 @@ import {
   type FileHeader,
   MAX_CHUNKS_PER_FILE,
   type ManifestOp,
+  type NeedRanges,
 } from "../protocol/history-messages.js";
 import { encode, MessageType, messageTypeName } from "../protocol/messages.js";
 import type { Reporter } from "../ui/events.js";
@@ -209,6 +210,31 @@ export function diffChunks(base: ChunkRef[], next: ChunkRef[]): ManifestOp[] {
   const diff = new ManifestDiff(base);
   for (const chunk of next) diff.push(chunk);
   return diff.take();
+}
+
+/**
+ * The handler of a manifest request's frames before its answer: BASIS offers go into
+ * `bases` (null: none may come), NEED lists to `onNeed`; anything else is refused.
+ */
+function manifestAnswers(
+  what: string,
+  bases: Map<number, Basis> | null,
+  onNeed: (need: NeedRanges) => void,
+): (frame: Frame) => void {
+  return (frame) => {
+    if (frame.type === MessageType.BASIS && bases) {
+      const basis = decodeHistory.basis(frame.payload);
+      bases.set(basis.index, basis);
+      return;
+    }
+    if (frame.type !== MessageType.NEED) {
+      throw new KeepwatchError(
+        "KW_UNEXPECTED_MESSAGE",
+        `The server answered ${what} with ${messageTypeName(frame.type)}.`,
+      );
+    }
+    onNeed(decodeHistory.need(frame.payload));
+  };
 }
 
 export class ChunkedTransfer implements FileTransfer {
@@ -460,14 +486,7 @@ export class ChunkedTransfer implements FileTransfer {
         if (stopped || refusal !== null || this.link.isLost) return;
         const basis = bases.get(index);
         bases.delete(index);
-        const ops = basis ? deltaOps(data, basis) : null;
-        if (ops && ops.length < length) {
-          await conn.sendAndWait(MessageType.CHUNK_DELTA, request.id, encodeHistory.chunkDelta(index, ops));
-          sent += ops.length;
-        } else {
-          await conn.sendAndWait(MessageType.CHUNK, request.id, encodeHistory.chunk(index, data));
-          sent += length;
-        }
+        sent += await this.sendChunk(request.id, index, data, basis);
         this.reporter.emit({ kind: "file-progress", path, bytes: sent, size });
       }
     };
@@ -476,37 +495,27 @@ export class ChunkedTransfer implements FileTransfer {
       while (sending) await sending;
     };
 
-    const request = this.link.open((frame: Frame) => {
-      if (frame.type === MessageType.BASIS) {
-        const basis = decodeHistory.basis(frame.payload);
-        bases.set(basis.index, basis);
-        return;
-      }
-      if (frame.type !== MessageType.NEED) {
-        throw new KeepwatchError(
-          "KW_UNEXPECTED_MESSAGE",
-          `The server answered a streamed manifest with ${messageTypeName(frame.type)}.`,
-        );
-      }
-      const need = decodeHistory.need(frame.payload);
-      for (const [start, count] of need.ranges) {
-        if (start + count > found.length) {
-          throw new KeepwatchError(
-            "KW_UNEXPECTED_MESSAGE",
-            `The server asked for chunk ${start + count - 1} of a manifest that so far has ${found.length}.`,
-          );
+    const request = this.link.open(
+      manifestAnswers("a streamed manifest", bases, (need) => {
+        for (const [start, count] of need.ranges) {
+          if (start + count > found.length) {
+            throw new KeepwatchError(
+              "KW_UNEXPECTED_MESSAGE",
+              `The server asked for chunk ${start + count - 1} of a manifest that so far has ${found.length}.`,
+            );
+          }
+          for (let i = start; i < start + count; i++) queue.push(i);
         }
-        for (let i = start; i < start + count; i++) queue.push(i);
-      }
-      sending ??= sendAsked()
-        .catch((error: unknown) => {
-          sendError ??= error;
-        })
-        .finally(() => {
-          sending = null;
-        });
-      if (need.last) allListed();
-    });
+        sending ??= sendAsked()
+          .catch((error: unknown) => {
+            sendError ??= error;
+          })
+          .finally(() => {
+            sending = null;
+          });
+        if (need.last) allListed();
+      }),
+    );
     request.answer.catch((error: unknown) => {
       refusal = error;
     });
@@ -603,6 +612,25 @@ export class ChunkedTransfer implements FileTransfer {
   }
 
   /**
+   * Send chunk `index` of request `id`, asked for by the server: as a delta of `basis`
+   * (CHUNK_DELTA) when that is shorter, else whole (CHUNK). Returns the content bytes sent.
+   */
+  private async sendChunk(
+    id: number,
+    index: number,
+    data: Buffer,
+    basis: Basis | undefined,
+  ): Promise<number> {
+    const ops = basis ? deltaOps(data, basis) : null;
+    if (ops && ops.length < data.length) {
+      await this.link.conn.sendAndWait(MessageType.CHUNK_DELTA, id, encodeHistory.chunkDelta(index, ops));
+      return ops.length;
+    }
+    await this.link.conn.sendAndWait(MessageType.CHUNK, id, encodeHistory.chunk(index, data));
+    return data.length;
+  }
+
+  /**
    * Send the manifest (as edits of `base` when given), then the chunks the server asks
    * for, re-read from disk and checked against their hashes. Returns the bytes sent, or
    * null when the file changed meanwhile (the request is then aborted).
@@ -620,22 +648,14 @@ export class ChunkedTransfer implements FileTransfer {
     const allNeeds = new Promise<void>((resolve) => {
       needDone = resolve;
     });
-    const request = this.link.open((frame: Frame) => {
-      if (frame.type === MessageType.BASIS && this.link.welcome.version >= 4) {
-        const basis = decodeHistory.basis(frame.payload);
-        bases.set(basis.index, basis);
-        return;
-      }
-      if (frame.type !== MessageType.NEED) {
-        throw new KeepwatchError(
-          "KW_UNEXPECTED_MESSAGE",
-          `The server answered a manifest with ${messageTypeName(frame.type)}.`,
-        );
-      }
-      const need = decodeHistory.need(frame.payload);
-      for (const [start, count] of need.ranges) for (let i = start; i < start + count; i++) needed.push(i);
-      if (need.last) needDone();
-    });
+    // A version-3 server offers no BASIS (and takes no CHUNK_DELTA).
+    const offered = this.link.welcome.version >= 4 ? bases : null;
+    const request = this.link.open(
+      manifestAnswers("a manifest", offered, (need) => {
+        for (const [start, count] of need.ranges) for (let i = start; i < start + count; i++) needed.push(i);
+        if (need.last) needDone();
+      }),
+    );
     const conn = this.link.conn;
     const ops = base ? diffChunks(base.chunks, chunks) : diffChunks([], chunks);
     conn.send(
@@ -673,19 +693,7 @@ export class ChunkedTransfer implements FileTransfer {
         await request.answer.catch(() => {});
         return null;
       }
-      const basis = bases.get(piece.index);
-      const ops = basis ? deltaOps(piece.data, basis) : null;
-      if (ops && ops.length < piece.data.length) {
-        await conn.sendAndWait(
-          MessageType.CHUNK_DELTA,
-          request.id,
-          encodeHistory.chunkDelta(piece.index, ops),
-        );
-        sent += ops.length;
-      } else {
-        await conn.sendAndWait(MessageType.CHUNK, request.id, encodeHistory.chunk(piece.index, piece.data));
-        sent += piece.data.length;
-      }
+      sent += await this.sendChunk(request.id, piece.index, piece.data, bases.get(piece.index));
       this.reporter.emit({ kind: "file-progress", path: header.path, bytes: sent, size: header.size });
     }
     await request.answer;
