@@ -189,7 +189,7 @@ export class ManifestRequest {
   private async ask(from: number): Promise<void> {
     const needed = this.needed as number[];
     const scope = this.ctx.reuseScope();
-    // The list is cleared if the connection closes during a lookup.
+    // A connection that closes during a lookup clears the list, which ends the loop.
     for (let i = from; i < this.chunks.length; i++) {
       const id = this.chunks.id(i);
       const key = id.toString("latin1");
@@ -444,6 +444,7 @@ export class ManifestRequest {
     this.baseOffsets = null;
     this.copiedFrom = null;
     this.chunks.clear();
+    this.asked.clear();
     void this.assembler?.discard();
     this.assembler = null;
   }
