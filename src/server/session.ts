@@ -4,7 +4,7 @@
 import { KeepwatchError, ProtocolError } from "../errors.js";
 import type { Connection } from "../protocol/connection.js";
 import type { Frame } from "../protocol/frame.js";
-import { decodeHistory } from "../protocol/history-messages.js";
+import { decodeHistory, type ManifestBegin, type ManifestStream } from "../protocol/history-messages.js";
 import {
   decode,
   encode,
@@ -227,6 +227,15 @@ export class Session implements RequestContext {
     if (this.state === "ready") this.conn.sendError(id, error);
   }
 
+  /** A manifest request (MANIFEST_BEGIN, or MANIFEST_STREAM since version 5) opened as `id`. */
+  private openManifest(id: number, decodeBegin: () => ManifestBegin | ManifestStream): Promise<void> {
+    return this.begin(id, () => {
+      const manifest = new ManifestRequest(id, decodeBegin(), this);
+      this.inFlight.set(id, { kind: "manifest", manifest });
+      return manifest.open();
+    });
+  }
+
   /** A message that a version before `version` does not have is a protocol violation. */
   private needVersion(version: number, type: number): void {
     if (this.protocolVersion < version) {
@@ -293,26 +302,10 @@ export class Session implements RequestContext {
           return this.track(handlePutRef(frame.requestId, decodeHistory.putRef(frame.payload), this));
         });
       case MessageType.MANIFEST_BEGIN:
-        return this.begin(frame.requestId, () => {
-          const manifest = new ManifestRequest(
-            frame.requestId,
-            decodeHistory.manifestBegin(frame.payload),
-            this,
-          );
-          this.inFlight.set(frame.requestId, { kind: "manifest", manifest });
-          return manifest.open();
-        });
+        return this.openManifest(frame.requestId, () => decodeHistory.manifestBegin(frame.payload));
       case MessageType.MANIFEST_STREAM:
         this.needVersion(5, frame.type);
-        return this.begin(frame.requestId, () => {
-          const manifest = new ManifestRequest(
-            frame.requestId,
-            decodeHistory.manifestStream(frame.payload),
-            this,
-          );
-          this.inFlight.set(frame.requestId, { kind: "manifest", manifest });
-          return manifest.open();
-        });
+        return this.openManifest(frame.requestId, () => decodeHistory.manifestStream(frame.payload));
       case MessageType.MANIFEST_CLOSE: {
         this.needVersion(5, frame.type);
         const close = decodeHistory.manifestClose(frame.payload);
