@@ -2,8 +2,14 @@
 // for scripts and log collectors. Per-chunk file-progress is left out so output stays
 // proportional to files, not bytes.
 
-import pino, { type DestinationStream } from "pino";
+import { createRequire } from "node:module";
+import type Pino from "pino";
+import type { DestinationStream } from "pino";
 import type { ProgressEvent, Reporter } from "./events.js";
+
+// pino is loaded when a printer is made, not when this module is: only --json needs it, and
+// it costs every other command about 20 ms to load.
+const require = createRequire(import.meta.url);
 
 export interface JsonPrinterOptions {
   /** a file descriptor (written synchronously, so no line is lost at exit) or a sink */
@@ -13,12 +19,13 @@ export interface JsonPrinterOptions {
 }
 
 export class JsonPrinter implements Reporter {
-  private readonly logger: pino.Logger;
+  private readonly logger: Pino.Logger;
   private readonly destination: DestinationStream;
   private closed = false;
 
   constructor(options: JsonPrinterOptions) {
     const now = options.now ?? Date.now;
+    const pino = require("pino") as typeof Pino;
     this.destination =
       typeof options.dest === "number" ? pino.destination({ dest: options.dest, sync: true }) : options.dest;
     this.logger = pino(
