@@ -626,7 +626,7 @@ export class ChunkedTransfer implements FileTransfer {
       await this.link.conn.sendAndWait(MessageType.CHUNK_DELTA, id, encodeHistory.chunkDelta(index, ops));
       return ops.length;
     }
-    await this.link.conn.sendAndWait(MessageType.CHUNK, id, encodeHistory.chunk(index, data));
+    await this.link.conn.sendAndWait(MessageType.CHUNK, id, encodeHistory.chunkParts(index, data));
     return data.length;
   }
 

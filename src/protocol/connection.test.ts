@@ -126,6 +126,38 @@ describe("Connection over loopback TCP", () => {
   });
 
   test(
+    "a payload sent in parts arrives as one frame, between whole frames, byte for byte",
+    limit,
+    async () => {
+      const { a, b, closeBoth } = await connectionPair();
+      try {
+        const got: Frame[] = [];
+        const all = new Promise<void>((resolve) => {
+          b.setHandler((frame) => {
+            got.push(frame);
+            if (got.length === 300) resolve();
+          });
+        });
+        const sent: Frame[] = [];
+        for (let i = 0; i < 300; i++) {
+          // Parts of every size, empty ones included, up to a frame near the limit.
+          const sizes = i === 299 ? [4, 1024 * 1024 - 4] : [i % 5, (i * 131) % 70_000, i % 3 === 0 ? 0 : 17];
+          const parts = sizes.map((n, k) => Buffer.alloc(n, (i + k) % 256));
+          const whole = i % 2 === 0;
+          const payload = Buffer.concat(parts);
+          sent.push({ type: MessageType.CHUNK, requestId: i + 1, payload });
+          await a.sendAndWait(MessageType.CHUNK, i + 1, whole ? payload : parts);
+        }
+        await within(all, "300 frames");
+        assert.deepEqual(got, sent);
+        assert.equal(b.isClosed, false);
+      } finally {
+        closeBoth();
+      }
+    },
+  );
+
+  test(
     "a PING is answered with a PONG carrying the same request id, without reaching the handler",
     limit,
     async () => {

@@ -7,7 +7,7 @@ import { EventEmitter } from "node:events";
 import type { Socket } from "node:net";
 import { TLSSocket } from "node:tls";
 import { ErrorCodes, KeepwatchError, ProtocolError } from "../errors.js";
-import { encodeFrame, type Frame, FrameDecoder, MAGIC, MAX_FRAME_PAYLOAD } from "./frame.js";
+import { encodeFrameHeader, type Frame, FrameDecoder, MAGIC, MAX_FRAME_PAYLOAD } from "./frame.js";
 import { decode, encode, MessageType } from "./messages.js";
 
 export interface ConnectionOptions {
@@ -114,14 +114,28 @@ export class Connection extends EventEmitter {
     void this.drain();
   }
 
-  /** Queue a frame; false means the socket's buffer is full and the caller should wait. */
-  send(type: number, requestId: number, payload?: Buffer): boolean {
+  /**
+   * Queue a frame; false means the socket's buffer is full and the caller should wait. A
+   * payload given in parts goes out as they are, after the header, without being joined
+   * first (a chunk's bytes are not copied into a frame of their own).
+   */
+  send(type: number, requestId: number, payload?: Buffer | readonly Buffer[]): boolean {
     if (this.closed) return false;
-    return this.write(encodeFrame(type, requestId, payload));
+    const parts = payload === undefined ? [] : Buffer.isBuffer(payload) ? [payload] : payload;
+    let length = 0;
+    for (const part of parts) length += part.length;
+    const header = encodeFrameHeader(type, requestId, length);
+    if (parts.length === 0) return this.write(header);
+    this.socket.cork();
+    this.write(header);
+    let room = true;
+    for (const part of parts) room = this.write(part);
+    this.socket.uncork();
+    return room;
   }
 
   /** Send a frame and wait until the socket can take more (the sender's flow control). */
-  async sendAndWait(type: number, requestId: number, payload?: Buffer): Promise<void> {
+  async sendAndWait(type: number, requestId: number, payload?: Buffer | readonly Buffer[]): Promise<void> {
     if (this.send(type, requestId, payload) || this.closed) return;
     await new Promise<void>((resolve) => {
       const done = () => {

@@ -19,18 +19,24 @@ export interface Frame {
 }
 
 export function encodeFrame(type: number, requestId: number, payload: Buffer = Buffer.alloc(0)): Buffer {
+  const header = encodeFrameHeader(type, requestId, payload.length);
+  return payload.length === 0 ? header : Buffer.concat([header, payload], HEADER_SIZE + payload.length);
+}
+
+/** The 12-byte header of a frame whose payload is `length` bytes (sent apart from it). */
+export function encodeFrameHeader(type: number, requestId: number, length: number): Buffer {
   if (!Number.isInteger(requestId) || requestId < 0 || requestId > 0xffffffff) {
     throw new RangeError(`request id out of range: ${requestId}`);
   }
-  if (payload.length > MAX_FRAME_PAYLOAD) {
-    throw new RangeError(`frame payload of ${payload.length} bytes exceeds ${MAX_FRAME_PAYLOAD}`);
+  if (length > MAX_FRAME_PAYLOAD) {
+    throw new RangeError(`frame payload of ${length} bytes exceeds ${MAX_FRAME_PAYLOAD}`);
   }
   const header = Buffer.allocUnsafe(HEADER_SIZE);
-  header.writeUInt32BE(payload.length, 0);
+  header.writeUInt32BE(length, 0);
   header.writeUInt16BE(type, 4);
   header.writeUInt16BE(0, 6); // flags: none defined in v1
   header.writeUInt32BE(requestId, 8);
-  return payload.length === 0 ? header : Buffer.concat([header, payload], HEADER_SIZE + payload.length);
+  return header;
 }
 
 type DecoderState = "magic" | "header" | "payload" | "failed";

@@ -195,9 +195,13 @@ export const encodeHistory = {
   },
   /** A CHUNK payload: the chunk's index in the new list, then its bytes. */
   chunk(index: number, data: Buffer): Buffer {
+    return Buffer.concat(encodeHistory.chunkParts(index, data), 4 + data.length);
+  },
+  /** The same payload as `chunk`, in two parts: the index, and `data` itself (not copied). */
+  chunkParts(index: number, data: Buffer): [Buffer, Buffer] {
     const head = Buffer.allocUnsafe(4);
     head.writeUInt32BE(index, 0);
-    return Buffer.concat([head, data], 4 + data.length);
+    return [head, data];
   },
   /** A CHUNK_DELTA payload: the chunk's index in the new list, then the delta's ops. */
   chunkDelta(index: number, ops: Buffer): Buffer {
