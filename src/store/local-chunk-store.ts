@@ -100,6 +100,8 @@ export class LocalChunkStore implements ChunkStore {
 
   /** The pack new chunks go to; created by the first put after open or after a seal. */
   private writer: PackWriter | undefined;
+  /** The buffer of the last pack writer sealed, for the next one. */
+  private spareBuffer: Buffer | undefined;
   /** Of the writer's pack: bytes, chunks and raw bytes the index has committed. */
   private committed = { size: 0, chunks: 0, rawBytes: 0 };
   /** Chunks put since the last commit, by hex id. */
@@ -167,7 +169,10 @@ export class LocalChunkStore implements ChunkStore {
     if (this.pending.has(key) || this.index.has(id)) return;
     await this.exclusive(async () => {
       if (this.pending.has(key) || this.index.has(id)) return;
-      this.writer ??= new PackWriter(this.folder, this.bufferBytes);
+      if (!this.writer) {
+        this.writer = new PackWriter(this.folder, this.bufferBytes, this.spareBuffer);
+        this.spareBuffer = undefined;
+      }
       const writer = this.writer;
       let place: RecordPlace;
       try {
@@ -359,7 +364,7 @@ export class LocalChunkStore implements ChunkStore {
     if (seal) {
       this.writer = undefined;
       this.committed = { size: 0, chunks: 0, rawBytes: 0 };
-      await writer.close();
+      this.spareBuffer = await writer.close();
     }
   }
 

@@ -63,14 +63,21 @@ export class PackWriter {
   private synced = false;
   private closed = false;
 
+  /**
+   * `reuse`, when given, is the buffer of a pack writer closed before (see `close`), of
+   * `bufferBytes` or more: a new 4 MiB buffer per pack would be garbage the V8 heap counts
+   * until its next full collection, and would make those more frequent.
+   */
   constructor(
     private readonly storeFolder: string,
     bufferBytes: number,
+    reuse?: Buffer,
   ) {
     this.id = randomBytes(PACK_ID_BYTES);
     this.path = packPath(this.id);
     this.absPath = join(storeFolder, this.path);
-    this.buffer = Buffer.allocUnsafe(Math.max(bufferBytes, PACK_HEADER_BYTES));
+    const size = Math.max(bufferBytes, PACK_HEADER_BYTES);
+    this.buffer = reuse && reuse.length >= size ? reuse : Buffer.allocUnsafe(size);
     encodePackHeader(this.id, this.buffer, 0);
     this.used = PACK_HEADER_BYTES;
   }
@@ -142,12 +149,16 @@ export class PackWriter {
     }
   }
 
-  /** Release the file; what was not synced may or may not be on disk. */
-  async close(): Promise<void> {
-    if (this.closed) return;
+  /**
+   * Release the file; what was not synced may or may not be on disk. Returns the buffer, free
+   * for the next pack writer: every write from it has finished, and `buffered` copies.
+   */
+  async close(): Promise<Buffer | undefined> {
+    if (this.closed) return undefined;
     this.closed = true;
     await this.handle?.close();
     this.handle = undefined;
+    return this.buffer;
   }
 
   private async spill(): Promise<void> {
