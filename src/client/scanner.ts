@@ -6,7 +6,7 @@ import { lstat, readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { errnoCode, KeepwatchError } from "../errors.js";
 import { pathProblem } from "../protocol/paths.js";
-import type { ClientState, EntryRecord } from "./state.js";
+import type { ClientState, EntryStats } from "./state.js";
 
 export interface DiskEntry {
   path: string;
@@ -57,7 +57,7 @@ export function diskEntry(path: string, st: Stats): DiskEntry | null {
 }
 
 /** True when the disk entry is what the server already has. */
-export function isUnchanged(entry: DiskEntry, record: EntryRecord | undefined): boolean {
+export function isUnchanged(entry: DiskEntry, record: EntryStats | undefined): boolean {
   if (!record || record.kind !== entry.kind) return false;
   if (record.kind === "dir") return record.mode === entry.mode;
   return (
@@ -69,6 +69,9 @@ export function isUnchanged(entry: DiskEntry, record: EntryRecord | undefined): 
     (record.ctimeMs === null || record.ctimeMs === entry.ctimeMs)
   );
 }
+
+/** How many entries of a folder are lstat-ed at once. */
+const LSTAT_BATCH = 64;
 
 function joinRel(parent: string, name: string): string {
   return parent === "" ? name : `${parent}/${name}`;
@@ -127,6 +130,7 @@ export async function scan(
       return;
     }
     names.sort();
+    const children: string[] = [];
     for (const name of names) {
       const child = joinRel(path, name);
       const problem = pathProblem(child);
@@ -134,18 +138,32 @@ export async function scan(
         result.problems.push({ path: child, reason: `its name cannot be sent (${problem})` });
         continue;
       }
-      let childStat: Stats;
-      try {
-        childStat = await lstat(join(root, child));
-      } catch (error) {
+      children.push(child);
+    }
+    // A batch of lstat calls at a time: one by one, each would wait for its own round trip
+    // to the thread pool. The results are still taken in name order.
+    for (let from = 0; from < children.length; from += LSTAT_BATCH) {
+      const batch = children.slice(from, from + LSTAT_BATCH);
+      const stats = await Promise.all(
+        batch.map((child) =>
+          lstat(join(root, child)).then(
+            (st) => ({ st, error: null }),
+            (error: unknown) => ({ st: null, error }),
+          ),
+        ),
+      );
+      for (const [i, child] of batch.entries()) {
+        const { st, error } = stats[i] as { st: Stats | null; error: unknown };
+        if (st) {
+          await visit(child, st);
+          continue;
+        }
         if (errnoCode(error) === "ENOENT") continue; // gone since readdir; its delete event follows
         result.problems.push({
           path: child,
           reason: `it cannot be read (${errnoCode(error) ?? String(error)})`,
         });
-        continue;
       }
-      await visit(child, childStat);
     }
   };
 

@@ -50,16 +50,22 @@ export interface FolderRecord {
 
 export type EntryRecord = FileRecord | FolderRecord;
 
-interface Row {
+/** What a scan compares with the disk: a record without its hash and chunk list. */
+export type EntryStats = Omit<FileRecord, "sha256" | "chunks"> | FolderRecord;
+
+interface StatsRow {
   path: string;
   kind: "file" | "dir";
   size: number;
   mtime_ms: number;
   mode: number;
   ino: number;
+  ctime_ms: number | null;
+}
+
+interface Row extends StatsRow {
   sha256: Buffer | null;
   chunks: Buffer | null;
-  ctime_ms: number | null;
 }
 
 /** The default state folder: $KEEPWATCH_STATE_DIR, else $XDG_STATE_HOME/keepwatch, else ~/.local/state/keepwatch. */
@@ -81,8 +87,12 @@ export class ClientState {
     this.db = db;
     this.stmts = {
       get: db.prepare<[string], Row>("SELECT * FROM entries WHERE path = ?"),
-      all: db.prepare<[], Row>("SELECT * FROM entries"),
-      below: db.prepare<[string, string], Row>("SELECT * FROM entries WHERE path >= ? AND path < ?"),
+      // The scan's queries leave out the hash and the chunk list: 20,000 rows' worth of
+      // buffers made for nothing took a third of a scan's time.
+      all: db.prepare<[], StatsRow>("SELECT path, kind, size, mtime_ms, mode, ino, ctime_ms FROM entries"),
+      below: db.prepare<[string, string], StatsRow>(
+        "SELECT path, kind, size, mtime_ms, mode, ino, ctime_ms FROM entries WHERE path >= ? AND path < ?",
+      ),
       upsert: db.prepare(
         "INSERT OR REPLACE INTO entries (path, kind, size, mtime_ms, mode, ino, sha256, chunks, ctime_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
       ),
@@ -141,10 +151,10 @@ export class ClientState {
     return row ? toRecord(row) : undefined;
   }
 
-  /** Every record at `path` or below it ("" means all). */
-  below(path: string): Map<string, EntryRecord> {
+  /** Every record at `path` or below it ("" means all), without hashes and chunk lists. */
+  below(path: string): Map<string, EntryStats> {
     const rows = path === "" ? this.stmts.all.all() : this.rowsBelow(path);
-    return new Map(rows.map((row) => [row.path, toRecord(row)]));
+    return new Map(rows.map((row) => [row.path, toStats(row)]));
   }
 
   /**
@@ -237,7 +247,7 @@ export class ClientState {
     change();
   }
 
-  private rowsBelow(path: string): Row[] {
+  private rowsBelow(path: string): StatsRow[] {
     const self = this.stmts.get.get(path);
     const children = this.stmts.below.all(`${path}/`, `${path}0`);
     return self ? [self, ...children] : children;
@@ -247,6 +257,18 @@ export class ClientState {
     // "0" is the character after "/", so the range holds exactly the paths below `path/`.
     this.stmts.removeBelow.run(`${path}/`, `${path}0`);
   }
+}
+
+function toStats(row: StatsRow): EntryStats {
+  if (row.kind === "dir") return { kind: "dir", mode: row.mode };
+  return {
+    kind: "file",
+    size: row.size,
+    mtimeMs: row.mtime_ms,
+    mode: row.mode,
+    ino: row.ino,
+    ctimeMs: row.ctime_ms,
+  };
 }
 
 function toRecord(row: Row): EntryRecord {
