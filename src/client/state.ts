@@ -272,17 +272,9 @@ function toStats(row: StatsRow): EntryStats {
 }
 
 function toRecord(row: Row): EntryRecord {
-  if (row.kind === "dir") return { kind: "dir", mode: row.mode };
-  return {
-    kind: "file",
-    size: row.size,
-    mtimeMs: row.mtime_ms,
-    mode: row.mode,
-    ino: row.ino,
-    ctimeMs: row.ctime_ms,
-    sha256: row.sha256 ?? Buffer.alloc(0),
-    chunks: row.chunks,
-  };
+  const stats = toStats(row);
+  if (stats.kind === "dir") return stats;
+  return { ...stats, sha256: row.sha256 ?? Buffer.alloc(0), chunks: row.chunks };
 }
 
 function migrate(db: Database.Database): void {

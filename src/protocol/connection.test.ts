@@ -99,61 +99,62 @@ function readAllFrames(socket: net.Socket, ms = 5000): Promise<{ frames: Frame[]
   });
 }
 
+/**
+ * Sends `count` frames from one end of a connection pair to the other (the i-th as `make`
+ * gives it, with what to pass to sendAndWait as its payload) and checks that the other
+ * end's handler got them all, in order, byte for byte.
+ */
+async function sendInOrder(
+  count: number,
+  make: (i: number) => { frame: Frame; payload: Buffer | Buffer[] },
+): Promise<void> {
+  const { a, b, closeBoth } = await connectionPair();
+  try {
+    const got: Frame[] = [];
+    const all = new Promise<void>((resolve) => {
+      b.setHandler((frame) => {
+        got.push(frame);
+        if (got.length === count) resolve();
+      });
+    });
+    const sent: Frame[] = [];
+    for (let i = 0; i < count; i++) {
+      const { frame, payload } = make(i);
+      sent.push(frame);
+      await a.sendAndWait(frame.type, frame.requestId, payload);
+    }
+    await within(all, `${count} frames`);
+    assert.deepEqual(got, sent);
+    assert.equal(a.isClosed, false);
+    assert.equal(b.isClosed, false);
+  } finally {
+    closeBoth();
+  }
+}
+
 describe("Connection over loopback TCP", () => {
   test("frames sent one way arrive in order at the handler", limit, async () => {
-    const { a, b, closeBoth } = await connectionPair();
-    try {
-      const got: Frame[] = [];
-      const all = new Promise<void>((resolve) => {
-        b.setHandler((frame) => {
-          got.push(frame);
-          if (got.length === 500) resolve();
-        });
-      });
-      const sent: Frame[] = [];
-      for (let i = 0; i < 500; i++) {
-        const payload = Buffer.alloc(i % 7 === 0 ? 0 : (i * 37) % 3000, i % 256);
-        sent.push({ type: MessageType.PUT_DATA, requestId: i + 1, payload });
-        await a.sendAndWait(MessageType.PUT_DATA, i + 1, payload);
-      }
-      await within(all, "500 frames");
-      assert.deepEqual(got, sent);
-      assert.equal(a.isClosed, false);
-      assert.equal(b.isClosed, false);
-    } finally {
-      closeBoth();
-    }
+    await sendInOrder(500, (i) => {
+      const payload = Buffer.alloc(i % 7 === 0 ? 0 : (i * 37) % 3000, i % 256);
+      return { frame: { type: MessageType.PUT_DATA, requestId: i + 1, payload }, payload };
+    });
   });
 
   test(
     "a payload sent in parts arrives as one frame, between whole frames, byte for byte",
     limit,
     async () => {
-      const { a, b, closeBoth } = await connectionPair();
-      try {
-        const got: Frame[] = [];
-        const all = new Promise<void>((resolve) => {
-          b.setHandler((frame) => {
-            got.push(frame);
-            if (got.length === 300) resolve();
-          });
-        });
-        const sent: Frame[] = [];
-        for (let i = 0; i < 300; i++) {
-          // Parts of every size, empty ones included, up to a frame near the limit.
-          const sizes = i === 299 ? [4, 1024 * 1024 - 4] : [i % 5, (i * 131) % 70_000, i % 3 === 0 ? 0 : 17];
-          const parts = sizes.map((n, k) => Buffer.alloc(n, (i + k) % 256));
-          const whole = i % 2 === 0;
-          const payload = Buffer.concat(parts);
-          sent.push({ type: MessageType.CHUNK, requestId: i + 1, payload });
-          await a.sendAndWait(MessageType.CHUNK, i + 1, whole ? payload : parts);
-        }
-        await within(all, "300 frames");
-        assert.deepEqual(got, sent);
-        assert.equal(b.isClosed, false);
-      } finally {
-        closeBoth();
-      }
+      await sendInOrder(300, (i) => {
+        // Parts of every size, empty ones included, up to a frame near the limit.
+        const sizes = i === 299 ? [4, 1024 * 1024 - 4] : [i % 5, (i * 131) % 70_000, i % 3 === 0 ? 0 : 17];
+        const parts = sizes.map((n, k) => Buffer.alloc(n, (i + k) % 256));
+        const payload = Buffer.concat(parts);
+        // Every other frame goes whole, so that the two kinds alternate on the wire.
+        return {
+          frame: { type: MessageType.CHUNK, requestId: i + 1, payload },
+          payload: i % 2 === 0 ? payload : parts,
+        };
+      });
     },
   );
 
