@@ -65,8 +65,7 @@ export class PackWriter {
 
   /**
    * `reuse`, when given, is the buffer of a pack writer closed before (see `close`), of
-   * `bufferBytes` or more: a new 4 MiB buffer per pack would be garbage the V8 heap counts
-   * until its next full collection, and would make those more frequent.
+   * `bufferBytes` or more: a new 4 MiB buffer per pack is 128 MiB of garbage per GiB stored.
    */
   constructor(
     private readonly storeFolder: string,
