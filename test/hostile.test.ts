@@ -1382,3 +1382,58 @@ describe("3d. MANIFEST_STREAM: a manifest described while the file is read", { t
     await world.assertCleanAfter("streamed manifests that break the rules");
   });
 });
+
+// ---------------------------------------------------------------------------------------
+// 3e. A connection that closes while its manifest is being committed
+
+describe("3e. a client that leaves once its file is sent, before the ACK", { timeout: 120_000 }, () => {
+  const target = withTarget();
+
+  // Every chunk arrived, so the server has all it needs: the version must be committed even
+  // though nobody is left to hear the ACK. (The server used to give the manifest's memory
+  // back when the connection closed, chunk list included, while the commit still read it:
+  // the commit then failed with "the chunks add up to 0 bytes". The fuzzer found it.)
+  it("the version is still committed and the mirror gets the file", async () => {
+    const world = target();
+    await world.markTmp();
+    // Eight new chunks of 512 KiB: assembling and syncing 4 MiB takes long enough that the
+    // close below lands while the commit is under way.
+    const parts = Array.from({ length: 8 }, () => randomBytes(512 * 1024));
+    const whole = Buffer.concat(parts);
+    const client = await world.client();
+    await client.hello("leaving");
+    client.write(
+      Buffer.concat([
+        manifestBegin(1, "file.bin", { size: whole.length, sha256: sha256(whole), chunkCount: parts.length }),
+        manifestData(
+          1,
+          parts.map((p) => ({ op: "new" as const, length: p.length, id: sha256(p) })),
+        ),
+        manifestEnd(1),
+      ]),
+    );
+    await client.waitFor("NEED", (frame) => frame.type === MessageType.NEED);
+    // Frames are handled in order: an answer to this LIST says every chunk before it was taken,
+    // and LIST does not wait for the commit.
+    client.write(
+      Buffer.concat([
+        ...parts.map((p, i) => chunkFrame(1, i, p)),
+        encodeFrame(MessageType.LIST, 2, encodeHistory.list({ path: "", time: -1, mode: 0 })),
+      ]),
+    );
+    const answer = await client.waitFor(
+      "an answer to LIST or the ACK",
+      (f) => f.requestId === 2 || f.requestId === 1,
+    );
+    client.destroy();
+    assert.notEqual(
+      showFrame(answer),
+      "ACK id 1",
+      "the close came after the commit; the test proves nothing",
+    );
+    const mirrored = join(world.dest, "leaving", "file.bin");
+    for (let waited = 0; !(await exists(mirrored)) && waited < 10_000; waited += 50) await sleep(50);
+    assert.ok((await readFile(mirrored)).equals(whole), "the mirror holds the file its client left behind");
+    await world.assertCleanAfter("a client that left before its ACK");
+  });
+});

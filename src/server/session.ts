@@ -130,7 +130,7 @@ export class Session implements RequestContext {
       this.state = "closed";
       for (const entry of this.inFlight.values()) {
         if (entry.kind === "put") void entry.put.discard();
-        if (entry.kind === "manifest") entry.manifest.releaseMemory();
+        if (entry.kind === "manifest") entry.manifest.connectionClosed();
       }
       this.inFlight.clear();
       if (!wasReady && error) {
