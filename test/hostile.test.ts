@@ -1386,6 +1386,44 @@ describe("3d. MANIFEST_STREAM: a manifest described while the file is read", { t
 // ---------------------------------------------------------------------------------------
 // 3e. A connection that closes while its manifest is being committed
 
+/**
+ * Sends a new 4 MiB file as `file.bin` in `set` (eight chunks the store lacks), then a LIST,
+ * and leaves as soon as the LIST is answered: frames are handled in order, so by then every
+ * chunk was taken and the commit (which LIST does not wait for) is under way. Returns the
+ * file's bytes.
+ */
+async function sendThenLeave(world: Target, set: string): Promise<Buffer> {
+  const parts = Array.from({ length: 8 }, () => randomBytes(512 * 1024));
+  const whole = Buffer.concat(parts);
+  const client = await world.client();
+  await client.hello(set);
+  client.write(
+    Buffer.concat([
+      manifestBegin(1, "file.bin", { size: whole.length, sha256: sha256(whole), chunkCount: parts.length }),
+      manifestData(
+        1,
+        parts.map((p) => ({ op: "new" as const, length: p.length, id: sha256(p) })),
+      ),
+      manifestEnd(1),
+    ]),
+  );
+  await client.waitFor("NEED", (frame) => frame.type === MessageType.NEED);
+  client.write(
+    Buffer.concat([
+      ...parts.map((p, i) => chunkFrame(1, i, p)),
+      encodeFrame(MessageType.LIST, 2, encodeHistory.list({ path: "", time: -1, mode: 0 })),
+    ]),
+  );
+  const answer = await client.waitFor(
+    "an answer to LIST or the ACK",
+    (f) => f.requestId === 2 || f.requestId === 1,
+  );
+  client.destroy();
+  // Assembling and syncing 4 MiB takes long enough that the close lands during the commit.
+  assert.notEqual(showFrame(answer), "ACK id 1", "the close came after the commit; the test proves nothing");
+  return whole;
+}
+
 describe("3e. a client that leaves once its file is sent, before the ACK", { timeout: 120_000 }, () => {
   const target = withTarget();
 
@@ -1396,44 +1434,28 @@ describe("3e. a client that leaves once its file is sent, before the ACK", { tim
   it("the version is still committed and the mirror gets the file", async () => {
     const world = target();
     await world.markTmp();
-    // Eight new chunks of 512 KiB: assembling and syncing 4 MiB takes long enough that the
-    // close below lands while the commit is under way.
-    const parts = Array.from({ length: 8 }, () => randomBytes(512 * 1024));
-    const whole = Buffer.concat(parts);
-    const client = await world.client();
-    await client.hello("leaving");
-    client.write(
-      Buffer.concat([
-        manifestBegin(1, "file.bin", { size: whole.length, sha256: sha256(whole), chunkCount: parts.length }),
-        manifestData(
-          1,
-          parts.map((p) => ({ op: "new" as const, length: p.length, id: sha256(p) })),
-        ),
-        manifestEnd(1),
-      ]),
-    );
-    await client.waitFor("NEED", (frame) => frame.type === MessageType.NEED);
-    // Frames are handled in order: an answer to this LIST says every chunk before it was taken,
-    // and LIST does not wait for the commit.
-    client.write(
-      Buffer.concat([
-        ...parts.map((p, i) => chunkFrame(1, i, p)),
-        encodeFrame(MessageType.LIST, 2, encodeHistory.list({ path: "", time: -1, mode: 0 })),
-      ]),
-    );
-    const answer = await client.waitFor(
-      "an answer to LIST or the ACK",
-      (f) => f.requestId === 2 || f.requestId === 1,
-    );
-    client.destroy();
-    assert.notEqual(
-      showFrame(answer),
-      "ACK id 1",
-      "the close came after the commit; the test proves nothing",
-    );
+    const whole = await sendThenLeave(world, "leaving");
     const mirrored = join(world.dest, "leaving", "file.bin");
     for (let waited = 0; !(await exists(mirrored)) && waited < 10_000; waited += 50) await sleep(50);
     assert.ok((await readFile(mirrored)).equals(whole), "the mirror holds the file its client left behind");
     await world.assertCleanAfter("a client that left before its ACK");
+  });
+});
+
+describe("3f. a server stopped while a departed client's file is committed", { timeout: 120_000 }, () => {
+  const target = withTarget();
+
+  // The session is gone, its commit is not: SIGTERM must wait for it before the history
+  // closes. (It used to close the history under it, and Node exited with code 13, an
+  // unsettled await. The chaos test found it.)
+  it("waits for the commit, exits cleanly, and the mirror has the file", async () => {
+    const world = target();
+    await world.markTmp();
+    const whole = await sendThenLeave(world, "stopped");
+    const status = await world.server.kill("SIGTERM");
+    assert.deepEqual(status, { code: 0, signal: null }, "the server's exit");
+    const mirrored = await readFile(join(world.dest, "stopped", "file.bin"));
+    assert.ok(mirrored.equals(whole), "the mirror holds the file committed before the exit");
+    assert.deepEqual(await world.newTmpFiles(), [], "no temporary file left behind");
   });
 });

@@ -44,6 +44,8 @@ const DEFAULT_LIMITS: SessionLimits = {
 
 export class KeepwatchServer {
   private readonly sessions = new Set<Session>();
+  /** The unfinished work of sessions whose connection closed. */
+  private readonly leftoverWork = new Set<Promise<void>>();
   private readonly sockets = new Set<Socket>();
   /** Every TCP connection until it is really closed, refused ones included. */
   private readonly open = new Set<Socket>();
@@ -189,7 +191,14 @@ export class KeepwatchServer {
       peerAddress,
     );
     this.sessions.add(session);
-    conn.on("close", () => this.sessions.delete(session));
+    conn.on("close", () => {
+      this.sessions.delete(session);
+      // What it started goes on without it (a file whose content all arrived is committed):
+      // close() waits for that before it closes the history.
+      const settled = session.settled();
+      this.leftoverWork.add(settled);
+      void settled.finally(() => this.leftoverWork.delete(settled));
+    });
   }
 
   /** Stop accepting, say goodbye to every client, wait for started commits, close. */
@@ -198,6 +207,7 @@ export class KeepwatchServer {
     clearInterval(this.recheckTimer);
     const stopped = new Promise<void>((resolve) => this.net.close(() => resolve()));
     await Promise.allSettled([...this.sessions].map((s) => s.shutdown()));
+    await Promise.allSettled([...this.leftoverWork]);
     for (const socket of this.sockets) socket.destroy();
     await stopped;
     if (this.localAccess)

@@ -150,8 +150,13 @@ export class Session implements RequestContext {
   /** Tell the client the server is going away, and wait for commits already started. */
   async shutdown(): Promise<void> {
     if (this.state === "ready") this.conn.send(MessageType.BYE, 0);
-    await Promise.allSettled([...this.pendingWork]);
+    await this.settled();
     this.conn.end();
+  }
+
+  /** Resolves once the work this session started (a commit after PUT_END, say) is over. */
+  async settled(): Promise<void> {
+    while (this.pendingWork.size > 0) await Promise.allSettled([...this.pendingWork]);
   }
 
   ack(id: number): void {
