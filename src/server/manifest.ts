@@ -83,8 +83,6 @@ export class ManifestRequest {
   /** Set once an ERROR was sent; later frames are swallowed until the request ends. */
   private failed = false;
   private ended = false;
-  /** From the last chunk until the version is committed or refused: the list must stay. */
-  private committing = false;
   /** Bytes of the server's manifest memory this request holds. */
   private reserved = 0;
   /** The chunk store's loss mark before any chunk was looked up or put (History.commit). */
@@ -439,10 +437,11 @@ export class ManifestRequest {
 
   /**
    * The connection closed. A manifest whose chunks all arrived is committed all the same,
-   * and the commit reads the chunk list: its memory goes back when the commit is over.
+   * and the commit reads the chunk list: its memory goes back when the commit is over. (An
+   * ended request has either given its memory back already or is being committed.)
    */
   connectionClosed(): void {
-    if (!this.committing) this.releaseMemory();
+    if (!this.ended) this.releaseMemory();
   }
 
   /** Give back the manifest memory (at the end, or when the connection closes). */
@@ -473,7 +472,6 @@ export class ManifestRequest {
 
   private async commit(): Promise<void> {
     this.ended = true;
-    this.committing = true;
     const assembler = this.assembler;
     this.assembler = null;
     try {
@@ -486,12 +484,10 @@ export class ManifestRequest {
       }
       await commitPending(this.ctx, this.begin, this.chunks, this.since, pending);
     } catch (error) {
-      this.committing = false;
       this.releaseMemory();
       this.ctx.reject(this.id, ioError(error, this.begin.path));
       return;
     }
-    this.committing = false;
     this.releaseMemory();
     const { path, size } = this.begin;
     this.ctx.reporter.emit({ kind: "file-done", path, op: "put", size, set: this.ctx.set });
