@@ -8,7 +8,7 @@ import { after, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { ErrorCodes, KeepwatchError } from "../errors.js";
 import { Connection, type ConnectionOptions } from "./connection.js";
-import { encodeFrame, type Frame, FrameDecoder, MAGIC } from "./frame.js";
+import { encodeFrame, type Frame, FrameDecoder, MAGIC, payloadParts } from "./frame.js";
 import { decode, encode, MessageType } from "./messages.js";
 
 const servers: net.Server[] = [];
@@ -111,9 +111,15 @@ async function sendInOrder(
   const { a, b, closeBoth } = await connectionPair();
   try {
     const got: Frame[] = [];
+    const inParts: boolean[] = [];
     const all = new Promise<void>((resolve) => {
       b.setHandler((frame) => {
-        got.push(frame);
+        inParts.push(frame.parts !== undefined);
+        got.push({
+          type: frame.type,
+          requestId: frame.requestId,
+          payload: Buffer.concat(payloadParts(frame)),
+        });
         if (got.length === count) resolve();
       });
     });
@@ -125,6 +131,11 @@ async function sendInOrder(
     }
     await within(all, `${count} frames`);
     assert.deepEqual(got, sent);
+    // A CHUNK's payload is handed over in the parts it arrived in; the others whole.
+    assert.deepEqual(
+      inParts,
+      sent.map((frame) => frame.type === MessageType.CHUNK),
+    );
     assert.equal(a.isClosed, false);
     assert.equal(b.isClosed, false);
   } finally {

@@ -21,6 +21,12 @@ export interface ConnectionOptions {
 
 export type FrameHandler = (frame: Frame) => void | Promise<void>;
 
+/**
+ * The frames whose payloads are handed over in the pieces they arrived in: a chunk is
+ * hashed, stored and written from the TLS records that carried it, not first copied out.
+ */
+const PARTED_TYPES: ReadonlySet<number> = new Set([MessageType.CHUNK]);
+
 /** Frames decoded but not yet handled before the socket is paused. */
 const QUEUE_HIGH_WATER = 64;
 
@@ -52,7 +58,7 @@ export class Connection extends EventEmitter {
   ) {
     super();
     this.socket = socket;
-    this.decoder = new FrameDecoder(options.maxPayload ?? MAX_FRAME_PAYLOAD);
+    this.decoder = new FrameDecoder(options.maxPayload ?? MAX_FRAME_PAYLOAD, PARTED_TYPES);
     socket.setNoDelay(true);
     this.handshaken = !(socket instanceof TLSSocket);
     if (!this.handshaken) {

@@ -5,7 +5,15 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import fc from "fast-check";
 import { ProtocolError } from "../errors.js";
-import { encodeFrame, type Frame, FrameDecoder, HEADER_SIZE, MAGIC, MAX_FRAME_PAYLOAD } from "./frame.js";
+import {
+  encodeFrame,
+  type Frame,
+  FrameDecoder,
+  HEADER_SIZE,
+  MAGIC,
+  MAX_FRAME_PAYLOAD,
+  payloadParts,
+} from "./frame.js";
 
 const hex = (s: string): Buffer => Buffer.from(s.replace(/\s+/g, ""), "hex");
 
@@ -136,6 +144,56 @@ describe("FrameDecoder", () => {
           assert.deepEqual(got, frames);
           assert.equal(decoder.atBoundary, true);
           assert.equal(decoder.buffered, 0);
+        },
+      ),
+      { numRuns: 200 },
+    );
+  });
+
+  test("property: the types told to stay in parts arrive as views of the pieces, the rest as before", () => {
+    const parted = new Set([0, 1, 2]);
+    fc.assert(
+      fc.property(
+        fc.array(
+          frameArb.map((f) => ({ ...f, type: f.type % 5 })),
+          { maxLength: 12 },
+        ),
+        fc.array(fc.nat(), { maxLength: 40 }),
+        (frames, cuts) => {
+          const stream = Buffer.concat([
+            MAGIC,
+            ...frames.map((f) => encodeFrame(f.type, f.requestId, f.payload)),
+          ]);
+          // Each piece in memory of its own, so that a view can be told from a copy.
+          const pieces = split(stream, cuts).map((piece) => {
+            const own = Buffer.allocUnsafeSlow(piece.length);
+            piece.copy(own);
+            return own;
+          });
+          const decoder = new FrameDecoder(MAX_FRAME_PAYLOAD, parted);
+          const got = decodeAll(decoder, pieces);
+          assert.equal(got.length, frames.length);
+          for (const [i, frame] of got.entries()) {
+            const want = frames[i] as Frame;
+            assert.equal(frame.type, want.type);
+            assert.equal(frame.requestId, want.requestId);
+            if (parted.has(frame.type)) {
+              const parts = frame.parts as readonly Buffer[];
+              assert.ok(parts, `frame ${i} of type ${frame.type} has its parts`);
+              assert.deepEqual(Buffer.concat(parts), want.payload);
+              for (const part of parts) {
+                assert.ok(
+                  pieces.some((piece) => piece.buffer === part.buffer),
+                  "a part is a view of a piece, not a copy",
+                );
+              }
+            } else {
+              assert.equal(frame.parts, undefined);
+            }
+            assert.deepEqual(frame.payload, want.payload);
+            assert.deepEqual(Buffer.concat(payloadParts(frame)), want.payload);
+          }
+          assert.equal(decoder.atBoundary, true);
         },
       ),
       { numRuns: 200 },

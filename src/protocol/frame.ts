@@ -16,6 +16,35 @@ export interface Frame {
   type: number;
   requestId: number;
   payload: Buffer;
+  /**
+   * The payload as it arrived, in the pieces of the reads that carried it (not copied into
+   * one buffer); set only for the types the decoder was told to leave in parts.
+   */
+  parts?: readonly Buffer[];
+}
+
+/**
+ * A frame whose payload was left in the pieces it arrived in: a chunk's bytes are hashed,
+ * stored and written from them. `payload` joins them the first time it is read.
+ */
+class PartedFrame implements Frame {
+  private joined: Buffer | undefined;
+
+  constructor(
+    readonly type: number,
+    readonly requestId: number,
+    readonly parts: readonly Buffer[],
+  ) {}
+
+  get payload(): Buffer {
+    this.joined ??= this.parts.length === 1 ? (this.parts[0] as Buffer) : Buffer.concat(this.parts);
+    return this.joined;
+  }
+}
+
+/** The payload of `frame` in parts: those it arrived in, or the one payload. */
+export function payloadParts(frame: Frame): readonly Buffer[] {
+  return frame.parts ?? [frame.payload];
 }
 
 export function encodeFrame(type: number, requestId: number, payload: Buffer = Buffer.alloc(0)): Buffer {
@@ -51,7 +80,14 @@ export class FrameDecoder {
   private pendingBytes = 0;
   private header: { length: number; type: number; requestId: number } | null = null;
 
-  constructor(private readonly maxPayload: number = MAX_FRAME_PAYLOAD) {}
+  /**
+   * `parted`: the frame types whose payloads are given in the pieces they arrived in
+   * (`Frame.parts`) rather than copied into one buffer.
+   */
+  constructor(
+    private readonly maxPayload: number = MAX_FRAME_PAYLOAD,
+    private readonly parted: ReadonlySet<number> = new Set(),
+  ) {}
 
   get buffered(): number {
     return this.pendingBytes;
@@ -101,7 +137,11 @@ export class FrameDecoder {
         } else {
           const h = this.header as { length: number; type: number; requestId: number };
           if (this.pendingBytes < h.length) break;
-          frames.push({ type: h.type, requestId: h.requestId, payload: this.take(h.length) });
+          frames.push(
+            this.parted.has(h.type)
+              ? new PartedFrame(h.type, h.requestId, this.takeParts(h.length))
+              : { type: h.type, requestId: h.requestId, payload: this.take(h.length) },
+          );
           this.header = null;
           this.state = "header";
         }
@@ -146,6 +186,26 @@ export class FrameDecoder {
     }
     this.pendingBytes -= n;
     return out;
+  }
+
+  /** The next `n` bytes as views of the pieces that hold them (no copy). */
+  private takeParts(n: number): Buffer[] {
+    const parts: Buffer[] = [];
+    let left = n;
+    while (left > 0) {
+      const head = this.pending[0] as Buffer;
+      if (head.length <= left) {
+        parts.push(head);
+        this.pending.shift();
+        left -= head.length;
+      } else {
+        parts.push(head.subarray(0, left));
+        this.pending[0] = head.subarray(left);
+        left = 0;
+      }
+    }
+    this.pendingBytes -= n;
+    return parts;
   }
 }
 

@@ -96,7 +96,7 @@ describe("history messages", () => {
     assert.throws(() => decodeHistory.manifestBegin(begin), { code: "KW_BAD_MESSAGE" });
   });
 
-  test("NEED, CHUNK, LIST, ENTRY and RESTORE round-trip", () => {
+  test("NEED, CHUNK (in parts cut anywhere), LIST, ENTRY and RESTORE round-trip", () => {
     fc.assert(
       fc.property(
         fc.boolean(),
@@ -104,11 +104,19 @@ describe("history messages", () => {
         fc.uint8Array({ maxLength: 300 }),
         u32,
         path,
-        (last, ranges, data, index, p) => {
+        fc.array(fc.nat(), { maxLength: 6 }),
+        (last, ranges, data, index, p, cuts) => {
           assert.deepEqual(decodeHistory.need(encodeHistory.need({ last, ranges })), { last, ranges });
-          const chunk = decodeHistory.chunk(encodeHistory.chunk(index, Buffer.from(data)));
+          // The payload in the pieces it may arrive in, cut anywhere (inside the index too).
+          const payload = encodeHistory.chunk(index, Buffer.from(data));
+          const points = [...new Set(cuts.map((c) => c % (payload.length + 1)))].sort((a, b) => a - b);
+          const pieces = [0, ...points, payload.length]
+            .slice(1)
+            .map((end, i, ends) => payload.subarray(i === 0 ? 0 : (ends[i - 1] as number), end));
+          const chunk = decodeHistory.chunk(pieces);
           assert.equal(chunk.index, index);
-          assert.deepEqual(chunk.data, Buffer.from(data));
+          assert.deepEqual(Buffer.concat(chunk.data), Buffer.from(data));
+          assert.ok(chunk.data.every((part) => part.length > 0));
           for (const mode of [0, 1] as const) {
             assert.deepEqual(decodeHistory.list(encodeHistory.list({ path: p, time: -1, mode })), {
               path: p,
@@ -163,5 +171,23 @@ describe("BASIS and CHUNK_DELTA (version 4)", () => {
     const ops = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0, 1]);
     assert.deepEqual(decodeHistory.chunkDelta(encodeHistory.chunkDelta(9, ops)), { index: 9, ops });
     assert.throws(() => decodeHistory.chunkDelta(Buffer.alloc(3)), /shorter than its index/);
+  });
+
+  test("a CHUNK shorter than its index is refused, in however many parts", () => {
+    for (const parts of [
+      [],
+      [Buffer.alloc(0)],
+      [Buffer.alloc(3)],
+      [Buffer.alloc(1), Buffer.alloc(0), Buffer.alloc(2)],
+    ]) {
+      assert.throws(() => decodeHistory.chunk(parts), {
+        code: "KW_BAD_MESSAGE",
+        message: /shorter than its index/,
+      });
+    }
+    assert.deepEqual(decodeHistory.chunk([Buffer.from([0, 0]), Buffer.from([1, 2])]), {
+      index: 258,
+      data: [],
+    });
   });
 });

@@ -324,10 +324,22 @@ export const decodeHistory = {
     for (let i = 0; i < raw.length; i += 8) ranges.push([raw.readUInt32BE(i), raw.readUInt32BE(i + 4)]);
     return { last: last === 1, ranges };
   },
-  chunk(payload: Buffer): { index: number; data: Buffer } {
-    if (payload.length < 4)
+  /** A CHUNK payload, given in parts (payloadParts): its index, and its bytes in parts, not copied. */
+  chunk(payload: readonly Buffer[]): { index: number; data: Buffer[] } {
+    const data: Buffer[] = [];
+    const head = Buffer.alloc(4);
+    let headBytes = 0;
+    for (const part of payload) {
+      const use = Math.min(4 - headBytes, part.length);
+      if (use > 0) {
+        part.copy(head, headBytes, 0, use);
+        headBytes += use;
+      }
+      if (use < part.length) data.push(use > 0 ? part.subarray(use) : part);
+    }
+    if (headBytes < 4)
       throw new ProtocolError("KW_BAD_MESSAGE", "A CHUNK message is shorter than its index.");
-    return { index: payload.readUInt32BE(0), data: payload.subarray(4) };
+    return { index: head.readUInt32BE(0), data };
   },
   chunkDelta(payload: Buffer): { index: number; ops: Buffer } {
     if (payload.length < 4)

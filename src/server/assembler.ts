@@ -15,6 +15,7 @@ import { createHash, type Hash } from "node:crypto";
 import type { FileHandle } from "node:fs/promises";
 import { KeepwatchError } from "../errors.js";
 import type { ChunkList } from "../store/chunk-list.js";
+import { bytesOf } from "../store/chunk-store.js";
 import type { Mirror, PendingFile } from "../store/mirror.js";
 import type { ByteBudget } from "./budget.js";
 import type { History } from "./history.js";
@@ -87,14 +88,15 @@ export class Assembler {
   ) {}
 
   /**
-   * Chunk `index` arrived (checked against its id). Chunks must come in ascending order.
-   * Resolves once the chunk is queued for writing, which waits while the server's budget
-   * for data in flight is used up.
+   * Chunk `index` arrived (checked against its id), in parts that are kept, not copied,
+   * until they are written. Chunks must come in ascending order. Resolves once the chunk is
+   * queued for writing, which waits while the server's budget for data in flight is used up.
    */
-  async add(index: number, data: Buffer): Promise<void> {
+  async add(index: number, data: readonly Buffer[]): Promise<void> {
     if (this.failure !== null) return;
-    await this.budget.acquire(data.length);
-    this.held += data.length;
+    const length = bytesOf(data);
+    await this.budget.acquire(length);
+    this.held += length;
     this.enqueue(async () => {
       await this.fillUpTo(index);
       this.gather(data);
@@ -276,10 +278,12 @@ export class Assembler {
     await old?.close().catch(() => {});
   }
 
-  private gather(data: Buffer): void {
-    this.hash.update(data);
-    this.gathered.push(data);
-    this.gatheredBytes += data.length;
+  private gather(data: readonly Buffer[]): void {
+    for (const part of data) {
+      this.hash.update(part);
+      this.gathered.push(part);
+      this.gatheredBytes += part.length;
+    }
   }
 
   private async writeGathered(): Promise<void> {

@@ -21,6 +21,7 @@ import {
 import { MessageType } from "../protocol/messages.js";
 import { pathProblem } from "../protocol/paths.js";
 import { ChunkList } from "../store/chunk-list.js";
+import { bytesOf } from "../store/chunk-store.js";
 import type { ChunkRef } from "../store/metadata-store.js";
 import type { PendingFile } from "../store/mirror.js";
 import { Assembler } from "./assembler.js";
@@ -285,7 +286,8 @@ export class ManifestRequest {
     if (needed.length === 0) this.ctx.track(this.commit());
   }
 
-  async chunk(index: number, data: Buffer): Promise<void> {
+  /** CHUNK: a needed chunk's bytes, in the parts they arrived in. */
+  async chunk(index: number, data: readonly Buffer[]): Promise<void> {
     // A streamed manifest refused on the way: its chunks may still be coming.
     if (this.streamed && this.failed) return;
     if (!this.needed) throw this.violation("a CHUNK arrived before MANIFEST_END");
@@ -322,14 +324,19 @@ export class ManifestRequest {
       if (error instanceof DeltaError) throw this.violation(`CHUNK_DELTA ${index}: ${error.message}`);
       throw error;
     }
-    await this.accept(index, data);
+    await this.accept(index, [data]);
   }
 
-  /** A needed chunk's bytes arrived (in the order asked): check, store and write them. */
-  private async accept(index: number, data: Buffer): Promise<void> {
+  /**
+   * A needed chunk's bytes arrived (in the order asked), in parts that are not joined:
+   * check, store and write them.
+   */
+  private async accept(index: number, data: readonly Buffer[]): Promise<void> {
     const needed = this.needed as Uint32Array | number[];
     const ref = this.chunks.at(index);
-    if (data.length !== ref.length || !createHash("sha256").update(data).digest().equals(ref.id)) {
+    const hash = createHash("sha256");
+    for (const part of data) hash.update(part);
+    if (bytesOf(data) !== ref.length || !hash.digest().equals(ref.id)) {
       this.fail(
         new KeepwatchError(
           "KW_HASH_MISMATCH",

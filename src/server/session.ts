@@ -3,7 +3,7 @@
 
 import { KeepwatchError, ProtocolError } from "../errors.js";
 import type { Connection } from "../protocol/connection.js";
-import type { Frame } from "../protocol/frame.js";
+import { type Frame, payloadParts } from "../protocol/frame.js";
 import { decodeHistory, type ManifestBegin, type ManifestStream } from "../protocol/history-messages.js";
 import {
   decode,
@@ -323,7 +323,7 @@ export class Session implements RequestContext {
         return this.manifestFor(frame)?.end();
       }
       case MessageType.CHUNK: {
-        const { index, data } = decodeHistory.chunk(frame.payload);
+        const { index, data } = decodeHistory.chunk(payloadParts(frame));
         return this.manifestFor(frame)?.chunk(index, data);
       }
       case MessageType.CHUNK_DELTA: {

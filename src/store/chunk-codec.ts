@@ -4,6 +4,7 @@
 // bench/compression.ts and docs/store.md give the measurements behind the choice.
 
 import zstd from "zstd-napi/binding.js";
+import { bytesOf, type ChunkBytes, chunkParts } from "./chunk-store.js";
 import { ChunkCodec, type ChunkCodecValue } from "./pack-format.js";
 
 /** zstd level used unless the store is told otherwise (see docs/store.md for why). */
@@ -37,6 +38,8 @@ export class ChunkCodecContext {
   private readonly dctx = new zstd.DCtx();
   private readonly sample = Buffer.allocUnsafe(3 * SAMPLE_PIECE);
   private readonly sampleOut = Buffer.allocUnsafe(zstd.compressBound(3 * SAMPLE_PIECE));
+  /** Where a chunk given in parts is joined for zstd, which takes one buffer; kept for the next. */
+  private joined: Buffer | undefined;
 
   constructor(level = DEFAULT_ZSTD_LEVEL) {
     if (!Number.isInteger(level) || level < zstd.minCLevel() || level > zstd.maxCLevel()) {
@@ -55,28 +58,40 @@ export class ChunkCodecContext {
   }
 
   /**
-   * Encode `data` into `target` at `offset`, which must have `bound(data.length)` bytes of
-   * room; returns how it was stored.
+   * Encode `chunk` (whole or in parts) into `target` at `offset`, which must have
+   * `bound(length)` bytes of room; returns how it was stored.
    */
-  encode(data: Buffer, target: Buffer, offset: number): EncodedChunk {
-    const keepBelow = Math.floor(data.length * (1 - MIN_GAIN));
-    if (keepBelow > 0 && (data.length < SAMPLE_FROM || this.sampleShrinks(data))) {
-      const room = target.subarray(offset, offset + zstd.compressBound(data.length));
-      const length = this.cctx.compress2(room, data);
-      if (length <= keepBelow) return { codec: ChunkCodec.zstd, storedLength: length };
+  encode(chunk: ChunkBytes, target: Buffer, offset: number): EncodedChunk {
+    const data = chunkParts(chunk);
+    const length = bytesOf(data);
+    const keepBelow = Math.floor(length * (1 - MIN_GAIN));
+    if (keepBelow > 0 && (length < SAMPLE_FROM || this.sampleShrinks(data, length))) {
+      const room = target.subarray(offset, offset + zstd.compressBound(length));
+      const stored = this.cctx.compress2(
+        room,
+        data.length === 1 ? (data[0] as Buffer) : this.join(data, length),
+      );
+      if (stored <= keepBelow) return { codec: ChunkCodec.zstd, storedLength: stored };
     }
-    data.copy(target, offset);
-    return { codec: ChunkCodec.raw, storedLength: data.length };
+    copyRange(data, 0, length, target, offset);
+    return { codec: ChunkCodec.raw, storedLength: length };
   }
 
   /** Whether zstd shrinks a sample of `data` (at least SAMPLE_FROM bytes) by MIN_GAIN. */
-  private sampleShrinks(data: Buffer): boolean {
-    const middle = Math.floor((data.length - SAMPLE_PIECE) / 2);
-    data.copy(this.sample, 0, 0, SAMPLE_PIECE);
-    data.copy(this.sample, SAMPLE_PIECE, middle, middle + SAMPLE_PIECE);
-    data.copy(this.sample, 2 * SAMPLE_PIECE, data.length - SAMPLE_PIECE);
-    const length = this.cctx.compress2(this.sampleOut, this.sample);
-    return length <= this.sample.length * (1 - MIN_GAIN);
+  private sampleShrinks(data: readonly Buffer[], length: number): boolean {
+    const middle = Math.floor((length - SAMPLE_PIECE) / 2);
+    copyRange(data, 0, SAMPLE_PIECE, this.sample, 0);
+    copyRange(data, middle, middle + SAMPLE_PIECE, this.sample, SAMPLE_PIECE);
+    copyRange(data, length - SAMPLE_PIECE, length, this.sample, 2 * SAMPLE_PIECE);
+    const stored = this.cctx.compress2(this.sampleOut, this.sample);
+    return stored <= this.sample.length * (1 - MIN_GAIN);
+  }
+
+  /** `data`'s parts joined in a buffer of this context's, valid until the next join. */
+  private join(data: readonly Buffer[], length: number): Buffer {
+    if (!this.joined || this.joined.length < length) this.joined = Buffer.allocUnsafe(length);
+    copyRange(data, 0, length, this.joined, 0);
+    return this.joined.subarray(0, length);
   }
 
   /**
@@ -99,5 +114,20 @@ export class ChunkCodecContext {
       throw new ChunkDecodeError(`the zstd frame holds ${length} bytes, not ${rawLength}`);
     }
     return out;
+  }
+}
+
+/** Copy bytes `start` to `end` of the concatenation of `parts` into `target` at `at`. */
+function copyRange(parts: readonly Buffer[], start: number, end: number, target: Buffer, at: number): void {
+  let partStart = 0;
+  for (const part of parts) {
+    const partEnd = partStart + part.length;
+    if (partEnd > start && partStart < end) {
+      const from = Math.max(start, partStart) - partStart;
+      const to = Math.min(end, partEnd) - partStart;
+      at += part.copy(target, at, from, to);
+    }
+    if (partEnd >= end) return;
+    partStart = partEnd;
   }
 }

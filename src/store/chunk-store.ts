@@ -15,13 +15,30 @@ export interface ChunkStoreStats {
   storedBytes: number;
 }
 
+/** A chunk's bytes: one buffer, or parts whose concatenation they are. */
+export type ChunkBytes = Buffer | readonly Buffer[];
+
+/** The parts of `data` (one part for a buffer). */
+export function chunkParts(data: ChunkBytes): readonly Buffer[] {
+  return Buffer.isBuffer(data) ? [data] : data;
+}
+
+/** How many bytes `parts` hold together. */
+export function bytesOf(parts: readonly Buffer[]): number {
+  let length = 0;
+  for (const part of parts) length += part.length;
+  return length;
+}
+
 export interface ChunkStore {
   /**
    * Store `data` under `id` unless a chunk with that id is already stored (then do
    * nothing). The caller guarantees id = SHA-256(data). Idempotent; safe to call many
-   * times concurrently. Not durable until `flush` resolves.
+   * times concurrently. Not durable until `flush` resolves. `data` may come in parts (a
+   * chunk as the reads from a socket carried it), which are stored as their concatenation;
+   * they are not kept once put resolves.
    */
-  put(id: ChunkId, data: Buffer): Promise<void>;
+  put(id: ChunkId, data: ChunkBytes): Promise<void>;
 
   /** True when a chunk with `id` is stored (durable or pending flush). */
   has(id: ChunkId): Promise<boolean>;

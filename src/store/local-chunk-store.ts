@@ -11,7 +11,14 @@ import { dirname, join } from "node:path";
 import { errnoCode, KeepwatchError } from "../errors.js";
 import { ChunkCodecContext, ChunkDecodeError, DEFAULT_ZSTD_LEVEL } from "./chunk-codec.js";
 import { ChunkIndex, type ChunkRow, type PackRow } from "./chunk-index.js";
-import type { ChunkId, ChunkStore, ChunkStoreStats } from "./chunk-store.js";
+import {
+  bytesOf,
+  type ChunkBytes,
+  type ChunkId,
+  type ChunkStore,
+  type ChunkStoreStats,
+  chunkParts,
+} from "./chunk-store.js";
 import {
   type ChunkCodecValue,
   crc32,
@@ -159,11 +166,12 @@ export class LocalChunkStore implements ChunkStore {
     }
   }
 
-  async put(id: ChunkId, data: Buffer): Promise<void> {
+  async put(id: ChunkId, data: ChunkBytes): Promise<void> {
     this.assertOpen();
     checkId(id);
-    if (data.length > MAX_CHUNK_BYTES) {
-      throw new RangeError(`a chunk holds at most ${MAX_CHUNK_BYTES} bytes, got ${data.length}`);
+    const length = bytesOf(chunkParts(data));
+    if (length > MAX_CHUNK_BYTES) {
+      throw new RangeError(`a chunk holds at most ${MAX_CHUNK_BYTES} bytes, got ${length}`);
     }
     const key = id.toString("hex");
     if (this.pending.has(key) || this.index.has(id)) return;
@@ -182,7 +190,7 @@ export class LocalChunkStore implements ChunkStore {
         throw error;
       }
       this.pending.set(key, { ...place, id: Buffer.from(id), writer });
-      this.pendingRawBytes += data.length;
+      this.pendingRawBytes += length;
       if (writer.size >= this.packTarget) await this.commit(true);
     });
   }

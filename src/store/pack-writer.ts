@@ -7,6 +7,7 @@ import { constants } from "node:fs";
 import { type FileHandle, mkdir, open } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { ChunkCodecContext } from "./chunk-codec.js";
+import { bytesOf, type ChunkBytes, chunkParts } from "./chunk-store.js";
 import {
   type ChunkCodecValue,
   crc32,
@@ -86,9 +87,10 @@ export class PackWriter {
     return this.written + this.used;
   }
 
-  /** Compress and append a chunk; returns where its record starts. */
-  async appendChunk(id: Buffer, data: Buffer, codec: ChunkCodecContext): Promise<RecordPlace> {
-    const room = RECORD_HEADER_BYTES + ChunkCodecContext.bound(data.length);
+  /** Compress and append a chunk (whole or in parts); returns where its record starts. */
+  async appendChunk(id: Buffer, data: ChunkBytes, codec: ChunkCodecContext): Promise<RecordPlace> {
+    const length = bytesOf(chunkParts(data));
+    const room = RECORD_HEADER_BYTES + ChunkCodecContext.bound(length);
     if (room > this.buffer.length - this.used) await this.spill();
     // A chunk bigger than the buffer goes through a buffer of its own ("plus one chunk").
     const target = room <= this.buffer.length ? this.buffer : Buffer.allocUnsafe(room);
@@ -99,7 +101,7 @@ export class PackWriter {
       {
         id,
         codec: encoded.codec,
-        rawLength: data.length,
+        rawLength: length,
         storedLength: encoded.storedLength,
         storedCrc: crc32(stored),
       },
@@ -107,10 +109,10 @@ export class PackWriter {
       at,
     );
     const offset = this.size;
-    const length = RECORD_HEADER_BYTES + encoded.storedLength;
-    if (target === this.buffer) this.used += length;
-    else await this.writeOut(target.subarray(0, length));
-    return { offset, codec: encoded.codec, rawLength: data.length, storedLength: encoded.storedLength };
+    const recordLength = RECORD_HEADER_BYTES + encoded.storedLength;
+    if (target === this.buffer) this.used += recordLength;
+    else await this.writeOut(target.subarray(0, recordLength));
+    return { offset, codec: encoded.codec, rawLength: length, storedLength: encoded.storedLength };
   }
 
   /** Append a record exactly as read from another pack (repacking); returns its offset. */
