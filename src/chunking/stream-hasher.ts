@@ -35,12 +35,6 @@ export interface StreamHasher {
    * when another piece may be sent.
    */
   push(piece: Buffer, cutEnds: readonly number[] | null): Promise<void>;
-  /**
-   * The ids of the stream's chunks hashed so far, in stream order (a chunk is hashed once
-   * the piece holding its end is). The array grows as the hasher goes on; `start` begins a
-   * new one.
-   */
-  readonly hashedIds: readonly Buffer[];
   /** The stream ended at `end` (the last chunk's end): its hashes. */
   finish(end: number): Promise<StreamHashes>;
   /** Let the thread go (the hasher cannot be used again). */
@@ -49,8 +43,7 @@ export interface StreamHasher {
 
 /** The state of one stream's hashing (see CUT_HASHING). */
 interface CutHashing {
-  /** Hash the next piece; returns the ids of the chunks that ended in it. */
-  update(piece: Uint8Array, cutEnds: readonly number[] | null): Buffer[];
+  update(piece: Uint8Array, cutEnds: readonly number[] | null): void;
   /** The hashes, and a fresh start; throws when the stream did not end at `end`. */
   finish(end: number): StreamHashes;
 }
@@ -72,14 +65,13 @@ const CUT_HASHING = `
       whole.update(piece);
       if (cutEnds === null) {
         position += piece.length;
-        return [];
+        return;
       }
-      const ended = [];
       let from = 0;
       for (const end of cutEnds) {
         const to = end - position;
         chunk.update(piece.subarray(from, to));
-        ended.push(chunk.digest());
+        ids.push(chunk.digest());
         chunk = createHash("sha256");
         chunkBytes = 0;
         from = to;
@@ -87,8 +79,6 @@ const CUT_HASHING = `
       chunk.update(piece.subarray(from));
       chunkBytes += piece.length - from;
       position += piece.length;
-      ids.push(...ended);
-      return ended;
     },
     finish(end) {
       if (end !== position) throw new Error("the stream ends at " + end + ", not at " + position);
@@ -109,7 +99,6 @@ const cutHashing = new Function("createHash", CUT_HASHING) as (hash: typeof crea
 /** Hashes on the caller's thread (where no worker thread can be started). */
 export class InlineStreamHasher implements StreamHasher {
   private hasher = cutHashing(createHash);
-  hashedIds: Buffer[] = [];
   /** Two, taken in turn: the caller reads the next piece while it chunks this one. */
   private readonly buffers = [Buffer.allocUnsafe(PIECE_BYTES), Buffer.allocUnsafe(PIECE_BYTES)];
   private turn = 0;
@@ -121,11 +110,10 @@ export class InlineStreamHasher implements StreamHasher {
 
   start(): void {
     this.hasher = cutHashing(createHash);
-    this.hashedIds = [];
   }
 
   async push(piece: Buffer, cutEnds: readonly number[] | null): Promise<void> {
-    this.hashedIds.push(...this.hasher.update(piece, cutEnds));
+    this.hasher.update(piece, cutEnds);
   }
 
   async finish(end: number): Promise<StreamHashes> {
@@ -141,15 +129,12 @@ const { parentPort } = require("node:worker_threads");
 const { createHash } = require("node:crypto");
 function cutHashing(createHash) {${CUT_HASHING}}
 let hashing = cutHashing(createHash);
-let stream = 0;
 parentPort.on("message", (message) => {
   if (message.kind === "start") {
     hashing = cutHashing(createHash);
-    stream = message.stream;
   } else if (message.kind === "piece") {
-    const ended = hashing.update(new Uint8Array(message.bytes, message.offset, message.length), message.cutEnds);
-    const ids = ended.length > 0 ? Buffer.concat(ended) : null;
-    parentPort.postMessage({ kind: "hashed", bytes: message.bytes, stream, ids }, [message.bytes]);
+    hashing.update(new Uint8Array(message.bytes, message.offset, message.length), message.cutEnds);
+    parentPort.postMessage({ kind: "hashed", bytes: message.bytes }, [message.bytes]);
   } else if (message.kind === "finish") {
     let hashes;
     try {
@@ -179,16 +164,7 @@ interface Finished {
   sha256: Uint8Array;
 }
 
-/** A piece hashed: its memory back, and the ids of the chunks that ended in it (null: none). */
-interface Hashed {
-  kind: "hashed";
-  bytes: ArrayBuffer;
-  /** The stream (numbered by `start`) the piece belonged to. */
-  stream: number;
-  ids: Uint8Array | null;
-}
-
-type FromWorker = Hashed | Finished | { kind: "failed"; message: string };
+type FromWorker = { kind: "hashed"; bytes: ArrayBuffer } | Finished | { kind: "failed"; message: string };
 
 /** Hashes on a worker thread. */
 export class WorkerStreamHasher implements StreamHasher {
@@ -199,9 +175,6 @@ export class WorkerStreamHasher implements StreamHasher {
   private failure: Error | null = null;
   /** Piece memory the worker has given back, for the next pieces. */
   private readonly free: ArrayBuffer[] = [];
-  /** The current stream's number: replies about pieces of a stream given up are told apart. */
-  private stream = 0;
-  hashedIds: Buffer[] = [];
 
   constructor() {
     this.worker = new Worker(WORKER_SOURCE, { eval: true });
@@ -213,9 +186,7 @@ export class WorkerStreamHasher implements StreamHasher {
 
   start(): void {
     // A stream given up half way leaves the worker's hashes begun: they start again.
-    this.stream++;
-    this.hashedIds = [];
-    this.worker.postMessage({ kind: "start", stream: this.stream });
+    this.worker.postMessage({ kind: "start" });
   }
 
   pieceBuffer(size: number): Buffer {
@@ -264,10 +235,6 @@ export class WorkerStreamHasher implements StreamHasher {
 
   private onMessage(message: FromWorker): void {
     if (message.kind === "hashed") {
-      if (message.stream === this.stream && message.ids) {
-        const ids = Buffer.from(message.ids.buffer, message.ids.byteOffset, message.ids.byteLength);
-        for (let at = 0; at < ids.length; at += 32) this.hashedIds.push(ids.subarray(at, at + 32));
-      }
       if (this.free.length <= PIECES_IN_FLIGHT) this.free.push(message.bytes);
       this.inFlight--;
       if (this.inFlight < PIECES_IN_FLIGHT && this.roomWaiter) {

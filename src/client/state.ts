@@ -97,9 +97,6 @@ export class ClientState {
         "INSERT OR REPLACE INTO entries (path, kind, size, mtime_ms, mode, ino, sha256, chunks, ctime_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
       ),
       knows: db.prepare<[Buffer], { sha256: Buffer }>("SELECT sha256 FROM contents WHERE sha256 = ?"),
-      sizeSeen: db.prepare<[number], { one: number }>(
-        "SELECT 1 AS one FROM entries WHERE kind = 'file' AND size = ? AND sha256 IS NOT NULL LIMIT 1",
-      ),
       learn: db.prepare<[Buffer]>("INSERT OR IGNORE INTO contents (sha256) VALUES (?)"),
       forgetContent: db.prepare<[Buffer]>("DELETE FROM contents WHERE sha256 = ?"),
       remove: db.prepare<[string]>("DELETE FROM entries WHERE path = ?"),
@@ -200,14 +197,6 @@ export class ClientState {
    */
   knowsContent(sha256: Buffer): boolean {
     return this.stmts.knows.get(sha256) !== undefined;
-  }
-
-  /**
-   * True when a file of `size` bytes was backed up (at any path): a new file of that size
-   * may be a copy or a rename of it, worth hashing whole before anything is sent.
-   */
-  knowsFileOfSize(size: number): boolean {
-    return this.stmts.sizeSeen.get(size) !== undefined;
   }
 
   /** The server said it does not hold this content (pruned): stop assuming it does. */

@@ -44,13 +44,6 @@ const READ_SIZE = 1024 * 1024;
 const STREAM_STEP_BYTES = 32 * 1024 * 1024;
 const STREAM_NEW_AFTER = 4;
 const STREAM_NEW_BYTES = 1024 * 1024;
-/**
- * A new file of at least this size streams its manifest too (version 5), so that the
- * server stores its chunks while the client still reads it; unless a file of the same size
- * was backed up before: then it may be a copy or a rename, and is hashed whole first, to
- * travel by reference. A smaller one is hashed first, while the file before it is sent.
- */
-const STREAM_NEW_FILE_BYTES = 16 * 1024 * 1024;
 
 export type PutOutcome =
   /**
@@ -351,12 +344,7 @@ export class ChunkedTransfer implements FileTransfer {
           ? { sha256: record.sha256, chunks: guide }
           : null;
       let scanned: { chunks: ChunkRef[]; sha256: Buffer } | null;
-      const streamable =
-        this.link.welcome.version >= 5 &&
-        (base
-          ? usableGuide(base.chunks)
-          : entry.size >= STREAM_NEW_FILE_BYTES && !this.state.knowsFileOfSize(entry.size));
-      if (streamable) {
+      if (base && usableGuide(base.chunks) && this.link.welcome.version >= 5) {
         await previous;
         const streamed = await this.streamEdit(fd, entry, before, base);
         if ("status" in streamed) return streamed;
@@ -413,15 +401,9 @@ export class ChunkedTransfer implements FileTransfer {
       if (guide && usableGuide(guide)) {
         return rechunk((buffer, position) => readAt(fd, buffer, position), size, guide, hasher, onChunk);
       }
+      if (onChunk) throw new Error("chunks are told as they are found only when a guide is used");
       const chunker = new Chunker();
       const lengths: number[] = [];
-      /** Chunks told to `onChunk` so far: those whose hash the hashing thread has given back. */
-      let told = 0;
-      const tell = async (ids: readonly Buffer[]): Promise<void> => {
-        for (; onChunk && told < ids.length; told++) {
-          await onChunk({ id: ids[told] as Buffer, length: lengths[told] as number });
-        }
-      };
       const read = async (at: number) => {
         const piece = hasher.pieceBuffer(Math.min(READ_SIZE, size - at));
         return piece.subarray(0, await readAt(fd, piece, at));
@@ -442,7 +424,6 @@ export class ChunkedTransfer implements FileTransfer {
             cutEnds.push(chunk.offset + chunk.length);
           }
           await hasher.push(data, cutEnds);
-          await tell(hasher.hashedIds);
         }
       } finally {
         // The caller closes the file once we are done: no read may still be on its way then.
@@ -454,25 +435,23 @@ export class ChunkedTransfer implements FileTransfer {
       if (hashes.chunkIds.length !== lengths.length) {
         throw new Error(`${hashes.chunkIds.length} chunk hashes for ${lengths.length} chunks`);
       }
-      await tell(hashes.chunkIds);
       const chunks = lengths.map((length, i) => ({ id: hashes.chunkIds[i] as Buffer, length }));
       return { chunks, sha256: hashes.sha256 };
     });
   }
 
   /**
-   * An edit of a file the server holds, or a large new file (version 5, docs/protocol.md
-   * section 14): its manifest, as edits of `base` (or of nothing), travels while the file
-   * is read, and each chunk the server asks for travels as soon as it asks. Returns the
-   * outcome; or, when the server would not take it this way (it no longer holds the base,
-   * or has no room for the chunk list the file could have), the file's chunks and hash as
-   * read, for the caller to send by reference or as a whole manifest.
+   * An edit of a file the server holds (version 5, docs/protocol.md section 14): its
+   * manifest, as edits of `base`, travels while the file is read, and each chunk the server
+   * asks for travels as soon as it asks. Returns the outcome; or, when the server would not
+   * take the edit on this base (it no longer holds it, or has no room for its chunk list),
+   * the file's chunks and hash as read, for the caller to send without a base.
    */
   private async streamEdit(
     fd: number,
     entry: DiskEntry,
     before: Stats,
-    base: { sha256: Buffer; chunks: ChunkRef[] } | null,
+    base: { sha256: Buffer; chunks: ChunkRef[] },
   ): Promise<PutOutcome | { retry: { chunks: ChunkRef[]; sha256: Buffer } | null }> {
     const conn = this.link.conn;
     const { path, size, mtimeMs, mode } = entry;
@@ -549,13 +528,13 @@ export class ChunkedTransfer implements FileTransfer {
         size,
         mtimeMs,
         mode,
-        base: base?.sha256 ?? Buffer.alloc(0),
+        base: base.sha256,
         maxChunks: Math.min(MAX_CHUNKS_PER_FILE, Math.floor(size / DEFAULT_CHUNK_PARAMS.minSize) + 1),
       }),
     );
     this.reporter.emit({ kind: "file-start", path, size });
-    const diff = new ManifestDiff(base?.chunks ?? []);
-    /** File bytes whose ops have not travelled; chunks since the first new one among them (−1: none). */
+    const diff = new ManifestDiff(base.chunks);
+    /** File bytes whose ops have not travelled; chunks since the last new one among them (−1: none). */
     let unsent = 0;
     let sinceNew = -1;
     const sendOps = async (): Promise<void> => {
@@ -568,13 +547,12 @@ export class ChunkedTransfer implements FileTransfer {
     let scanned: { chunks: ChunkRef[]; sha256: Buffer } | null = null;
     let closeSent = false;
     try {
-      scanned = await this.chunkFile(fd, size, base?.chunks ?? null, async (chunk) => {
+      scanned = await this.chunkFile(fd, size, base.chunks, async (chunk) => {
         found.push(chunk);
         offsets.push(position);
         position += chunk.length;
-        const isNew = diff.push(chunk);
-        if (sinceNew >= 0) sinceNew++;
-        else if (isNew) sinceNew = 0;
+        if (diff.push(chunk)) sinceNew = 0;
+        else if (sinceNew >= 0) sinceNew++;
         unsent += chunk.length;
         if (unsent >= STREAM_STEP_BYTES || (sinceNew >= STREAM_NEW_AFTER && unsent >= STREAM_NEW_BYTES)) {
           unsent = 0;
@@ -616,7 +594,7 @@ export class ChunkedTransfer implements FileTransfer {
       // A chunk read again for sending no longer matched its hash: the file changed.
       if (refusal.code === "KW_HASH_MISMATCH") return { status: "changed" };
       if (refusal.code === "KW_CONTENT_UNKNOWN" || refusal.code === "KW_FILE_TOO_LARGE") {
-        if (refusal.code === "KW_CONTENT_UNKNOWN" && base) this.state.forgetContent(base.sha256);
+        if (refusal.code === "KW_CONTENT_UNKNOWN") this.state.forgetContent(base.sha256);
         return { retry: scanned };
       }
     }
