@@ -22,6 +22,13 @@ import type { History } from "./history.js";
 
 /** Bytes of arrived chunks gathered before one write to the pending file. */
 const WRITE_BYTES = 1024 * 1024;
+/**
+ * Parts gathered before that write, at most. A part is a view of a read from the socket
+ * and keeps that whole read in memory (a TLS record of up to 16 KiB, a plain read of up to
+ * 64 KiB): tiny chunks must not hold thousands of them for one MiB of data. Chunks of the
+ * usual sizes arrive in fewer parts than this per MiB.
+ */
+const WRITE_PARTS = 256;
 /** Bytes read from the mirror's old file at once (a run of chunks stops short of this). */
 const READ_BYTES = 2 * 1024 * 1024;
 /**
@@ -101,7 +108,8 @@ export class Assembler {
       await this.fillUpTo(index);
       this.gather(data);
       this.next = index + 1;
-      if (this.gatheredBytes >= WRITE_BYTES) await this.writeGathered();
+      if (this.gatheredBytes >= WRITE_BYTES || this.gathered.length >= WRITE_PARTS)
+        await this.writeGathered();
     });
   }
 
