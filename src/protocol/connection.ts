@@ -6,6 +6,7 @@
 import { EventEmitter } from "node:events";
 import type { Socket } from "node:net";
 import { TLSSocket } from "node:tls";
+import { type Bytes, bytesOf, partsOf } from "../bytes.js";
 import { ErrorCodes, KeepwatchError, ProtocolError } from "../errors.js";
 import { encodeFrameHeader, type Frame, FrameDecoder, MAGIC, MAX_FRAME_PAYLOAD } from "./frame.js";
 import { decode, encode, MessageType } from "./messages.js";
@@ -125,12 +126,10 @@ export class Connection extends EventEmitter {
    * payload given in parts goes out as they are, after the header, without being joined
    * first (a chunk's bytes are not copied into a frame of their own).
    */
-  send(type: number, requestId: number, payload?: Buffer | readonly Buffer[]): boolean {
+  send(type: number, requestId: number, payload?: Bytes): boolean {
     if (this.closed) return false;
-    const parts = payload === undefined ? [] : Buffer.isBuffer(payload) ? [payload] : payload;
-    let length = 0;
-    for (const part of parts) length += part.length;
-    const header = encodeFrameHeader(type, requestId, length);
+    const parts = payload === undefined ? [] : partsOf(payload);
+    const header = encodeFrameHeader(type, requestId, bytesOf(parts));
     if (parts.length === 0) return this.write(header);
     this.socket.cork();
     this.write(header);
@@ -141,7 +140,7 @@ export class Connection extends EventEmitter {
   }
 
   /** Send a frame and wait until the socket can take more (the sender's flow control). */
-  async sendAndWait(type: number, requestId: number, payload?: Buffer | readonly Buffer[]): Promise<void> {
+  async sendAndWait(type: number, requestId: number, payload?: Bytes): Promise<void> {
     if (this.send(type, requestId, payload) || this.closed) return;
     await new Promise<void>((resolve) => {
       const done = () => {

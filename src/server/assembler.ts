@@ -13,9 +13,9 @@
 
 import { createHash, type Hash } from "node:crypto";
 import type { FileHandle } from "node:fs/promises";
+import { bytesOf } from "../bytes.js";
 import { KeepwatchError } from "../errors.js";
 import type { ChunkList } from "../store/chunk-list.js";
-import { bytesOf } from "../store/chunk-store.js";
 import type { Mirror, PendingFile } from "../store/mirror.js";
 import type { ByteBudget } from "./budget.js";
 import type { History } from "./history.js";

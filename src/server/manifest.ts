@@ -8,6 +8,7 @@
 // reading and the server's writing then overlap instead of following one another.
 
 import { createHash } from "node:crypto";
+import { bytesOf } from "../bytes.js";
 import { applyDelta, blockSums, DELTA_BLOCK_BYTES, DeltaError } from "../chunking/block-delta.js";
 import { KeepwatchError, ProtocolError } from "../errors.js";
 import {
@@ -21,7 +22,6 @@ import {
 import { MessageType } from "../protocol/messages.js";
 import { pathProblem } from "../protocol/paths.js";
 import { ChunkList } from "../store/chunk-list.js";
-import { bytesOf } from "../store/chunk-store.js";
 import type { ChunkRef } from "../store/metadata-store.js";
 import type { PendingFile } from "../store/mirror.js";
 import { Assembler } from "./assembler.js";

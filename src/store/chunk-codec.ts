@@ -4,7 +4,7 @@
 // bench/compression.ts and docs/store.md give the measurements behind the choice.
 
 import zstd from "zstd-napi/binding.js";
-import { bytesOf, type ChunkBytes, chunkParts } from "./chunk-store.js";
+import { type Bytes, bytesOf, partsOf } from "../bytes.js";
 import { ChunkCodec, type ChunkCodecValue } from "./pack-format.js";
 
 /** zstd level used unless the store is told otherwise (see docs/store.md for why). */
@@ -61,8 +61,8 @@ export class ChunkCodecContext {
    * Encode `chunk` (whole or in parts) into `target` at `offset`, which must have
    * `bound(length)` bytes of room; returns how it was stored.
    */
-  encode(chunk: ChunkBytes, target: Buffer, offset: number): EncodedChunk {
-    const data = chunkParts(chunk);
+  encode(chunk: Bytes, target: Buffer, offset: number): EncodedChunk {
+    const data = partsOf(chunk);
     const length = bytesOf(data);
     const keepBelow = Math.floor(length * (1 - MIN_GAIN));
     if (keepBelow > 0 && (length < SAMPLE_FROM || this.sampleShrinks(data, length))) {

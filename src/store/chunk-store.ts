@@ -3,6 +3,8 @@
 // an S3-compatible one can come later behind the same interface. How a store compresses,
 // packs and indexes blobs is its own business.
 
+import type { Bytes } from "../bytes.js";
+
 /** A chunk's id: the 32-byte SHA-256 of its uncompressed content. */
 export type ChunkId = Buffer;
 
@@ -15,21 +17,6 @@ export interface ChunkStoreStats {
   storedBytes: number;
 }
 
-/** A chunk's bytes: one buffer, or parts whose concatenation they are. */
-export type ChunkBytes = Buffer | readonly Buffer[];
-
-/** The parts of `data` (one part for a buffer). */
-export function chunkParts(data: ChunkBytes): readonly Buffer[] {
-  return Buffer.isBuffer(data) ? [data] : data;
-}
-
-/** How many bytes `parts` hold together. */
-export function bytesOf(parts: readonly Buffer[]): number {
-  let length = 0;
-  for (const part of parts) length += part.length;
-  return length;
-}
-
 export interface ChunkStore {
   /**
    * Store `data` under `id` unless a chunk with that id is already stored (then do
@@ -38,7 +25,7 @@ export interface ChunkStore {
    * chunk as the reads from a socket carried it), which are stored as their concatenation;
    * they are not kept once put resolves.
    */
-  put(id: ChunkId, data: ChunkBytes): Promise<void>;
+  put(id: ChunkId, data: Bytes): Promise<void>;
 
   /** True when a chunk with `id` is stored (durable or pending flush). */
   has(id: ChunkId): Promise<boolean>;

@@ -8,17 +8,11 @@ import { createHash } from "node:crypto";
 import { constants } from "node:fs";
 import { mkdir, open, readdir, rm, stat, unlink } from "node:fs/promises";
 import { dirname, join } from "node:path";
+import { type Bytes, bytesOf, partsOf } from "../bytes.js";
 import { errnoCode, KeepwatchError } from "../errors.js";
 import { ChunkCodecContext, ChunkDecodeError, DEFAULT_ZSTD_LEVEL } from "./chunk-codec.js";
 import { ChunkIndex, type ChunkRow, type PackRow } from "./chunk-index.js";
-import {
-  bytesOf,
-  type ChunkBytes,
-  type ChunkId,
-  type ChunkStore,
-  type ChunkStoreStats,
-  chunkParts,
-} from "./chunk-store.js";
+import type { ChunkId, ChunkStore, ChunkStoreStats } from "./chunk-store.js";
 import {
   type ChunkCodecValue,
   crc32,
@@ -166,10 +160,10 @@ export class LocalChunkStore implements ChunkStore {
     }
   }
 
-  async put(id: ChunkId, data: ChunkBytes): Promise<void> {
+  async put(id: ChunkId, data: Bytes): Promise<void> {
     this.assertOpen();
     checkId(id);
-    const length = bytesOf(chunkParts(data));
+    const length = bytesOf(partsOf(data));
     if (length > MAX_CHUNK_BYTES) {
       throw new RangeError(`a chunk holds at most ${MAX_CHUNK_BYTES} bytes, got ${length}`);
     }

@@ -2,14 +2,9 @@
 // contract as the local store (it passes the same conformance suite), nothing durable.
 
 import { createHash } from "node:crypto";
+import { type Bytes, partsOf } from "../bytes.js";
 import { KeepwatchError } from "../errors.js";
-import {
-  type ChunkBytes,
-  type ChunkId,
-  type ChunkStore,
-  type ChunkStoreStats,
-  chunkParts,
-} from "./chunk-store.js";
+import type { ChunkId, ChunkStore, ChunkStoreStats } from "./chunk-store.js";
 
 export class MemoryChunkStore implements ChunkStore {
   private closed = false;
@@ -17,12 +12,12 @@ export class MemoryChunkStore implements ChunkStore {
   /** Give two stores the same `chunks` map to model a reopen. */
   constructor(private readonly chunks = new Map<string, Buffer>()) {}
 
-  async put(id: ChunkId, data: ChunkBytes): Promise<void> {
+  async put(id: ChunkId, data: Bytes): Promise<void> {
     this.assertOpen();
     if (id.length !== 32) throw new RangeError(`a chunk id is a 32-byte SHA-256, got ${id.length} bytes`);
     const key = id.toString("hex");
     // A copy: the caller may reuse its buffer once put resolves.
-    if (!this.chunks.has(key)) this.chunks.set(key, Buffer.concat(chunkParts(data)));
+    if (!this.chunks.has(key)) this.chunks.set(key, Buffer.concat(partsOf(data)));
   }
 
   async has(id: ChunkId): Promise<boolean> {

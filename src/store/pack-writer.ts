@@ -6,8 +6,8 @@ import { randomBytes } from "node:crypto";
 import { constants } from "node:fs";
 import { type FileHandle, mkdir, open } from "node:fs/promises";
 import { dirname, join } from "node:path";
+import { type Bytes, bytesOf, partsOf } from "../bytes.js";
 import { ChunkCodecContext } from "./chunk-codec.js";
-import { bytesOf, type ChunkBytes, chunkParts } from "./chunk-store.js";
 import {
   type ChunkCodecValue,
   crc32,
@@ -88,8 +88,8 @@ export class PackWriter {
   }
 
   /** Compress and append a chunk (whole or in parts); returns where its record starts. */
-  async appendChunk(id: Buffer, data: ChunkBytes, codec: ChunkCodecContext): Promise<RecordPlace> {
-    const length = bytesOf(chunkParts(data));
+  async appendChunk(id: Buffer, data: Bytes, codec: ChunkCodecContext): Promise<RecordPlace> {
+    const length = bytesOf(partsOf(data));
     const room = RECORD_HEADER_BYTES + ChunkCodecContext.bound(length);
     if (room > this.buffer.length - this.used) await this.spill();
     // A chunk bigger than the buffer goes through a buffer of its own ("plus one chunk").
