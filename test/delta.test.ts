@@ -19,6 +19,9 @@ import {
 } from "node:fs/promises";
 import { join } from "node:path";
 import { test } from "node:test";
+import Database from "better-sqlite3";
+import { decodeMarks, encodeMarks, fingerprints } from "../src/chunking/fingerprint.js";
+import { decodeChunkList } from "../src/client/state.js";
 import { compareTrees, type RunResult, Sandbox } from "./helpers.js";
 
 const SIZE = 24 * 1024 * 1024;
@@ -213,6 +216,54 @@ test("an edit whose base the server no longer holds (DEST restored from an older
   // chunks (and at most their neighbours) travel, not the file.
   const sent = sentFor(again, "big.bin");
   assert.ok(sent > 0 && sent <= 4 * MAX_CHUNK, `the edit without a base sent ${sent} bytes`);
+  const verify = await box.run("verify", ["verify", dest]);
+  assert.equal(verify.code, 0, `verify is clean\n${verify.stderr}`);
+});
+
+test("a chunk fingerprint that lies costs a second read, never a wrong version", {
+  timeout: 120_000,
+}, async (t) => {
+  const box = await Sandbox.create(t);
+  const src = box.path("work");
+  const dest = box.path("dest");
+  const file = join(src, "big.bin");
+  await mkdir(src);
+  await writeFile(file, randomBytes(4 * 1024 * 1024));
+  const server = await box.startServer(dest);
+  assert.equal((await box.push(src, server.port)).code, 0);
+
+  const [name, ...others] = (await readdir(box.stateDir)).filter((n) => n.endsWith(".db"));
+  assert.ok(name && others.length === 0, "one state database");
+  const db = new Database(join(box.stateDir, name));
+  t.after(() => db.close());
+  const row = db.prepare("SELECT chunks, marks FROM entries WHERE path = ?").get("big.bin") as {
+    chunks: Buffer;
+    marks: Buffer | null;
+  };
+  const chunks = decodeChunkList(row.chunks);
+  const fingerprint = await fingerprints();
+  const content = await readFile(file);
+  const offsets = chunks.map((_, i) => chunks.slice(0, i).reduce((sum, c) => sum + c.length, 0));
+  const fingerprintsOf = (bytes: Buffer) =>
+    chunks.map((c, i) => fingerprint(bytes.subarray(offsets[i], (offsets[i] as number) + c.length)));
+  assert.deepEqual(decodeMarks(row.marks, chunks.length), fingerprintsOf(content), "the push kept them");
+
+  // Change a byte of chunk 3, and make the state's fingerprint of chunk 3 that of its new
+  // bytes: the client takes the changed chunk for the old one (as a collision would).
+  await flipByte(file, (offsets[3] as number) + 100);
+  const lies = fingerprintsOf(await readFile(file));
+  db.prepare("UPDATE entries SET marks = ? WHERE path = ?").run(encodeMarks(lies), "big.bin");
+
+  const run = await box.push(src, server.port);
+  assert.equal(run.code, 0, `push exits 0\n${run.stderr}\n${box.report()}`);
+  assert.deepEqual(await compareTrees(src, join(dest, "work")), [], "the mirror equals the source");
+  assert.ok(sentFor(run, "big.bin") <= 2 * MAX_CHUNK, "the read again found the changed chunk");
+  const after = db.prepare("SELECT marks FROM entries WHERE path = ?").get("big.bin") as { marks: Buffer };
+  assert.deepEqual(
+    decodeMarks(after.marks, chunks.length),
+    fingerprintsOf(await readFile(file)),
+    "the state holds the true fingerprints again",
+  );
   const verify = await box.run("verify", ["verify", dest]);
   assert.equal(verify.code, 0, `verify is clean\n${verify.stderr}`);
 });

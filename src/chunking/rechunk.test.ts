@@ -7,6 +7,7 @@ import { createCipheriv, createHash } from "node:crypto";
 import { describe, test } from "node:test";
 import fc from "fast-check";
 import { chunkBuffer, sha256 } from "./fastcdc.js";
+import { fingerprints } from "./fingerprint.js";
 import { type ChunkRef, type ReadAt, rechunk, usableGuide } from "./rechunk.js";
 import { InlineStreamHasher } from "./stream-hasher.js";
 
@@ -16,8 +17,15 @@ function randomBytes(seed: number, length: number): Buffer {
   return createCipheriv("aes-128-ctr", key, Buffer.alloc(16)).update(Buffer.alloc(length));
 }
 
-function fullPass(data: Buffer): ChunkRef[] {
-  return chunkBuffer(data).map((c) => ({ id: sha256(c.data), length: c.length }));
+const fingerprint = await fingerprints();
+
+/** The chunks of a full FastCDC pass, with their fingerprints when `marked`. */
+function fullPass(data: Buffer, marked = false): ChunkRef[] {
+  return chunkBuffer(data).map((c) => ({
+    id: sha256(c.data),
+    length: c.length,
+    ...(marked ? { mark: fingerprint(c.data) } : {}),
+  }));
 }
 
 /** Reads from `data`, counting the bytes read. */
@@ -41,11 +49,17 @@ async function guided(data: Buffer, guide: ChunkRef[]) {
   return { result, bytesRead: bytesRead() };
 }
 
-function assertSameChunks(actual: ChunkRef[], expected: ChunkRef[]): void {
+/** Same ids and lengths; and every chunk of `actual` has its true fingerprint. */
+function assertSameChunks(actual: ChunkRef[], expected: ChunkRef[], data?: Buffer): void {
   assert.deepEqual(
     actual.map((c) => `${c.id.toString("hex")}:${c.length}`),
     expected.map((c) => `${c.id.toString("hex")}:${c.length}`),
   );
+  if (data)
+    assert.deepEqual(
+      actual.map((c) => c.mark),
+      fullPass(data, true).map((c) => c.mark),
+    );
 }
 
 type Edit =
@@ -113,19 +127,20 @@ const editArb: fc.Arbitrary<Edit> = fc.oneof(
 );
 
 describe("rechunk", () => {
-  test("gives the chunks and hash of a full pass, for any edits of any file", async () => {
+  test("gives the chunks and hash of a full pass, for any edits of any file, with or without fingerprints", async () => {
     await fc.assert(
       fc.asyncProperty(
         fc.nat(),
         fc.integer({ min: 1, max: 3_000_000 }),
         fc.array(editArb, { minLength: 1, maxLength: 4 }),
-        async (seed, length, edits) => {
+        fc.boolean(),
+        async (seed, length, edits, marked) => {
           const before = randomBytes(seed, length);
           const after = edits.reduce(applyEdit, before);
           fc.pre(after.length > 0);
-          const { result } = await guided(after, fullPass(before));
+          const { result } = await guided(after, fullPass(before, marked));
           assert.ok(result, "the file did not come up short");
-          assertSameChunks(result.chunks, fullPass(after));
+          assertSameChunks(result.chunks, fullPass(after), after);
           assert.deepEqual(result.sha256, sha256(after));
         },
       ),
@@ -196,6 +211,41 @@ describe("rechunk", () => {
     const short = after.subarray(0, 600_000);
     const result = await rechunk(reader(short).read, after.length, fullPass(before), hasher);
     assert.equal(result, null);
+  });
+
+  test("with fingerprints, a chunk that kept its old fingerprint is taken for the old chunk, unhashed", async () => {
+    const before = randomBytes(41, 2_000_000);
+    const guide = fullPass(before, true);
+    assert.ok(guide.length > 4);
+    // Unchanged bytes, an id the guide made up: only a chunk whose SHA-256 was skipped keeps it.
+    const madeUp = Buffer.alloc(32, 9);
+    const withMadeUpId = guide.map((c, i) => (i === 2 ? { ...c, id: madeUp } : c));
+    const same = await guided(before, withMadeUpId);
+    assert.ok(same.result);
+    assert.deepEqual(same.result.chunks[2]?.id, madeUp);
+    // Without fingerprints, the same guide is checked by SHA-256 and the true id found.
+    const unmarked = withMadeUpId.map(({ id, length }) => ({ id, length }));
+    const checked = await guided(before, unmarked);
+    assert.ok(checked.result);
+    assertSameChunks(checked.result.chunks, fullPass(before), before);
+    // A fingerprint that lies (the changed chunk's new bytes, as a collision would give):
+    // the old id is taken, but the file's SHA-256 is the true one, which the server checks.
+    const start = guide.slice(0, 3).reduce((sum, c) => sum + c.length, 0);
+    const after = applyEdit(before, {
+      kind: "flip",
+      at: Math.floor(((start + 10) * 1_000_000) / before.length),
+    });
+    assert.notDeepEqual(
+      after.subarray(start, start + (guide[3] as ChunkRef).length),
+      before.subarray(start, start + (guide[3] as ChunkRef).length),
+    );
+    const lie = guide.map((c, i) =>
+      i === 3 ? { ...c, mark: fingerprint(after.subarray(start, start + c.length)) } : c,
+    );
+    const lied = await guided(after, lie);
+    assert.ok(lied.result);
+    assert.deepEqual(lied.result.chunks[3]?.id, guide[3]?.id);
+    assert.deepEqual(lied.result.sha256, sha256(after));
   });
 
   test("only a list FastCDC could have cut guides", () => {

@@ -8,16 +8,25 @@
 // result is the very chunk list a full FastCDC pass gives (test: rechunk.test.ts), for about
 // half its work on an edited file: hashing instead of cutting and hashing (docs/performance.md).
 //
+// Where the old chunks have fingerprints (fingerprint.ts), the check at an expected chunk
+// compares fingerprints, a quarter of a SHA-256's work, and takes the old chunk's id; a
+// chunk FastCDC cuts gets its SHA-256 (it may be new) and its fingerprint. A fingerprint that
+// lies gives a wrong chunk id here, which the whole-file SHA-256 exposes (the server refuses
+// the version); without fingerprints, the checks compare SHA-256 ids as before.
+//
 // The scan hashes the chunks on the caller's thread; the stream hasher, on its own thread,
 // takes every byte once in order for the whole file's SHA-256.
 
 import { createHash } from "node:crypto";
 import { Chunker, DEFAULT_CHUNK_PARAMS } from "./fastcdc.js";
+import { type Fingerprint, fingerprints } from "./fingerprint.js";
 import { PIECE_BYTES, type StreamHasher } from "./stream-hasher.js";
 
 export interface ChunkRef {
   id: Buffer;
   length: number;
+  /** The chunk's fingerprint, where known (always, in what rechunk returns). */
+  mark?: bigint;
 }
 
 /** Reads into `buffer` from the file's `position`; resolves with the bytes read. */
@@ -111,10 +120,11 @@ export function usableGuide(previous: readonly ChunkRef[]): boolean {
 }
 
 /**
- * The chunks of a file of `size` bytes and its SHA-256, the file being an edit of one whose
- * chunks were `previous` (any list may be given: a poor guide costs time, never a wrong
- * result). The hasher must have been started; null when the file came up short. `onChunk`
- * hears of each chunk as it is found, before the whole file is read.
+ * The chunks of a file of `size` bytes (with their fingerprints) and its SHA-256, the file
+ * being an edit of one whose chunks were `previous` (any list may be given: a poor guide
+ * costs time, never a wrong result, but for fingerprints that lie: see above). The hasher
+ * must have been started; null when the file came up short. `onChunk` hears of each chunk as
+ * it is found, before the whole file is read.
  */
 export async function rechunk(
   read: ReadAt,
@@ -124,9 +134,10 @@ export async function rechunk(
   onChunk: OnChunk = () => {},
 ): Promise<{ chunks: ChunkRef[]; sha256: Buffer; searchedBytes: number } | null> {
   if (!usableGuide(previous)) throw new RangeError("rechunk needs the chunks of a version cut by FastCDC");
+  const fingerprint = await fingerprints();
   const window = new ForwardWindow(read, size, hasher);
   try {
-    return await scan(window, size, previous, hasher, onChunk);
+    return await scan(window, size, previous, hasher, fingerprint, onChunk);
   } finally {
     await window.close();
   }
@@ -137,6 +148,7 @@ async function scan(
   size: number,
   previous: readonly ChunkRef[],
   hasher: StreamHasher,
+  fingerprint: Fingerprint,
   onChunk: OnChunk,
 ): Promise<{ chunks: ChunkRef[]; sha256: Buffer; searchedBytes: number } | null> {
   const firstIndex = new Map<string, number>();
@@ -161,9 +173,9 @@ async function scan(
     if (candidate) {
       const bytes = await window.bytes(position, position + old.length);
       if (bytes === null) return null;
-      const id = chunkId(bytes);
-      if (id.equals(old.id)) {
-        const chunk = { id, length: old.length };
+      const mark = fingerprint(bytes);
+      if (old.mark === undefined ? chunkId(bytes).equals(old.id) : mark === old.mark) {
+        const chunk = { id: old.id, length: old.length, mark };
         chunks.push(chunk);
         await onChunk(chunk);
         position += old.length;
@@ -186,7 +198,7 @@ async function scan(
       if (last) cut.push(last);
       for (const chunk of cut) {
         const id = chunkId(chunk.data);
-        const ref = { id, length: chunk.length };
+        const ref = { id, length: chunk.length, mark: fingerprint(chunk.data) };
         chunks.push(ref);
         await onChunk(ref);
         position += chunk.length;

@@ -34,7 +34,7 @@ async function acknowledge(ops: Operation[]): Promise<void> {
     else {
       const entry = diskEntry(op.path, await lstat(join(src, op.path)));
       assert.ok(entry);
-      state.recordFile(op.path, { ...entry, sha256: Buffer.alloc(32), chunks: null });
+      state.recordFile(op.path, { ...entry, sha256: Buffer.alloc(32), chunks: null, marks: null });
     }
   }
 }
@@ -101,6 +101,7 @@ test("a vanished SRC is an error, never a delete of everything", async () => {
     ctimeMs: 1,
     sha256: Buffer.alloc(32),
     chunks: null,
+    marks: null,
   });
   await assert.rejects(scan(gone, "", other), { code: "KW_SOURCE_MISSING" });
   assert.ok(other.get("f"), "the record was kept");
@@ -119,7 +120,7 @@ test("a same-size rewrite whose mtime was set back is seen by its ctime", async 
       if (op.op !== "put") continue;
       const entry = diskEntry(op.path, await lstat(join(root, op.path)));
       assert.ok(entry);
-      own.recordFile(op.path, { ...entry, sha256: Buffer.alloc(32), chunks: null });
+      own.recordFile(op.path, { ...entry, sha256: Buffer.alloc(32), chunks: null, marks: null });
     }
     assert.deepEqual((await scan(root, "", own)).operations, [], "nothing changed yet");
     const before = await stat(join(root, "note.txt"));

@@ -7,10 +7,12 @@ import { mkdirSync } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
 import Database from "better-sqlite3";
+import { decodeMarks } from "../chunking/fingerprint.js";
+import type { ChunkRef } from "../chunking/rechunk.js";
 import { KeepwatchError } from "../errors.js";
 
 /** Bump with a migration below whenever the schema changes. */
-const SCHEMA_VERSION = 4;
+const SCHEMA_VERSION = 5;
 
 export interface FileRecord {
   kind: "file";
@@ -23,6 +25,12 @@ export interface FileRecord {
   sha256: Buffer;
   /** The content's chunk list as acknowledged (encodeChunkList), the base of the next delta. */
   chunks: Buffer | null;
+  /**
+   * The fingerprints of those chunks (encodeMarks), which let the next read of the file skip
+   * the SHA-256 of chunks that did not change; null when not known (small files, records
+   * written before fingerprints were kept, or forgotten after a refused version).
+   */
+  marks: Buffer | null;
 }
 
 /** A chunk list as stored: per chunk its 32-byte id and a u32 length. */
@@ -43,6 +51,16 @@ export function decodeChunkList(raw: Buffer): { id: Buffer; length: number }[] {
   return chunks;
 }
 
+/** A file record's chunk list, each chunk with its fingerprint where the record has them. */
+export function recordedChunks(record: FileRecord): ChunkRef[] | null {
+  if (!record.chunks) return null;
+  const chunks: ChunkRef[] = decodeChunkList(record.chunks);
+  decodeMarks(record.marks, chunks.length)?.forEach((mark, i) => {
+    (chunks[i] as ChunkRef).mark = mark;
+  });
+  return chunks;
+}
+
 export interface FolderRecord {
   kind: "dir";
   mode: number;
@@ -51,7 +69,7 @@ export interface FolderRecord {
 export type EntryRecord = FileRecord | FolderRecord;
 
 /** What a scan compares with the disk: a record without its hash and chunk list. */
-export type EntryStats = Omit<FileRecord, "sha256" | "chunks"> | FolderRecord;
+export type EntryStats = Omit<FileRecord, "sha256" | "chunks" | "marks"> | FolderRecord;
 
 interface StatsRow {
   path: string;
@@ -66,6 +84,7 @@ interface StatsRow {
 interface Row extends StatsRow {
   sha256: Buffer | null;
   chunks: Buffer | null;
+  marks: Buffer | null;
 }
 
 /** The default state folder: $KEEPWATCH_STATE_DIR, else $XDG_STATE_HOME/keepwatch, else ~/.local/state/keepwatch. */
@@ -94,8 +113,9 @@ export class ClientState {
         "SELECT path, kind, size, mtime_ms, mode, ino, ctime_ms FROM entries WHERE path >= ? AND path < ?",
       ),
       upsert: db.prepare(
-        "INSERT OR REPLACE INTO entries (path, kind, size, mtime_ms, mode, ino, sha256, chunks, ctime_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT OR REPLACE INTO entries (path, kind, size, mtime_ms, mode, ino, sha256, chunks, ctime_ms, marks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
       ),
+      forgetMarks: db.prepare<[string]>("UPDATE entries SET marks = NULL WHERE path = ?"),
       knows: db.prepare<[Buffer], { sha256: Buffer }>("SELECT sha256 FROM contents WHERE sha256 = ?"),
       learn: db.prepare<[Buffer]>("INSERT OR IGNORE INTO contents (sha256) VALUES (?)"),
       forgetContent: db.prepare<[Buffer]>("DELETE FROM contents WHERE sha256 = ?"),
@@ -178,8 +198,8 @@ export class ClientState {
     this.write(() => {
       this.stmts.unmarkSent.run(path);
       this.removeChildren(path);
-      const { size, mtimeMs, mode, ino, sha256, chunks, ctimeMs } = record;
-      this.stmts.upsert.run(path, "file", size, mtimeMs, mode, ino, sha256, chunks, ctimeMs);
+      const { size, mtimeMs, mode, ino, sha256, chunks, ctimeMs, marks } = record;
+      this.stmts.upsert.run(path, "file", size, mtimeMs, mode, ino, sha256, chunks, ctimeMs, marks);
       this.stmts.learn.run(sha256);
     });
   }
@@ -187,7 +207,7 @@ export class ClientState {
   recordFolder(path: string, mode: number): void {
     this.write(() => {
       this.stmts.unmarkSent.run(path);
-      this.stmts.upsert.run(path, "dir", 0, 0, mode, 0, null, null, null);
+      this.stmts.upsert.run(path, "dir", 0, 0, mode, 0, null, null, null, null);
     });
   }
 
@@ -202,6 +222,14 @@ export class ClientState {
   /** The server said it does not hold this content (pruned): stop assuming it does. */
   forgetContent(sha256: Buffer): void {
     this.write(() => this.stmts.forgetContent.run(sha256));
+  }
+
+  /**
+   * The server refused a version of `path` read with its chunks' fingerprints: one of them
+   * may lie, so the next read takes every chunk's SHA-256 (fingerprint.ts).
+   */
+  forgetMarks(path: string): void {
+    this.write(() => this.stmts.forgetMarks.run(path));
   }
 
   /** Forget `path` and everything below it. */
@@ -274,7 +302,7 @@ function toStats(row: StatsRow): EntryStats {
 function toRecord(row: Row): EntryRecord {
   const stats = toStats(row);
   if (stats.kind === "dir") return stats;
-  return { ...stats, sha256: row.sha256 ?? Buffer.alloc(0), chunks: row.chunks };
+  return { ...stats, sha256: row.sha256 ?? Buffer.alloc(0), chunks: row.chunks, marks: row.marks };
 }
 
 function migrate(db: Database.Database): void {
@@ -313,6 +341,11 @@ function migrate(db: Database.Database): void {
   if (version < 4) {
     // Version 4: paths sent whose answer was not recorded (the server may hold them).
     db.exec("CREATE TABLE IF NOT EXISTS sent (path TEXT PRIMARY KEY) WITHOUT ROWID");
+    db.pragma("user_version = 4");
+  }
+  if (version < 5) {
+    // Version 5: the fingerprints of each file's chunks (src/chunking/fingerprint.ts).
+    db.exec("ALTER TABLE entries ADD COLUMN marks BLOB");
     db.pragma(`user_version = ${SCHEMA_VERSION}`);
   }
 }

@@ -10,6 +10,7 @@ import { closeSync, constants, fstatSync, openSync, read, readSync, type Stats }
 import { join } from "node:path";
 import { deltaOps } from "../chunking/block-delta.js";
 import { Chunker, chunkBuffer, DEFAULT_CHUNK_PARAMS, sha256 } from "../chunking/fastcdc.js";
+import { encodeMarks, fingerprints } from "../chunking/fingerprint.js";
 import { type ChunkRef, type OnChunk, rechunk, usableGuide } from "../chunking/rechunk.js";
 import { withStreamHasher } from "../chunking/stream-hasher.js";
 import { KeepwatchError, RemoteError } from "../errors.js";
@@ -27,7 +28,7 @@ import { encode, MessageType, messageTypeName } from "../protocol/messages.js";
 import type { Reporter } from "../ui/events.js";
 import type { ServerLink } from "./link.js";
 import { type DiskEntry, diskEntry } from "./scanner.js";
-import { type ClientState, decodeChunkList, encodeChunkList } from "./state.js";
+import { type ClientState, encodeChunkList, recordedChunks } from "./state.js";
 
 /** Bytes per PUT_DATA frame, and the largest file sent whole by PUT. */
 export const PIECE_SIZE = 256 * 1024;
@@ -48,10 +49,18 @@ const STREAM_NEW_BYTES = 1024 * 1024;
 export type PutOutcome =
   /**
    * The server acknowledged this content: `entry` is what was read, `chunks` its chunk
-   * list (encoded, the base for the next delta), `sentBytes` the content bytes that
-   * travelled (the rest was reused from what the server held).
+   * list (encoded, the base for the next delta) and `marks` their fingerprints (encoded;
+   * null for a small file), `sentBytes` the content bytes that travelled (the rest was
+   * reused from what the server held).
    */
-  | { status: "stored"; entry: DiskEntry; sha256: Buffer; chunks: Buffer; sentBytes: number }
+  | {
+      status: "stored";
+      entry: DiskEntry;
+      sha256: Buffer;
+      chunks: Buffer;
+      marks: Buffer | null;
+      sentBytes: number;
+    }
   /** Nothing to send: the disk matches `skipIf`. */
   | { status: "unchanged" }
   /** The file is gone or is no longer a regular file. */
@@ -296,7 +305,7 @@ export class ChunkedTransfer implements FileTransfer {
     const header = { ...entry, sha256: sha256(data) };
     const chunks = encodeChunkList(chunkBuffer(data).map((c) => ({ id: sha256(c.data), length: c.length })));
     if (await this.putByReference(header)) {
-      return { status: "stored", entry, sha256: header.sha256, chunks, sentBytes: 0 };
+      return { status: "stored", entry, sha256: header.sha256, chunks, marks: null, sentBytes: 0 };
     }
     const request = this.link.open();
     const conn = this.link.conn;
@@ -306,7 +315,7 @@ export class ChunkedTransfer implements FileTransfer {
     conn.send(MessageType.PUT_END, request.id, encode.putEnd({ sha256: header.sha256 }));
     this.reporter.emit({ kind: "file-start", path, size });
     await request.answer;
-    return { status: "stored", entry, sha256: header.sha256, chunks, sentBytes: size };
+    return { status: "stored", entry, sha256: header.sha256, chunks, marks: null, sentBytes: size };
   }
 
   /**
@@ -338,7 +347,7 @@ export class ChunkedTransfer implements FileTransfer {
     });
     try {
       const record = this.state.get(entry.path);
-      const guide = record?.kind === "file" && record.chunks ? decodeChunkList(record.chunks) : null;
+      const guide = record?.kind === "file" ? recordedChunks(record) : null;
       let base =
         record?.kind === "file" && guide && this.state.knowsContent(record.sha256)
           ? { sha256: record.sha256, chunks: guide }
@@ -358,8 +367,9 @@ export class ChunkedTransfer implements FileTransfer {
       if (!scanned || !sameFile(before, fstatSync(fd))) return { status: "changed" };
       const header = { ...entry, sha256: scanned.sha256 };
       const chunks = encodeChunkList(scanned.chunks);
+      const marks = marksOf(scanned.chunks);
       if (await this.putByReference(header)) {
-        return { status: "stored", entry, sha256: header.sha256, chunks, sentBytes: 0 };
+        return { status: "stored", entry, sha256: header.sha256, chunks, marks, sentBytes: 0 };
       }
       let sent: number | null;
       try {
@@ -375,12 +385,14 @@ export class ChunkedTransfer implements FileTransfer {
           sent = await this.sendManifest(fd, header, scanned.chunks, null);
         }
       } catch (error) {
-        // A chunk read again for sending no longer matched its hash: the server refused it.
-        if (error instanceof RemoteError && error.code === "KW_HASH_MISMATCH") return { status: "changed" };
+        // A chunk read again for sending no longer matched its hash, or the version's hash
+        // was not the file's (a fingerprint lied): the server refused it.
+        if (error instanceof RemoteError && error.code === "KW_HASH_MISMATCH")
+          return this.refused(entry.path);
         throw error;
       }
       if (sent === null) return { status: "changed" };
-      return { status: "stored", entry, sha256: header.sha256, chunks, sentBytes: sent };
+      return { status: "stored", entry, sha256: header.sha256, chunks, marks, sentBytes: sent };
     } finally {
       done();
     }
@@ -402,8 +414,12 @@ export class ChunkedTransfer implements FileTransfer {
         return rechunk((buffer, position) => readAt(fd, buffer, position), size, guide, hasher, onChunk);
       }
       if (onChunk) throw new Error("chunks are told as they are found only when a guide is used");
+      const fingerprint = await fingerprints();
       const chunker = new Chunker();
       const lengths: number[] = [];
+      // Fingerprints here, on this thread: it waits for the hashing thread's two SHA-256
+      // passes anyway, and has each chunk whole.
+      const marks: bigint[] = [];
       const read = async (at: number) => {
         const piece = hasher.pieceBuffer(Math.min(READ_SIZE, size - at));
         return piece.subarray(0, await readAt(fd, piece, at));
@@ -421,6 +437,7 @@ export class ChunkedTransfer implements FileTransfer {
           const cutEnds: number[] = [];
           for (const chunk of chunker.push(data)) {
             lengths.push(chunk.length);
+            marks.push(fingerprint(chunk.data));
             cutEnds.push(chunk.offset + chunk.length);
           }
           await hasher.push(data, cutEnds);
@@ -430,12 +447,19 @@ export class ChunkedTransfer implements FileTransfer {
         await reading?.catch(() => {});
       }
       const last = chunker.finish();
-      if (last) lengths.push(last.length);
+      if (last) {
+        lengths.push(last.length);
+        marks.push(fingerprint(last.data));
+      }
       const hashes = await hasher.finish(offset);
       if (hashes.chunkIds.length !== lengths.length) {
         throw new Error(`${hashes.chunkIds.length} chunk hashes for ${lengths.length} chunks`);
       }
-      const chunks = lengths.map((length, i) => ({ id: hashes.chunkIds[i] as Buffer, length }));
+      const chunks = lengths.map((length, i) => ({
+        id: hashes.chunkIds[i] as Buffer,
+        length,
+        mark: marks[i] as bigint,
+      }));
       return { chunks, sha256: hashes.sha256 };
     });
   }
@@ -591,8 +615,9 @@ export class ChunkedTransfer implements FileTransfer {
       await request.answer.catch(() => {});
     }
     if (refusal instanceof RemoteError) {
-      // A chunk read again for sending no longer matched its hash: the file changed.
-      if (refusal.code === "KW_HASH_MISMATCH") return { status: "changed" };
+      // A chunk read again for sending no longer matched its hash (the file changed), or
+      // the version's hash was not the file's (a fingerprint lied).
+      if (refusal.code === "KW_HASH_MISMATCH") return this.refused(entry.path);
       if (refusal.code === "KW_CONTENT_UNKNOWN" || refusal.code === "KW_FILE_TOO_LARGE") {
         if (refusal.code === "KW_CONTENT_UNKNOWN") this.state.forgetContent(base.sha256);
         return { retry: scanned };
@@ -605,9 +630,20 @@ export class ChunkedTransfer implements FileTransfer {
         entry,
         sha256: scanned.sha256,
         chunks: encodeChunkList(found),
+        marks: marksOf(found),
         sentBytes: sent,
       };
     }
+    return { status: "changed" };
+  }
+
+  /**
+   * The server refused a version of `path` as not matching its hash: the file changed while
+   * it was read, or a chunk's fingerprint lied. Either way, it is read again later, each
+   * chunk with its SHA-256.
+   */
+  private refused(path: string): PutOutcome {
+    this.state.forgetMarks(path);
     return { status: "changed" };
   }
 
@@ -699,4 +735,10 @@ export class ChunkedTransfer implements FileTransfer {
     await request.answer;
     return sent;
   }
+}
+
+/** The encoded fingerprints of `chunks`, or null unless every chunk has one. */
+function marksOf(chunks: readonly ChunkRef[]): Buffer | null {
+  const marks = chunks.map((c) => c.mark);
+  return marks.every((m) => m !== undefined) ? encodeMarks(marks as bigint[]) : null;
 }

@@ -151,9 +151,9 @@ export class Worker {
       return false;
     });
     if (outcome.status === "stored") {
-      const { entry, sha256, chunks, sentBytes } = outcome;
+      const { entry, sha256, chunks, marks, sentBytes } = outcome;
       const { size, mtimeMs, mode, ino, ctimeMs } = entry;
-      this.state.recordFile(path, { size, mtimeMs, mode, ino, ctimeMs, sha256, chunks });
+      this.state.recordFile(path, { size, mtimeMs, mode, ino, ctimeMs, sha256, chunks, marks });
       this.totals.files++;
       this.totals.bytes += size;
       this.totals.sentBytes += sentBytes;

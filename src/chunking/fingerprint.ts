@@ -1,0 +1,52 @@
+// A chunk's fingerprint: the 64-bit xxHash (XXH64, seed 0) of its bytes, four times cheaper
+// than its SHA-256 on this machine (docs/performance.md). The client keeps one per chunk of
+// each large file it backed up, beside the chunk list, for one use only: when it reads an
+// edited file again, a chunk whose bytes still have the old chunk's length and fingerprint
+// is taken to be that chunk, without its SHA-256 (rechunk.ts). A fingerprint is never an
+// identity and never travels: chunk ids on the wire and in the store stay SHA-256.
+//
+// A fingerprint can lie (two contents, one fingerprint), and nothing in a file's bytes keeps
+// a hostile one from doing so on purpose. The whole-file SHA-256, taken by the client over
+// every byte it read and checked by the server over the version it assembles, catches it:
+// the server refuses the version (KW_HASH_MISMATCH), nothing is stored or acknowledged, and
+// the client forgets that file's fingerprints and reads it again with SHA-256 alone
+// (docs/decisions.md, "Fingerprints of chunks on the client").
+
+import xxhash from "xxhash-wasm";
+
+/** Bytes of one fingerprint as stored. */
+export const MARK_BYTES = 8;
+
+export type Fingerprint = (bytes: Uint8Array) => bigint;
+
+let loading: Promise<Fingerprint> | null = null;
+
+/** The fingerprint function (its WebAssembly is compiled once, on first use). */
+export function fingerprints(): Promise<Fingerprint> {
+  loading ??= xxhash().then(
+    ({ h64Raw }) =>
+      (bytes: Uint8Array) =>
+        h64Raw(bytes),
+  );
+  return loading;
+}
+
+/** The fingerprints of a chunk list as stored: 8 bytes each, big-endian, in list order. */
+export function encodeMarks(marks: readonly bigint[]): Buffer {
+  const out = Buffer.allocUnsafe(marks.length * MARK_BYTES);
+  marks.forEach((mark, i) => {
+    out.writeBigUInt64BE(mark, i * MARK_BYTES);
+  });
+  return out;
+}
+
+/**
+ * The stored fingerprints of a list of `count` chunks, or null when there are none or they
+ * do not fit that list (the chunks are then compared by SHA-256).
+ */
+export function decodeMarks(raw: Buffer | null, count: number): bigint[] | null {
+  if (raw === null || count === 0 || raw.length !== count * MARK_BYTES) return null;
+  const marks: bigint[] = [];
+  for (let at = 0; at < raw.length; at += MARK_BYTES) marks.push(raw.readBigUInt64BE(at));
+  return marks;
+}

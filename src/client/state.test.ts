@@ -1,0 +1,109 @@
+// Tests of the client's state: fingerprints kept with a file's chunk list, forgotten on
+// demand, and a state written before they were kept brought up to date without loss.
+
+import assert from "node:assert/strict";
+import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import Database from "better-sqlite3";
+import { encodeMarks } from "../chunking/fingerprint.js";
+import { ClientState, encodeChunkList, type FileRecord, recordedChunks } from "./state.js";
+
+let dir: string;
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), "kw-state-"));
+});
+after(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+const chunks = encodeChunkList([
+  { id: Buffer.alloc(32, 1), length: 70_000 },
+  { id: Buffer.alloc(32, 2), length: 30_000 },
+]);
+const file = {
+  size: 100_000,
+  mtimeMs: 1,
+  mode: 0o644,
+  ino: 7,
+  ctimeMs: 2,
+  sha256: Buffer.alloc(32, 3),
+  chunks,
+};
+
+function fileRecord(state: ClientState, path: string): FileRecord {
+  const record = state.get(path);
+  assert.equal(record?.kind, "file");
+  return record as FileRecord;
+}
+
+describe("client state", () => {
+  test("keeps a file's fingerprints with its chunks, and forgets them when told", async () => {
+    const stateDir = join(dir, "a");
+    const state = ClientState.open(stateDir, "store", "set", "/src");
+    state.recordFile("big", { ...file, marks: encodeMarks([11n, 2n ** 64n - 1n]) });
+    state.recordFile("small", { ...file, chunks: null, marks: null });
+    assert.deepEqual(
+      recordedChunks(fileRecord(state, "big"))?.map((c) => [c.id[0], c.length, c.mark]),
+      [
+        [1, 70_000, 11n],
+        [2, 30_000, 2n ** 64n - 1n],
+      ],
+    );
+    assert.equal(recordedChunks(fileRecord(state, "small")), null);
+    state.forgetMarks("big");
+    assert.deepEqual(
+      recordedChunks(fileRecord(state, "big"))?.map((c) => [c.id[0], c.mark]),
+      [
+        [1, undefined],
+        [2, undefined],
+      ],
+    );
+    state.close();
+  });
+
+  test("fingerprints that do not fit the chunk list are not used", () => {
+    const state = ClientState.open(join(dir, "b"), "store", "set", "/src");
+    state.recordFile("big", { ...file, marks: encodeMarks([11n]) });
+    assert.deepEqual(
+      recordedChunks(fileRecord(state, "big"))?.map((c) => c.mark),
+      [undefined, undefined],
+    );
+    state.close();
+  });
+
+  test("a state from before fingerprints (schema 4) is brought up to date, its records kept", async () => {
+    const stateDir = join(dir, "c");
+    const state = ClientState.open(stateDir, "store", "set", "/src");
+    state.recordFile("big", { ...file, marks: encodeMarks([1n, 2n]) });
+    state.close();
+    const [name] = (await readdir(stateDir)).filter((n) => n.endsWith(".db"));
+    const raw = new Database(join(stateDir, name as string));
+    raw.exec("ALTER TABLE entries DROP COLUMN marks");
+    raw.pragma("user_version = 4");
+    raw.close();
+
+    const reopened = ClientState.open(stateDir, "store", "set", "/src");
+    const record = fileRecord(reopened, "big");
+    assert.deepEqual(record.chunks, chunks);
+    assert.equal(record.marks, null);
+    reopened.close();
+    const check = new Database(join(stateDir, name as string), { readonly: true });
+    assert.equal(check.pragma("user_version", { simple: true }), 5);
+    check.close();
+  });
+
+  test("a state written by a newer keepwatch is refused, with what to do", async () => {
+    const stateDir = join(dir, "d");
+    ClientState.open(stateDir, "store", "set", "/src").close();
+    const [name] = (await readdir(stateDir)).filter((n) => n.endsWith(".db"));
+    const raw = new Database(join(stateDir, name as string));
+    raw.pragma("user_version = 99");
+    raw.close();
+    assert.throws(() => ClientState.open(stateDir, "store", "set", "/src"), {
+      code: "KW_STATE_UNUSABLE",
+      message: /newer keepwatch.*KEEPWATCH_STATE_DIR/,
+    });
+  });
+});
