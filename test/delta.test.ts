@@ -232,16 +232,10 @@ test("a chunk fingerprint that lies costs a second read, never a wrong version",
   const server = await box.startServer(dest);
   assert.equal((await box.push(src, server.port)).code, 0);
 
-  const [name, ...others] = (await readdir(box.stateDir)).filter((n) => n.endsWith(".db"));
-  assert.ok(name && others.length === 0, "one state database");
-  const db = new Database(join(box.stateDir, name));
-  t.after(() => db.close());
-  const row = db.prepare("SELECT chunks, marks FROM entries WHERE path = ?").get("big.bin") as {
-    chunks: Buffer;
-    marks: Buffer | null;
-  };
+  const row = await stateRow(box.stateDir);
   const chunks = decodeChunkList(row.chunks);
   const fingerprint = await fingerprints();
+  assert.ok(fingerprint, "WebAssembly runs here");
   const content = await readFile(file);
   const offsets = chunks.map((_, i) => chunks.slice(0, i).reduce((sum, c) => sum + c.length, 0));
   const fingerprintsOf = (bytes: Buffer) =>
@@ -252,18 +246,74 @@ test("a chunk fingerprint that lies costs a second read, never a wrong version",
   // bytes: the client takes the changed chunk for the old one (as a collision would).
   await flipByte(file, (offsets[3] as number) + 100);
   const lies = fingerprintsOf(await readFile(file));
+  const db = await stateDb(box.stateDir, false);
   db.prepare("UPDATE entries SET marks = ? WHERE path = ?").run(encodeMarks(lies), "big.bin");
+  db.close();
 
   const run = await box.push(src, server.port);
   assert.equal(run.code, 0, `push exits 0\n${run.stderr}\n${box.report()}`);
   assert.deepEqual(await compareTrees(src, join(dest, "work")), [], "the mirror equals the source");
   assert.ok(sentFor(run, "big.bin") <= 2 * MAX_CHUNK, "the read again found the changed chunk");
-  const after = db.prepare("SELECT marks FROM entries WHERE path = ?").get("big.bin") as { marks: Buffer };
   assert.deepEqual(
-    decodeMarks(after.marks, chunks.length),
+    decodeMarks((await stateRow(box.stateDir)).marks, chunks.length),
     fingerprintsOf(await readFile(file)),
     "the state holds the true fingerprints again",
   );
   const verify = await box.run("verify", ["verify", dest]);
   assert.equal(verify.code, 0, `verify is clean\n${verify.stderr}`);
 });
+
+test("where WebAssembly cannot run (node --jitless), edits are found by SHA-256 alone", {
+  timeout: 180_000,
+}, async (t) => {
+  const box = await Sandbox.create(t);
+  const src = box.path("work");
+  const dest = box.path("dest");
+  const file = join(src, "big.bin");
+  await mkdir(src);
+  await writeFile(file, randomBytes(2 * 1024 * 1024));
+  const server = await box.startServer(dest);
+  const push = async (what: string, jitless: boolean) => {
+    const env = box.env(jitless ? { NODE_OPTIONS: "--jitless" } : {});
+    const args = ["push", src, "127.0.0.1", "--port", String(server.port), "--json"];
+    const run = await box.run("push", args, { env, timeoutMs: 120_000 });
+    assert.equal(run.code, 0, `${what}: push exits 0\n${run.stderr}\n${box.report()}`);
+    assert.deepEqual(
+      await compareTrees(src, join(dest, "work")),
+      [],
+      `${what}: the mirror equals the source`,
+    );
+    return run;
+  };
+
+  await push("the first backup, without WebAssembly", true);
+  assert.equal((await stateRow(box.stateDir)).marks, null, "no fingerprints were kept");
+  await flipByte(file, 1024 * 1024);
+  const edit = await push("an edit, without WebAssembly", true);
+  assert.ok(sentFor(edit, "big.bin") <= 2 * MAX_CHUNK, "only the changed chunks travel");
+  assert.equal((await stateRow(box.stateDir)).marks, null, "still none");
+  await flipByte(file, 300 * 1024);
+  await push("an edit, with WebAssembly", false);
+  const row = await stateRow(box.stateDir);
+  assert.equal(row.marks?.length, 8 * decodeChunkList(row.chunks).length, "an edit with it keeps them");
+});
+
+/** The client's state: the only database in `stateDir`. */
+async function stateDb(stateDir: string, readonly: boolean): Promise<Database.Database> {
+  const [name, ...others] = (await readdir(stateDir)).filter((n) => n.endsWith(".db"));
+  assert.ok(name && others.length === 0, "one state database");
+  return new Database(join(stateDir, name), { readonly });
+}
+
+/** What the client's state holds for big.bin. */
+async function stateRow(stateDir: string): Promise<{ chunks: Buffer; marks: Buffer | null }> {
+  const db = await stateDb(stateDir, true);
+  try {
+    return db.prepare("SELECT chunks, marks FROM entries WHERE path = ?").get("big.bin") as {
+      chunks: Buffer;
+      marks: Buffer | null;
+    };
+  } finally {
+    db.close();
+  }
+}

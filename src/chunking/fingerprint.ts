@@ -19,14 +19,18 @@ export const MARK_BYTES = 8;
 
 export type Fingerprint = (bytes: Uint8Array) => bigint;
 
-let loading: Promise<Fingerprint> | null = null;
+let loading: Promise<Fingerprint | null> | null = null;
 
-/** The fingerprint function (its WebAssembly is compiled once, on first use). */
-export function fingerprints(): Promise<Fingerprint> {
+/**
+ * The fingerprint function (its WebAssembly is compiled once, on first use), or null where
+ * WebAssembly cannot run (`node --jitless`): chunks are then compared by SHA-256 alone.
+ */
+export function fingerprints(): Promise<Fingerprint | null> {
   loading ??= xxhash().then(
     ({ h64Raw }) =>
       (bytes: Uint8Array) =>
         h64Raw(bytes),
+    () => null,
   );
   return loading;
 }

@@ -17,7 +17,9 @@ function randomBytes(seed: number, length: number): Buffer {
   return createCipheriv("aes-128-ctr", key, Buffer.alloc(16)).update(Buffer.alloc(length));
 }
 
-const fingerprint = await fingerprints();
+const loaded = await fingerprints();
+if (!loaded) throw new Error("these tests need WebAssembly (fingerprints)");
+const fingerprint = loaded;
 
 /** The chunks of a full FastCDC pass, with their fingerprints when `marked`. */
 function fullPass(data: Buffer, marked = false): ChunkRef[] {

@@ -148,7 +148,7 @@ async function scan(
   size: number,
   previous: readonly ChunkRef[],
   hasher: StreamHasher,
-  fingerprint: Fingerprint,
+  fingerprint: Fingerprint | null,
   onChunk: OnChunk,
 ): Promise<{ chunks: ChunkRef[]; sha256: Buffer; searchedBytes: number } | null> {
   const firstIndex = new Map<string, number>();
@@ -173,8 +173,8 @@ async function scan(
     if (candidate) {
       const bytes = await window.bytes(position, position + old.length);
       if (bytes === null) return null;
-      const mark = fingerprint(bytes);
-      if (old.mark === undefined ? chunkId(bytes).equals(old.id) : mark === old.mark) {
+      const mark = fingerprint?.(bytes);
+      if (old.mark === undefined || mark === undefined ? chunkId(bytes).equals(old.id) : mark === old.mark) {
         const chunk = { id: old.id, length: old.length, mark };
         chunks.push(chunk);
         await onChunk(chunk);
@@ -198,7 +198,7 @@ async function scan(
       if (last) cut.push(last);
       for (const chunk of cut) {
         const id = chunkId(chunk.data);
-        const ref = { id, length: chunk.length, mark: fingerprint(chunk.data) };
+        const ref = { id, length: chunk.length, mark: fingerprint?.(chunk.data) };
         chunks.push(ref);
         await onChunk(ref);
         position += chunk.length;

@@ -437,7 +437,7 @@ export class ChunkedTransfer implements FileTransfer {
           const cutEnds: number[] = [];
           for (const chunk of chunker.push(data)) {
             lengths.push(chunk.length);
-            marks.push(fingerprint(chunk.data));
+            if (fingerprint) marks.push(fingerprint(chunk.data));
             cutEnds.push(chunk.offset + chunk.length);
           }
           await hasher.push(data, cutEnds);
@@ -449,7 +449,7 @@ export class ChunkedTransfer implements FileTransfer {
       const last = chunker.finish();
       if (last) {
         lengths.push(last.length);
-        marks.push(fingerprint(last.data));
+        if (fingerprint) marks.push(fingerprint(last.data));
       }
       const hashes = await hasher.finish(offset);
       if (hashes.chunkIds.length !== lengths.length) {
@@ -458,7 +458,7 @@ export class ChunkedTransfer implements FileTransfer {
       const chunks = lengths.map((length, i) => ({
         id: hashes.chunkIds[i] as Buffer,
         length,
-        mark: marks[i] as bigint,
+        mark: marks[i],
       }));
       return { chunks, sha256: hashes.sha256 };
     });
