@@ -18,7 +18,7 @@ import {
   writeFile,
 } from "node:fs/promises";
 import { join } from "node:path";
-import { test } from "node:test";
+import { type TestContext, test } from "node:test";
 import Database from "better-sqlite3";
 import { decodeMarks, encodeMarks, fingerprints } from "../src/chunking/fingerprint.js";
 import { decodeChunkList } from "../src/client/state.js";
@@ -223,13 +223,7 @@ test("an edit whose base the server no longer holds (DEST restored from an older
 test("a chunk fingerprint that lies costs a second read, never a wrong version", {
   timeout: 120_000,
 }, async (t) => {
-  const box = await Sandbox.create(t);
-  const src = box.path("work");
-  const dest = box.path("dest");
-  const file = join(src, "big.bin");
-  await mkdir(src);
-  await writeFile(file, randomBytes(4 * 1024 * 1024));
-  const server = await box.startServer(dest);
+  const { box, src, dest, file, server } = await withBigFile(t, 4 * 1024 * 1024);
   assert.equal((await box.push(src, server.port)).code, 0);
 
   const row = await stateRow(box.stateDir);
@@ -266,13 +260,7 @@ test("a chunk fingerprint that lies costs a second read, never a wrong version",
 test("where WebAssembly cannot run (node --jitless), edits are found by SHA-256 alone", {
   timeout: 180_000,
 }, async (t) => {
-  const box = await Sandbox.create(t);
-  const src = box.path("work");
-  const dest = box.path("dest");
-  const file = join(src, "big.bin");
-  await mkdir(src);
-  await writeFile(file, randomBytes(2 * 1024 * 1024));
-  const server = await box.startServer(dest);
+  const { box, src, dest, file, server } = await withBigFile(t, 2 * 1024 * 1024);
   const push = async (what: string, jitless: boolean) => {
     const env = box.env(jitless ? { NODE_OPTIONS: "--jitless" } : {});
     const args = ["push", src, "127.0.0.1", "--port", String(server.port), "--json"];
@@ -297,6 +285,18 @@ test("where WebAssembly cannot run (node --jitless), edits are found by SHA-256 
   const row = await stateRow(box.stateDir);
   assert.equal(row.marks?.length, 8 * decodeChunkList(row.chunks).length, "an edit with it keeps them");
 });
+
+/** A sandbox with a running server, and SRC `work` holding big.bin of `size` random bytes. */
+async function withBigFile(t: TestContext, size: number) {
+  const box = await Sandbox.create(t);
+  const src = box.path("work");
+  const dest = box.path("dest");
+  const file = join(src, "big.bin");
+  await mkdir(src);
+  await writeFile(file, randomBytes(size));
+  const server = await box.startServer(dest);
+  return { box, src, dest, file, server };
+}
 
 /** The client's state: the only database in `stateDir`. */
 async function stateDb(stateDir: string, readonly: boolean): Promise<Database.Database> {
