@@ -192,6 +192,9 @@ export class ManifestRequest {
     const scope = this.ctx.reuseScope();
     // A connection that closes during a lookup clears the list, which ends the loop.
     for (let i = from; i < this.chunks.length; i++) {
+      // A chunk copied from the base needs no lookup: the base was found in this client's
+      // reuse scope, so its chunks are stored and this client may reuse them.
+      if ((this.copiedFrom?.[i] ?? -1) >= 0) continue;
       const id = this.chunks.id(i);
       const key = id.toString("latin1");
       if (this.asked.has(key) || (await scope.chunk(id))) continue;
