@@ -53,12 +53,17 @@ export function decodeChunkList(raw: Buffer): { id: Buffer; length: number }[] {
 
 /** A file record's chunk list, each chunk with its fingerprint where the record has them. */
 export function recordedChunks(record: FileRecord): ChunkRef[] | null {
-  if (!record.chunks) return null;
-  const chunks: ChunkRef[] = decodeChunkList(record.chunks);
-  decodeMarks(record.marks, chunks.length)?.forEach((mark, i) => {
-    (chunks[i] as ChunkRef).mark = mark;
-  });
-  return chunks;
+  const raw = record.chunks;
+  if (!raw) return null;
+  const marks = decodeMarks(record.marks, Math.floor(raw.length / 36));
+  if (!marks) return decodeChunkList(raw);
+  // Each object made with all three fields: a field added afterwards costs memory of its
+  // own, about 30 MiB per million chunks (a 64 GiB file).
+  return marks.map((mark, i) => ({
+    id: raw.subarray(i * 36, i * 36 + 32),
+    length: raw.readUInt32BE(i * 36 + 32),
+    mark,
+  }));
 }
 
 export interface FolderRecord {
