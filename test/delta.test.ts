@@ -20,8 +20,8 @@ import {
 import { join } from "node:path";
 import { type TestContext, test } from "node:test";
 import Database from "better-sqlite3";
-import { decodeMarks, encodeMarks, fingerprints } from "../src/chunking/fingerprint.js";
-import { decodeChunkList } from "../src/client/state.js";
+import { ChunkList, MARK_BYTES } from "../src/chunking/chunk-list.js";
+import { fingerprints } from "../src/chunking/fingerprint.js";
 import { compareTrees, type RunResult, Sandbox } from "./helpers.js";
 
 const SIZE = 24 * 1024 * 1024;
@@ -227,21 +227,30 @@ test("a chunk fingerprint that lies costs a second read, never a wrong version",
   assert.equal((await box.push(src, server.port)).code, 0);
 
   const row = await stateRow(box.stateDir);
-  const chunks = decodeChunkList(row.chunks);
+  const chunks = [...ChunkList.fromStored(row.chunks)];
   const fingerprint = await fingerprints();
   assert.ok(fingerprint, "WebAssembly runs here");
   const content = await readFile(file);
   const offsets = chunks.map((_, i) => chunks.slice(0, i).reduce((sum, c) => sum + c.length, 0));
   const fingerprintsOf = (bytes: Buffer) =>
     chunks.map((c, i) => fingerprint(bytes.subarray(offsets[i], (offsets[i] as number) + c.length)));
-  assert.deepEqual(decodeMarks(row.marks, chunks.length), fingerprintsOf(content), "the push kept them");
+  /** The fingerprints a state row keeps, or null. */
+  const marksOf = (stored: { chunks: Buffer; marks: Buffer | null }) => {
+    const list = ChunkList.fromStored(stored.chunks, stored.marks);
+    return list.hasMarks ? [...list].map((c) => c.mark) : null;
+  };
+  assert.deepEqual(marksOf(row), fingerprintsOf(content), "the push kept them");
 
   // Change a byte of chunk 3, and make the state's fingerprint of chunk 3 that of its new
   // bytes: the client takes the changed chunk for the old one (as a collision would).
   await flipByte(file, (offsets[3] as number) + 100);
   const lies = fingerprintsOf(await readFile(file));
   const db = await stateDb(box.stateDir, false);
-  db.prepare("UPDATE entries SET marks = ? WHERE path = ?").run(encodeMarks(lies), "big.bin");
+  const liesStored = Buffer.alloc(lies.length * MARK_BYTES);
+  lies.forEach((mark, i) => {
+    liesStored.writeBigUInt64BE(mark, i * MARK_BYTES);
+  });
+  db.prepare("UPDATE entries SET marks = ? WHERE path = ?").run(liesStored, "big.bin");
   db.close();
 
   const run = await box.push(src, server.port);
@@ -249,7 +258,7 @@ test("a chunk fingerprint that lies costs a second read, never a wrong version",
   assert.deepEqual(await compareTrees(src, join(dest, "work")), [], "the mirror equals the source");
   assert.ok(sentFor(run, "big.bin") <= 2 * MAX_CHUNK, "the read again found the changed chunk");
   assert.deepEqual(
-    decodeMarks((await stateRow(box.stateDir)).marks, chunks.length),
+    marksOf(await stateRow(box.stateDir)),
     fingerprintsOf(await readFile(file)),
     "the state holds the true fingerprints again",
   );
@@ -283,7 +292,11 @@ test("where WebAssembly cannot run (node --jitless), edits are found by SHA-256 
   await flipByte(file, 300 * 1024);
   await push("an edit, with WebAssembly", false);
   const row = await stateRow(box.stateDir);
-  assert.equal(row.marks?.length, 8 * decodeChunkList(row.chunks).length, "an edit with it keeps them");
+  assert.equal(
+    row.marks?.length,
+    MARK_BYTES * ChunkList.fromStored(row.chunks).length,
+    "an edit with it keeps them",
+  );
 });
 
 /** A sandbox with a running server, and SRC `work` holding big.bin of `size` random bytes. */

@@ -14,9 +14,6 @@
 
 import xxhash from "xxhash-wasm";
 
-/** Bytes of one fingerprint as stored. */
-export const MARK_BYTES = 8;
-
 export type Fingerprint = (bytes: Uint8Array) => bigint;
 
 let loading: Promise<Fingerprint | null> | null = null;
@@ -33,24 +30,4 @@ export function fingerprints(): Promise<Fingerprint | null> {
     () => null,
   );
   return loading;
-}
-
-/** The fingerprints of a chunk list as stored: 8 bytes each, big-endian, in list order. */
-export function encodeMarks(marks: readonly bigint[]): Buffer {
-  const out = Buffer.allocUnsafe(marks.length * MARK_BYTES);
-  marks.forEach((mark, i) => {
-    out.writeBigUInt64BE(mark, i * MARK_BYTES);
-  });
-  return out;
-}
-
-/**
- * The stored fingerprints of a list of `count` chunks, or null when there are none or they
- * do not fit that list (the chunks are then compared by SHA-256).
- */
-export function decodeMarks(raw: Buffer | null, count: number): bigint[] | null {
-  if (raw === null || count === 0 || raw.length !== count * MARK_BYTES) return null;
-  const marks: bigint[] = [];
-  for (let at = 0; at < raw.length; at += MARK_BYTES) marks.push(raw.readBigUInt64BE(at));
-  return marks;
 }

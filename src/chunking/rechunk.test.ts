@@ -6,9 +6,10 @@ import assert from "node:assert/strict";
 import { createCipheriv, createHash } from "node:crypto";
 import { describe, test } from "node:test";
 import fc from "fast-check";
+import { ChunkList, type ChunkRef } from "./chunk-list.js";
 import { chunkBuffer, sha256 } from "./fastcdc.js";
 import { fingerprints } from "./fingerprint.js";
-import { type ChunkRef, type ReadAt, rechunk, usableGuide } from "./rechunk.js";
+import { type ReadAt, rechunk, usableGuide } from "./rechunk.js";
 import { InlineStreamHasher } from "./stream-hasher.js";
 
 /** Deterministic incompressible bytes: AES-128-CTR over zeros, keyed by the seed. */
@@ -30,6 +31,14 @@ function fullPass(data: Buffer, marked = false): ChunkRef[] {
   }));
 }
 
+/** `refs` as a compact list, with fingerprints when every chunk has one. */
+function listOf(refs: ChunkRef[]): ChunkList {
+  const marked = refs.length > 0 && refs.every((c) => c.mark !== undefined);
+  const list = new ChunkList(refs.length, marked);
+  for (const c of refs) list.push(c.id, c.length, marked ? c.mark : undefined);
+  return list;
+}
+
 /** Reads from `data`, counting the bytes read. */
 function reader(data: Buffer): { read: ReadAt; bytesRead: () => number } {
   let total = 0;
@@ -47,12 +56,13 @@ async function guided(data: Buffer, guide: ChunkRef[]) {
   const hasher = new InlineStreamHasher();
   hasher.start();
   const { read, bytesRead } = reader(data);
-  const result = await rechunk(read, data.length, guide, hasher);
+  const result = await rechunk(read, data.length, listOf(guide), hasher);
   return { result, bytesRead: bytesRead() };
 }
 
 /** Same ids and lengths; and every chunk of `actual` has its true fingerprint. */
-function assertSameChunks(actual: ChunkRef[], expected: ChunkRef[], data?: Buffer): void {
+function assertSameChunks(list: ChunkList, expected: ChunkRef[], data?: Buffer): void {
+  const actual = [...list];
   assert.deepEqual(
     actual.map((c) => `${c.id.toString("hex")}:${c.length}`),
     expected.map((c) => `${c.id.toString("hex")}:${c.length}`),
@@ -211,7 +221,7 @@ describe("rechunk", () => {
     const hasher = new InlineStreamHasher();
     hasher.start();
     const short = after.subarray(0, 600_000);
-    const result = await rechunk(reader(short).read, after.length, fullPass(before), hasher);
+    const result = await rechunk(reader(short).read, after.length, listOf(fullPass(before)), hasher);
     assert.equal(result, null);
   });
 
@@ -224,7 +234,7 @@ describe("rechunk", () => {
     const withMadeUpId = guide.map((c, i) => (i === 2 ? { ...c, id: madeUp } : c));
     const same = await guided(before, withMadeUpId);
     assert.ok(same.result);
-    assert.deepEqual(same.result.chunks[2]?.id, madeUp);
+    assert.deepEqual(same.result.chunks.id(2), madeUp);
     // Without fingerprints, the same guide is checked by SHA-256 and the true id found.
     const unmarked = withMadeUpId.map(({ id, length }) => ({ id, length }));
     const checked = await guided(before, unmarked);
@@ -246,15 +256,15 @@ describe("rechunk", () => {
     );
     const lied = await guided(after, lie);
     assert.ok(lied.result);
-    assert.deepEqual(lied.result.chunks[3]?.id, guide[3]?.id);
+    assert.deepEqual(lied.result.chunks.id(3), guide[3]?.id);
     assert.deepEqual(lied.result.sha256, sha256(after));
   });
 
   test("only a list FastCDC could have cut guides", () => {
-    assert.equal(usableGuide([]), false);
-    assert.equal(usableGuide([{ id: Buffer.alloc(32), length: 300 * 1024 }]), false);
-    assert.equal(usableGuide([{ id: Buffer.alloc(31), length: 1000 }]), false);
-    assert.equal(usableGuide([{ id: Buffer.alloc(32), length: 0 }]), false);
-    assert.equal(usableGuide([{ id: Buffer.alloc(32), length: 1000 }]), true);
+    // (A list holds 32-byte ids only: ChunkList refuses others.)
+    assert.equal(usableGuide(listOf([])), false);
+    assert.equal(usableGuide(listOf([{ id: Buffer.alloc(32), length: 300 * 1024 }])), false);
+    assert.equal(usableGuide(listOf([{ id: Buffer.alloc(32), length: 0 }])), false);
+    assert.equal(usableGuide(listOf([{ id: Buffer.alloc(32), length: 1000 }])), true);
   });
 });

@@ -18,22 +18,19 @@
 // takes every byte once in order for the whole file's SHA-256.
 
 import { createHash } from "node:crypto";
+import { ChunkList } from "./chunk-list.js";
 import { Chunker, DEFAULT_CHUNK_PARAMS } from "./fastcdc.js";
 import { type Fingerprint, fingerprints } from "./fingerprint.js";
 import { PIECE_BYTES, type StreamHasher } from "./stream-hasher.js";
 
-export interface ChunkRef {
-  id: Buffer;
-  length: number;
-  /** The chunk's fingerprint, where known (always, in what rechunk returns). */
-  mark?: bigint;
-}
-
 /** Reads into `buffer` from the file's `position`; resolves with the bytes read. */
 export type ReadAt = (buffer: Buffer, position: number) => Promise<number>;
 
-/** Told of each chunk as soon as it is found, in file order (the scan waits for it). */
-export type OnChunk = (chunk: ChunkRef) => void | Promise<void>;
+/**
+ * Told of each chunk as soon as it is found, in file order (the scan waits for it): the
+ * chunks found so far, the new one last.
+ */
+export type OnChunk = (found: ChunkList) => void | Promise<void>;
 
 /** Bytes of the file held at once: room for the largest chunk and a few reads after it. */
 const WINDOW_BYTES = 4 * 1024 * 1024;
@@ -112,11 +109,13 @@ function chunkId(bytes: Uint8Array): Buffer {
  * Whether `previous` can guide the scan: chunks FastCDC could have cut with keepwatch's
  * parameters (a list from elsewhere, or made with other parameters, is not used).
  */
-export function usableGuide(previous: readonly ChunkRef[]): boolean {
-  return (
-    previous.length > 0 &&
-    previous.every((c) => c.id.length === 32 && c.length > 0 && c.length <= DEFAULT_CHUNK_PARAMS.maxSize)
-  );
+export function usableGuide(previous: ChunkList): boolean {
+  if (previous.length === 0) return false;
+  for (let i = 0; i < previous.length; i++) {
+    const length = previous.lengthOf(i);
+    if (length === 0 || length > DEFAULT_CHUNK_PARAMS.maxSize) return false;
+  }
+  return true;
 }
 
 /**
@@ -129,10 +128,10 @@ export function usableGuide(previous: readonly ChunkRef[]): boolean {
 export async function rechunk(
   read: ReadAt,
   size: number,
-  previous: readonly ChunkRef[],
+  previous: ChunkList,
   hasher: StreamHasher,
   onChunk: OnChunk = () => {},
-): Promise<{ chunks: ChunkRef[]; sha256: Buffer; searchedBytes: number } | null> {
+): Promise<{ chunks: ChunkList; sha256: Buffer; searchedBytes: number } | null> {
   if (!usableGuide(previous)) throw new RangeError("rechunk needs the chunks of a version cut by FastCDC");
   const fingerprint = await fingerprints();
   const window = new ForwardWindow(read, size, hasher);
@@ -146,39 +145,39 @@ export async function rechunk(
 async function scan(
   window: ForwardWindow,
   size: number,
-  previous: readonly ChunkRef[],
+  previous: ChunkList,
   hasher: StreamHasher,
   fingerprint: Fingerprint | null,
   onChunk: OnChunk,
-): Promise<{ chunks: ChunkRef[]; sha256: Buffer; searchedBytes: number } | null> {
-  const firstIndex = new Map<string, number>();
-  previous.forEach((c, i) => {
-    const key = c.id.toString("latin1");
-    if (!firstIndex.has(key)) firstIndex.set(key, i);
-  });
-  const chunks: ChunkRef[] = [];
+): Promise<{ chunks: ChunkList; sha256: Buffer; searchedBytes: number } | null> {
+  // An old list for about as many chunks, so that an edit grows it at most once or twice.
+  const chunks = new ChunkList(previous.length + 16, fingerprint !== null);
+  const oldMarks = previous.hasMarks;
   let position = 0;
   /** The old chunk expected at `position` (the one after the last old chunk found). */
   let expected = 0;
   /** Bytes FastCDC searched for cuts (the rest was only hashed). */
   let searchedBytes = 0;
   while (position < size) {
-    const old = previous[expected];
+    const oldLength = expected < previous.length ? previous.lengthOf(expected) : 0;
     // The old file's last chunk ended with the file, not at a cut: it is only the same
     // chunk where the new file ends with it too.
     const candidate =
-      old !== undefined &&
-      position + old.length <= size &&
-      (expected < previous.length - 1 || position + old.length === size);
+      oldLength > 0 &&
+      position + oldLength <= size &&
+      (expected < previous.length - 1 || position + oldLength === size);
     if (candidate) {
-      const bytes = await window.bytes(position, position + old.length);
+      const bytes = await window.bytes(position, position + oldLength);
       if (bytes === null) return null;
       const mark = fingerprint?.(bytes);
-      if (old.mark === undefined || mark === undefined ? chunkId(bytes).equals(old.id) : mark === old.mark) {
-        const chunk = { id: old.id, length: old.length, mark };
-        chunks.push(chunk);
-        await onChunk(chunk);
-        position += old.length;
+      const same =
+        !oldMarks || mark === undefined
+          ? previous.idEquals(expected, chunkId(bytes))
+          : mark === previous.markOf(expected);
+      if (same) {
+        chunks.push(previous.id(expected), oldLength, mark);
+        await onChunk(chunks);
+        position += oldLength;
         expected++;
         continue;
       }
@@ -198,12 +197,11 @@ async function scan(
       if (last) cut.push(last);
       for (const chunk of cut) {
         const id = chunkId(chunk.data);
-        const ref = { id, length: chunk.length, mark: fingerprint?.(chunk.data) };
-        chunks.push(ref);
-        await onChunk(ref);
+        chunks.push(id, chunk.length, fingerprint?.(chunk.data));
+        await onChunk(chunks);
         position += chunk.length;
-        const at = firstIndex.get(id.toString("latin1"));
-        if (at !== undefined) {
+        const at = previous.indexOf(id);
+        if (at >= 0) {
           expected = at + 1;
           found = true;
           break;

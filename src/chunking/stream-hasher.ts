@@ -13,8 +13,11 @@ const PIECES_IN_FLIGHT = 3;
 export const PIECE_BYTES = 1024 * 1024;
 
 export interface StreamHashes {
-  /** The SHA-256 of each chunk, in stream order. */
-  chunkIds: Buffer[];
+  /**
+   * The SHA-256 of each chunk, in stream order, packed: 32 bytes each (a Buffer per id
+   * would cost about 100 bytes more a chunk, on the hashing thread and then on this one).
+   */
+  chunkIds: Buffer;
   /** The SHA-256 of the whole stream. */
   sha256: Buffer;
 }
@@ -59,7 +62,17 @@ const CUT_HASHING = `
   let chunk = createHash("sha256");
   let position = 0;
   let chunkBytes = 0;
-  let ids = [];
+  let ids = Buffer.alloc(32 * 256);
+  let idCount = 0;
+  const keep = (digest) => {
+    if ((idCount + 1) * 32 > ids.length) {
+      const more = Buffer.alloc(ids.length * 2);
+      ids.copy(more);
+      ids = more;
+    }
+    digest.copy(ids, idCount * 32);
+    idCount++;
+  };
   return {
     update(piece, cutEnds) {
       whole.update(piece);
@@ -71,7 +84,7 @@ const CUT_HASHING = `
       for (const end of cutEnds) {
         const to = end - position;
         chunk.update(piece.subarray(from, to));
-        ids.push(chunk.digest());
+        keep(chunk.digest());
         chunk = createHash("sha256");
         chunkBytes = 0;
         from = to;
@@ -82,13 +95,14 @@ const CUT_HASHING = `
     },
     finish(end) {
       if (end !== position) throw new Error("the stream ends at " + end + ", not at " + position);
-      if (chunkBytes > 0) ids.push(chunk.digest());
-      const result = { chunkIds: ids, sha256: whole.digest() };
+      if (chunkBytes > 0) keep(chunk.digest());
+      const result = { chunkIds: ids.subarray(0, idCount * 32), sha256: whole.digest() };
       whole = createHash("sha256");
       chunk = createHash("sha256");
       position = 0;
       chunkBytes = 0;
-      ids = [];
+      ids = Buffer.alloc(32 * 256);
+      idCount = 0;
       return result;
     },
   };
@@ -144,14 +158,12 @@ parentPort.on("message", (message) => {
       parentPort.postMessage({ kind: "failed", message: error.message });
       return;
     }
-    const packed = Buffer.concat(hashes.chunkIds);
-    parentPort.postMessage({
-      kind: "finished",
-      ids: packed.buffer,
-      idsOffset: packed.byteOffset,
-      count: hashes.chunkIds.length,
-      sha256: hashes.sha256,
-    });
+    const packed = hashes.chunkIds;
+    // The ids' memory is handed over, not copied (it is the worker's own, not pooled).
+    parentPort.postMessage(
+      { kind: "finished", ids: packed.buffer, idsOffset: packed.byteOffset, count: packed.length / 32, sha256: hashes.sha256 },
+      [packed.buffer],
+    );
   }
 });
 `;
@@ -250,9 +262,7 @@ export class WorkerStreamHasher implements StreamHasher {
       waiter?.reject(new Error(message.message));
       return;
     }
-    const packed = Buffer.from(message.ids, message.idsOffset, message.count * 32);
-    const chunkIds: Buffer[] = [];
-    for (let i = 0; i < message.count; i++) chunkIds.push(packed.subarray(i * 32, i * 32 + 32));
+    const chunkIds = Buffer.from(message.ids, message.idsOffset, message.count * 32);
     waiter?.resolve({ chunkIds, sha256: Buffer.from(message.sha256) });
   }
 

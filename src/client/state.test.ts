@@ -7,8 +7,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import Database from "better-sqlite3";
-import { encodeMarks } from "../chunking/fingerprint.js";
-import { ClientState, encodeChunkList, type FileRecord, recordedChunks } from "./state.js";
+import { ChunkList, type ChunkRef } from "../chunking/chunk-list.js";
+import { ClientState, type FileRecord, recordedChunks } from "./state.js";
 
 let dir: string;
 before(async () => {
@@ -18,10 +18,19 @@ after(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-const chunks = encodeChunkList([
-  { id: Buffer.alloc(32, 1), length: 70_000 },
-  { id: Buffer.alloc(32, 2), length: 30_000 },
-]);
+const list = new ChunkList(2);
+list.push(Buffer.alloc(32, 1), 70_000);
+list.push(Buffer.alloc(32, 2), 30_000);
+const chunks = Buffer.from(list.stored());
+
+/** Fingerprints as stored: 8 bytes each, big-endian. */
+function encodeMarks(marks: bigint[]): Buffer {
+  const out = Buffer.alloc(marks.length * 8);
+  marks.forEach((mark, i) => {
+    out.writeBigUInt64BE(mark, i * 8);
+  });
+  return out;
+}
 const file = {
   size: 100_000,
   mtimeMs: 1,
@@ -38,6 +47,12 @@ function fileRecord(state: ClientState, path: string): FileRecord {
   return record as FileRecord;
 }
 
+/** The chunks a record gives the next read of its file, or null. */
+function recorded(record: FileRecord): ChunkRef[] | null {
+  const chunks = recordedChunks(record);
+  return chunks && [...chunks];
+}
+
 describe("client state", () => {
   test("keeps a file's fingerprints with its chunks, and forgets them when told", async () => {
     const stateDir = join(dir, "a");
@@ -45,16 +60,16 @@ describe("client state", () => {
     state.recordFile("big", { ...file, marks: encodeMarks([11n, 2n ** 64n - 1n]) });
     state.recordFile("small", { ...file, chunks: null, marks: null });
     assert.deepEqual(
-      recordedChunks(fileRecord(state, "big"))?.map((c) => [c.id[0], c.length, c.mark]),
+      recorded(fileRecord(state, "big"))?.map((c) => [c.id[0], c.length, c.mark]),
       [
         [1, 70_000, 11n],
         [2, 30_000, 2n ** 64n - 1n],
       ],
     );
-    assert.equal(recordedChunks(fileRecord(state, "small")), null);
+    assert.equal(recorded(fileRecord(state, "small")), null);
     state.forgetMarks("big");
     assert.deepEqual(
-      recordedChunks(fileRecord(state, "big"))?.map((c) => [c.id[0], c.mark]),
+      recorded(fileRecord(state, "big"))?.map((c) => [c.id[0], c.mark]),
       [
         [1, undefined],
         [2, undefined],
@@ -67,7 +82,7 @@ describe("client state", () => {
     const state = ClientState.open(join(dir, "b"), "store", "set", "/src");
     state.recordFile("big", { ...file, marks: encodeMarks([11n]) });
     assert.deepEqual(
-      recordedChunks(fileRecord(state, "big"))?.map((c) => c.mark),
+      recorded(fileRecord(state, "big"))?.map((c) => c.mark),
       [undefined, undefined],
     );
     state.close();

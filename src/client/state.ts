@@ -7,8 +7,7 @@ import { mkdirSync } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
 import Database from "better-sqlite3";
-import { decodeMarks } from "../chunking/fingerprint.js";
-import type { ChunkRef } from "../chunking/rechunk.js";
+import { ChunkList, ENTRY_BYTES } from "../chunking/chunk-list.js";
 import { KeepwatchError } from "../errors.js";
 
 /** Bump with a migration below whenever the schema changes. */
@@ -23,47 +22,21 @@ export interface FileRecord {
   /** Null in records written before ctime was kept. */
   ctimeMs: number | null;
   sha256: Buffer;
-  /** The content's chunk list as acknowledged (encodeChunkList), the base of the next delta. */
+  /** The content's chunk list as acknowledged (ChunkList.stored), the base of the next delta. */
   chunks: Buffer | null;
   /**
-   * The fingerprints of those chunks (encodeMarks), which let the next read of the file skip
+   * The fingerprints of those chunks (ChunkList.storedMarks), which let the next read of the file skip
    * the SHA-256 of chunks that did not change; null when not known (small files, records
    * written before fingerprints were kept, or forgotten after a refused version).
    */
   marks: Buffer | null;
 }
 
-/** A chunk list as stored: per chunk its 32-byte id and a u32 length. */
-export function encodeChunkList(chunks: { id: Buffer; length: number }[]): Buffer {
-  const out = Buffer.allocUnsafe(chunks.length * 36);
-  chunks.forEach((c, i) => {
-    c.id.copy(out, i * 36);
-    out.writeUInt32BE(c.length, i * 36 + 32);
-  });
-  return out;
-}
-
-export function decodeChunkList(raw: Buffer): { id: Buffer; length: number }[] {
-  const chunks = [];
-  for (let at = 0; at + 36 <= raw.length; at += 36) {
-    chunks.push({ id: raw.subarray(at, at + 32), length: raw.readUInt32BE(at + 32) });
-  }
-  return chunks;
-}
-
-/** A file record's chunk list, each chunk with its fingerprint where the record has them. */
-export function recordedChunks(record: FileRecord): ChunkRef[] | null {
+/** A file record's chunk list (a view of the record), with its fingerprints where it has them. */
+export function recordedChunks(record: FileRecord): ChunkList | null {
   const raw = record.chunks;
-  if (!raw) return null;
-  const marks = decodeMarks(record.marks, Math.floor(raw.length / 36));
-  if (!marks) return decodeChunkList(raw);
-  // Each object made with all three fields: a field added afterwards costs memory of its
-  // own, about 30 MiB per million chunks (a 64 GiB file).
-  return marks.map((mark, i) => ({
-    id: raw.subarray(i * 36, i * 36 + 32),
-    length: raw.readUInt32BE(i * 36 + 32),
-    mark,
-  }));
+  if (!raw || raw.length % ENTRY_BYTES !== 0) return null;
+  return ChunkList.fromStored(raw, record.marks);
 }
 
 export interface FolderRecord {

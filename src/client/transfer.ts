@@ -9,9 +9,10 @@
 import { closeSync, constants, fstatSync, openSync, read, readSync, type Stats } from "node:fs";
 import { join } from "node:path";
 import { deltaOps } from "../chunking/block-delta.js";
+import { ChunkList } from "../chunking/chunk-list.js";
 import { Chunker, chunkBuffer, DEFAULT_CHUNK_PARAMS, sha256 } from "../chunking/fastcdc.js";
-import { encodeMarks, fingerprints } from "../chunking/fingerprint.js";
-import { type ChunkRef, type OnChunk, rechunk, usableGuide } from "../chunking/rechunk.js";
+import { fingerprints } from "../chunking/fingerprint.js";
+import { type OnChunk, rechunk, usableGuide } from "../chunking/rechunk.js";
 import { withStreamHasher } from "../chunking/stream-hasher.js";
 import { KeepwatchError, RemoteError } from "../errors.js";
 import type { Frame } from "../protocol/frame.js";
@@ -28,7 +29,7 @@ import { encode, MessageType, messageTypeName } from "../protocol/messages.js";
 import type { Reporter } from "../ui/events.js";
 import type { ServerLink } from "./link.js";
 import { type DiskEntry, diskEntry } from "./scanner.js";
-import { type ClientState, encodeChunkList, recordedChunks } from "./state.js";
+import { type ClientState, recordedChunks } from "./state.js";
 
 /** Bytes per PUT_DATA frame, and the largest file sent whole by PUT. */
 export const PIECE_SIZE = 256 * 1024;
@@ -115,6 +116,9 @@ function readAt(fd: number, buffer: Buffer, position: number): Promise<number> {
   });
 }
 
+/** Manifest ops encoded and sent at a time (about 150 KB of NEW ops). */
+const MANIFEST_BATCH_OPS = 4096;
+
 /** Bytes of neighbouring chunks read from disk at once when the server asked for them. */
 const RUN_BYTES = 2 * 1024 * 1024;
 
@@ -126,15 +130,10 @@ const RUN_BYTES = 2 * 1024 * 1024;
  */
 async function* neededChunks(
   fd: number,
-  chunks: readonly ChunkRef[],
+  chunks: ChunkList,
   needed: readonly number[],
 ): AsyncGenerator<{ index: number; data: Buffer } | null> {
-  const offsets: number[] = [];
-  let at = 0;
-  for (const chunk of chunks) {
-    offsets.push(at);
-    at += chunk.length;
-  }
+  const offsets = chunks.offsets();
   let next = 0;
   let runs = 0;
   const buffers = [Buffer.allocUnsafe(RUN_BYTES), Buffer.allocUnsafe(RUN_BYTES)];
@@ -142,10 +141,10 @@ async function* neededChunks(
     if (next >= needed.length) return null;
     const start = next;
     const first = needed[next++] as number;
-    let length = (chunks[first] as ChunkRef).length;
+    let length = chunks.lengthOf(first);
     while (next < needed.length) {
       const index = needed[next] as number;
-      const more = (chunks[index] as ChunkRef).length;
+      const more = chunks.lengthOf(index);
       if (index !== (needed[next - 1] as number) + 1 || length + more > RUN_BYTES) break;
       length += more;
       next++;
@@ -168,7 +167,7 @@ async function* neededChunks(
       let offset = 0;
       for (let k = run.start; k < run.end; k++) {
         const index = needed[k] as number;
-        const length = (chunks[index] as ChunkRef).length;
+        const length = chunks.lengthOf(index);
         yield { index, data: run.buffer.subarray(offset, offset + length) };
         offset += length;
       }
@@ -187,24 +186,25 @@ async function* neededChunks(
  * copies that goes on after it continues as a new COPY op.
  */
 export class ManifestDiff {
-  private readonly where = new Map<string, number>();
   private ops: ManifestOp[] = [];
 
-  constructor(base: readonly ChunkRef[]) {
-    base.forEach((c, i) => {
-      const key = c.id.toString("latin1");
-      if (!this.where.has(key)) this.where.set(key, i);
-    });
-  }
+  /** `base`: null for a manifest without a base (every chunk is NEW). */
+  constructor(private readonly base: ChunkList | null) {}
 
-  /** Add the next chunk; true when it is new (not in the base). */
-  push(chunk: ChunkRef): boolean {
-    const at = this.where.get(chunk.id.toString("latin1"));
+  /** Add chunk `index` of `chunks` (the next one); true when it is new (not in the base). */
+  push(chunks: ChunkList, index: number): boolean {
+    const id = chunks.id(index);
+    const at = this.base ? this.base.indexOf(id) : -1;
     const last = this.ops[this.ops.length - 1];
-    if (at === undefined) this.ops.push({ op: "new", length: chunk.length, id: chunk.id });
+    if (at < 0) this.ops.push({ op: "new", length: chunks.lengthOf(index), id });
     else if (last?.op === "copy" && last.start + last.count === at) last.count++;
     else this.ops.push({ op: "copy", start: at, count: 1 });
-    return at === undefined;
+    return at < 0;
+  }
+
+  /** How many ops are waiting to be taken. */
+  get pending(): number {
+    return this.ops.length;
   }
 
   take(): ManifestOp[] {
@@ -212,13 +212,6 @@ export class ManifestDiff {
     this.ops = [];
     return ops;
   }
-}
-
-/** Edits that turn `base` into `next` (see ManifestDiff). */
-export function diffChunks(base: ChunkRef[], next: ChunkRef[]): ManifestOp[] {
-  const diff = new ManifestDiff(base);
-  for (const chunk of next) diff.push(chunk);
-  return diff.take();
 }
 
 /**
@@ -303,7 +296,9 @@ export class ChunkedTransfer implements FileTransfer {
     const bytesRead = entry.size > 0 ? readSync(fd, data, 0, entry.size, 0) : 0;
     if (bytesRead !== entry.size || !sameFile(before, fstatSync(fd))) return { status: "changed" };
     const header = { ...entry, sha256: sha256(data) };
-    const chunks = encodeChunkList(chunkBuffer(data).map((c) => ({ id: sha256(c.data), length: c.length })));
+    const list = new ChunkList(4);
+    for (const chunk of chunkBuffer(data)) list.push(sha256(chunk.data), chunk.length);
+    const chunks = list.stored();
     if (await this.putByReference(header)) {
       return { status: "stored", entry, sha256: header.sha256, chunks, marks: null, sentBytes: 0 };
     }
@@ -352,7 +347,7 @@ export class ChunkedTransfer implements FileTransfer {
         record?.kind === "file" && guide && this.state.knowsContent(record.sha256)
           ? { sha256: record.sha256, chunks: guide }
           : null;
-      let scanned: { chunks: ChunkRef[]; sha256: Buffer } | null;
+      let scanned: { chunks: ChunkList; sha256: Buffer } | null;
       if (base && usableGuide(base.chunks) && this.link.welcome.version >= 5) {
         await previous;
         const streamed = await this.streamEdit(fd, entry, before, base);
@@ -366,8 +361,8 @@ export class ChunkedTransfer implements FileTransfer {
       }
       if (!scanned || !sameFile(before, fstatSync(fd))) return { status: "changed" };
       const header = { ...entry, sha256: scanned.sha256 };
-      const chunks = encodeChunkList(scanned.chunks);
-      const marks = marksOf(scanned.chunks);
+      const chunks = scanned.chunks.stored();
+      const marks = scanned.chunks.storedMarks();
       if (await this.putByReference(header)) {
         return { status: "stored", entry, sha256: header.sha256, chunks, marks, sentBytes: 0 };
       }
@@ -406,9 +401,9 @@ export class ChunkedTransfer implements FileTransfer {
   private chunkFile(
     fd: number,
     size: number,
-    guide: ChunkRef[] | null,
+    guide: ChunkList | null,
     onChunk?: OnChunk,
-  ): Promise<{ chunks: ChunkRef[]; sha256: Buffer } | null> {
+  ): Promise<{ chunks: ChunkList; sha256: Buffer } | null> {
     return withStreamHasher(async (hasher) => {
       if (guide && usableGuide(guide)) {
         return rechunk((buffer, position) => readAt(fd, buffer, position), size, guide, hasher, onChunk);
@@ -452,14 +447,13 @@ export class ChunkedTransfer implements FileTransfer {
         if (fingerprint) marks.push(fingerprint(last.data));
       }
       const hashes = await hasher.finish(offset);
-      if (hashes.chunkIds.length !== lengths.length) {
-        throw new Error(`${hashes.chunkIds.length} chunk hashes for ${lengths.length} chunks`);
+      if (hashes.chunkIds.length !== lengths.length * 32) {
+        throw new Error(`${hashes.chunkIds.length / 32} chunk hashes for ${lengths.length} chunks`);
       }
-      const chunks = lengths.map((length, i) => ({
-        id: hashes.chunkIds[i] as Buffer,
-        length,
-        mark: marks[i],
-      }));
+      const chunks = new ChunkList(lengths.length, fingerprint !== null);
+      lengths.forEach((length, i) => {
+        chunks.push(hashes.chunkIds.subarray(i * 32, i * 32 + 32), length, marks[i]);
+      });
       return { chunks, sha256: hashes.sha256 };
     });
   }
@@ -475,12 +469,12 @@ export class ChunkedTransfer implements FileTransfer {
     fd: number,
     entry: DiskEntry,
     before: Stats,
-    base: { sha256: Buffer; chunks: ChunkRef[] },
-  ): Promise<PutOutcome | { retry: { chunks: ChunkRef[]; sha256: Buffer } | null }> {
+    base: { sha256: Buffer; chunks: ChunkList },
+  ): Promise<PutOutcome | { retry: { chunks: ChunkList; sha256: Buffer } | null }> {
     const conn = this.link.conn;
     const { path, size, mtimeMs, mode } = entry;
-    /** The chunks found so far, and where each starts in the file. */
-    const found: ChunkRef[] = [];
+    /** The chunks found so far (rechunk's list, as it grows), and where each starts in the file. */
+    let found = new ChunkList(1);
     const offsets: number[] = [];
     let position = 0;
     /** Chunks the server asked for (NEED), in its order; and the bases offered (BASIS). */
@@ -501,7 +495,7 @@ export class ChunkedTransfer implements FileTransfer {
     const sendAsked = async (): Promise<void> => {
       while (head < queue.length && !stopped && refusal === null && !this.link.isLost) {
         const index = queue[head++] as number;
-        const { length } = found[index] as ChunkRef;
+        const length = found.lengthOf(index);
         const data = Buffer.allocUnsafe(length);
         if ((await readAt(fd, data, offsets[index] as number)) !== length) {
           shrank = true;
@@ -568,16 +562,18 @@ export class ChunkedTransfer implements FileTransfer {
         await conn.sendAndWait(MessageType.MANIFEST_DATA, request.id, payload);
       }
     };
-    let scanned: { chunks: ChunkRef[]; sha256: Buffer } | null = null;
+    let scanned: { chunks: ChunkList; sha256: Buffer } | null = null;
     let closeSent = false;
     try {
-      scanned = await this.chunkFile(fd, size, base.chunks, async (chunk) => {
-        found.push(chunk);
+      scanned = await this.chunkFile(fd, size, base.chunks, async (chunks) => {
+        found = chunks;
+        const index = chunks.length - 1;
+        const length = chunks.lengthOf(index);
         offsets.push(position);
-        position += chunk.length;
-        if (diff.push(chunk)) sinceNew = 0;
+        position += length;
+        if (diff.push(chunks, index)) sinceNew = 0;
         else if (sinceNew >= 0) sinceNew++;
-        unsent += chunk.length;
+        unsent += length;
         if (unsent >= STREAM_STEP_BYTES || (sinceNew >= STREAM_NEW_AFTER && unsent >= STREAM_NEW_BYTES)) {
           unsent = 0;
           sinceNew = -1;
@@ -629,8 +625,8 @@ export class ChunkedTransfer implements FileTransfer {
         status: "stored",
         entry,
         sha256: scanned.sha256,
-        chunks: encodeChunkList(found),
-        marks: marksOf(found),
+        chunks: found.stored(),
+        marks: found.storedMarks(),
         sentBytes: sent,
       };
     }
@@ -674,8 +670,8 @@ export class ChunkedTransfer implements FileTransfer {
   private async sendManifest(
     fd: number,
     header: FileHeader,
-    chunks: ChunkRef[],
-    base: { sha256: Buffer; chunks: ChunkRef[] } | null,
+    chunks: ChunkList,
+    base: { sha256: Buffer; chunks: ChunkList } | null,
   ): Promise<number | null> {
     const needed: number[] = [];
     /** Bases the server offered for needed chunks (BASIS, version 4): they travel as deltas. */
@@ -693,7 +689,7 @@ export class ChunkedTransfer implements FileTransfer {
       }),
     );
     const conn = this.link.conn;
-    const ops = base ? diffChunks(base.chunks, chunks) : diffChunks([], chunks);
+    const diff = new ManifestDiff(base?.chunks ?? null);
     conn.send(
       MessageType.MANIFEST_BEGIN,
       request.id,
@@ -703,8 +699,13 @@ export class ChunkedTransfer implements FileTransfer {
         chunkCount: chunks.length,
       }),
     );
-    for (const payload of encodeHistory.manifestData(ops, this.link.welcome.maxFrame)) {
-      await conn.sendAndWait(MessageType.MANIFEST_DATA, request.id, payload);
+    // The ops travel a batch at a time: a huge file's manifest is never whole in memory.
+    for (let i = 0; i < chunks.length; i++) {
+      diff.push(chunks, i);
+      if (diff.pending < MANIFEST_BATCH_OPS && i < chunks.length - 1) continue;
+      for (const payload of encodeHistory.manifestData(diff.take(), this.link.welcome.maxFrame)) {
+        await conn.sendAndWait(MessageType.MANIFEST_DATA, request.id, payload);
+      }
     }
     conn.send(MessageType.MANIFEST_END, request.id);
     this.reporter.emit({ kind: "file-start", path: header.path, size: header.size });
@@ -735,10 +736,4 @@ export class ChunkedTransfer implements FileTransfer {
     await request.answer;
     return sent;
   }
-}
-
-/** The encoded fingerprints of `chunks`, or null unless every chunk has one. */
-function marksOf(chunks: readonly ChunkRef[]): Buffer | null {
-  const marks = chunks.map((c) => c.mark);
-  return marks.every((m) => m !== undefined) ? encodeMarks(marks as bigint[]) : null;
 }

@@ -5,9 +5,9 @@
 // learn whether another client stored something.
 
 import { timingSafeEqual } from "node:crypto";
+import type { ChunkList } from "../chunking/chunk-list.js";
 import { ProtocolError } from "../errors.js";
 import { isLoopbackAddress } from "../security/local-access.js";
-import type { ChunkRef } from "../store/metadata-store.js";
 import { type ClientRegistry, hashSecret, LOCAL_CLIENT, type Principal } from "./clients.js";
 import type { History } from "./history.js";
 
@@ -22,7 +22,7 @@ const POSSESSION_KEPT = 250_000;
 /** What a request may reuse from the history without sending the bytes. */
 export interface ReuseScope {
   /** The chunks of a content the client's sets hold, or null. */
-  content(sha256: Buffer): Promise<ChunkRef[] | null>;
+  content(sha256: Buffer): Promise<ChunkList | null>;
   /** Whether the store holds the chunk and one of the client's sets uses it. */
   chunk(id: Buffer): Promise<boolean>;
 }

@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { ChunkList } from "../store/chunk-list.js";
+import { ChunkList } from "../chunking/chunk-list.js";
 import { MemoryChunkStore } from "../store/memory-chunk-store.js";
 import { Mirror } from "../store/mirror.js";
 import { SqliteMetadataStore } from "../store/sqlite-metadata-store.js";

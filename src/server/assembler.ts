@@ -14,8 +14,8 @@
 import { createHash, type Hash } from "node:crypto";
 import type { FileHandle } from "node:fs/promises";
 import { bytesOf } from "../bytes.js";
+import type { ChunkList } from "../chunking/chunk-list.js";
 import { KeepwatchError } from "../errors.js";
-import type { ChunkList } from "../store/chunk-list.js";
 import type { Mirror, PendingFile } from "../store/mirror.js";
 import type { ByteBudget } from "./budget.js";
 import type { History } from "./history.js";

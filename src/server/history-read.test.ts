@@ -237,7 +237,7 @@ describe("LIST and RESTORE on the server", () => {
 
     // A chunk gone from the store: the request ends with ERROR, the connection stays.
     const chunks = (await history.chunksOf(sha(Buffer.from("second a\n")))) ?? [];
-    await history.chunks.delete(chunks.map((c) => c.id));
+    await history.chunks.delete(Array.from(chunks, (c) => c.id));
     const damaged = recordingContext(history, "src");
     await handleRestore(3, { path: "docs", time: -1 }, damaged.ctx);
     assert.ok(damaged.seen.outcome instanceof KeepwatchError);

@@ -4,6 +4,7 @@
 // reading a content back chunk by chunk, and committing a version durably.
 
 import { join } from "node:path";
+import type { ChunkList } from "../chunking/chunk-list.js";
 import { Chunker, sha256 } from "../chunking/fastcdc.js";
 import { KeepwatchError } from "../errors.js";
 import type { ChunkStore } from "../store/chunk-store.js";
@@ -74,7 +75,7 @@ export class History {
   }
 
   /** The chunk list of a stored content, or null when the history does not hold it. */
-  async chunksOf(sha: Buffer): Promise<ChunkRef[] | null> {
+  async chunksOf(sha: Buffer): Promise<ChunkList | null> {
     if (!(await this.meta.findContent(sha))) return null;
     return this.meta.contentChunks(sha);
   }

@@ -10,6 +10,7 @@
 import { createHash } from "node:crypto";
 import { bytesOf } from "../bytes.js";
 import { applyDelta, blockSums, DELTA_BLOCK_BYTES, DeltaError } from "../chunking/block-delta.js";
+import { ChunkList } from "../chunking/chunk-list.js";
 import { KeepwatchError, ProtocolError } from "../errors.js";
 import {
   encodeHistory,
@@ -21,8 +22,6 @@ import {
 } from "../protocol/history-messages.js";
 import { MessageType } from "../protocol/messages.js";
 import { pathProblem } from "../protocol/paths.js";
-import { ChunkList } from "../store/chunk-list.js";
-import type { ChunkRef } from "../store/metadata-store.js";
 import type { PendingFile } from "../store/mirror.js";
 import { Assembler } from "./assembler.js";
 import { ioError } from "./put.js";
@@ -33,7 +32,7 @@ import type { RequestContext } from "./session.js";
  * What manifests in flight may hold in memory together: the new chunk list at 56 bytes a
  * chunk (chunk-list.ts, the NEED bookkeeping and where a chunk copied from the base lies in
  * it), so that the largest list the protocol allows (4,194,304 chunks, 224 MiB) fits, and
- * the base's list at ~250 bytes a chunk (objects from the index, and their offsets). A request that could never
+ * the base's list at 44 bytes a chunk (chunk-list.ts, and its offsets). A request that could never
  * fit is refused with KW_FILE_TOO_LARGE (the client then sends it without a base); the
  * others wait for room, which holds up their connection.
  */
@@ -43,7 +42,7 @@ export const MANIFEST_MEMORY = 256 * 1024 * 1024;
  * offset in the base of a copied chunk (8).
  */
 const NEW_BYTES_PER_CHUNK = 56;
-const BASE_BYTES_PER_CHUNK = 256;
+const BASE_BYTES_PER_CHUNK = 44;
 /**
  * A streamed manifest remembers the id of every chunk it asked for (a Map entry), so that a
  * chunk repeated in the file travels once; that memory is reserved this many chunks at a time.
@@ -63,7 +62,7 @@ const MAX_BASES = 32;
 const BASIS_REACH = 4;
 
 export class ManifestRequest {
-  private base: ChunkRef[] | null = null;
+  private base: ChunkList | null = null;
   /** Where each chunk of the base starts in it, and its size at the end. */
   private baseOffsets: Float64Array | null = null;
   /** For each new chunk copied from the base: its offset there (−1 for the others). */
@@ -145,9 +144,8 @@ export class ManifestRequest {
       }
       if (!(await this.reserve(this.base.length * BASE_BYTES_PER_CHUNK))) return;
       const offsets = new Float64Array(this.base.length + 1);
-      this.base.forEach((ref, i) => {
-        offsets[i + 1] = (offsets[i] as number) + ref.length;
-      });
+      for (let i = 0; i < this.base.length; i++)
+        offsets[i + 1] = (offsets[i] as number) + this.base.lengthOf(i);
       this.baseOffsets = offsets;
       this.copiedFrom = new Float64Array(this.begin.chunkCount).fill(-1);
     }
@@ -167,16 +165,17 @@ export class ManifestRequest {
         this.add(op.id, op.length);
         continue;
       }
-      const base = this.base ?? [];
-      if (op.start + op.count > base.length) {
-        throw this.violation(`a COPY op reaches chunk ${op.start + op.count} of a base with ${base.length}`);
+      const base = this.base;
+      if (op.start + op.count > (base?.length ?? 0)) {
+        throw this.violation(
+          `a COPY op reaches chunk ${op.start + op.count} of a base with ${base?.length ?? 0}`,
+        );
       }
-      for (let i = op.start; i < op.start + op.count; i++) {
-        const ref = base[i] as ChunkRef;
+      for (let i = op.start; base && i < op.start + op.count; i++) {
         if (this.copiedFrom && this.chunks.length < this.copiedFrom.length) {
           this.copiedFrom[this.chunks.length] = this.baseOffsets?.[i] ?? -1;
         }
-        this.add(ref.id, ref.length);
+        this.add(base.id(i), base.lengthOf(i));
       }
     }
     if (this.streamed) await this.ask(from);
@@ -409,16 +408,17 @@ export class ManifestRequest {
         if (index - d >= 0 && before >= 0) basisIndex = baseIndexAt(before) + d;
         else if (after >= 0) basisIndex = baseIndexAt(after) - d;
       }
-      const basisRef = base[basisIndex];
-      if (!basisRef) continue;
+      if (basisIndex < 0 || basisIndex >= base.length) continue;
+      // A copy, so that it does not keep the base's whole list alive.
+      const basisId = Buffer.from(base.id(basisIndex));
       let basis: Buffer;
       try {
-        basis = await this.ctx.history.chunks.get(basisRef.id);
+        basis = await this.ctx.history.chunks.get(basisId);
       } catch {
         continue; // A chunk that cannot be read is no basis; the chunk travels whole.
       }
       const { length, sums } = blockSums(basis, DELTA_BLOCK_BYTES);
-      this.bases.set(index, basisRef.id);
+      this.bases.set(index, basisId);
       this.ctx.send(
         MessageType.BASIS,
         this.id,

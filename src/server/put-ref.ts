@@ -20,7 +20,7 @@ export async function handlePutRef(id: number, m: FileHeader, ctx: RequestContex
   const since = ctx.history.chunks.lossMark();
   // Only a content this client's own sets hold: another client's is "unknown" (access.ts).
   const chunks = await ctx.reuseScope().content(m.sha256);
-  const stored = chunks?.reduce((sum, c) => sum + c.length, 0);
+  const stored = chunks?.totalLength();
   if (!chunks || stored !== m.size) {
     return ctx.reject(
       id,

@@ -2,6 +2,7 @@
 // set at a moment, at or below a path, as ENTRY frames with each file's content streamed
 // after its entry in FILE_DATA frames, at the pace the client's socket takes them.
 
+import { ChunkList } from "../chunking/chunk-list.js";
 import { KeepwatchError } from "../errors.js";
 import { encodeHistory, type RestoreRequest } from "../protocol/history-messages.js";
 import { MessageType } from "../protocol/messages.js";
@@ -21,7 +22,8 @@ export async function handleRestore(id: number, message: RestoreRequest, ctx: Re
     for (const version of versions) {
       if (!ctx.isOpen) return;
       const entry = toEntry(version);
-      const chunks = entry.kind === "file" && entry.size > 0 ? await ctx.history.chunksOf(entry.sha256) : [];
+      const chunks =
+        entry.kind === "file" && entry.size > 0 ? await ctx.history.chunksOf(entry.sha256) : new ChunkList(1);
       // Checked before the ENTRY goes out, so that FILE_DATA always adds up to its size.
       if (chunks === null) {
         throw new KeepwatchError(
@@ -29,7 +31,7 @@ export async function handleRestore(id: number, message: RestoreRequest, ctx: Re
           `The history has no content for ${JSON.stringify(`${ctx.set}/${entry.path}`)} (its index is damaged); run "keepwatch verify" on the server.`,
         );
       }
-      const total = chunks.reduce((sum, chunk) => sum + chunk.length, 0);
+      const total = chunks.totalLength();
       if (entry.kind === "file" && total !== entry.size) {
         throw new KeepwatchError(
           "KW_CHUNK_CORRUPT",

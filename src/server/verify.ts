@@ -383,7 +383,7 @@ class VerifyRun {
           this.options.full &&
           !(await this.hashMatches(
             sha,
-            refs.map((r) => r.id),
+            Array.from(refs, (r) => r.id),
           ))
         ) {
           fault = { problem: "its chunks do not hash to its SHA-256", chunks: [] };

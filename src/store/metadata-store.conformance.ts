@@ -48,7 +48,7 @@ export function runMetadataStoreConformance(name: string, open: () => Promise<Op
           size: 11,
           chunkCount: 2,
         });
-        assert.deepEqual(await store.contentChunks(sha("hello world")), chunksOf("hello ", "world"));
+        assert.deepEqual([...(await store.contentChunks(sha("hello world")))], chunksOf("hello ", "world"));
         // A copy needs no chunk list: the content is known.
         const copy = await store.commitVersion({
           set: "other",
@@ -255,7 +255,7 @@ export function runMetadataStoreConformance(name: string, open: () => Promise<Op
         const v = await opened.store.commitVersion(file("s", "keep.txt", "kept", 1000));
         const again = await opened.reopen();
         assert.deepEqual(await again.versionAt("s", "keep.txt"), v);
-        assert.deepEqual(await again.contentChunks(sha("kept")), chunksOf("kept"));
+        assert.deepEqual([...(await again.contentChunks(sha("kept")))], chunksOf("kept"));
       } finally {
         await opened.cleanup();
       }

@@ -4,6 +4,7 @@
 // behind the same interface. This, with the chunk store, is the history: the source of
 // truth from which the mirror can always be rebuilt.
 
+import type { ChunkList } from "../chunking/chunk-list.js";
 import type { ChunkId } from "./chunk-store.js";
 
 /** One chunk of a content, in file order. */
@@ -12,7 +13,7 @@ export interface ChunkRef {
   length: number;
 }
 
-/** A content's chunks in file order: an array, or a compact list (src/store/chunk-list.ts). */
+/** A content's chunks in file order: an array, or a compact list (src/chunking/chunk-list.ts). */
 export type ChunkRefs = Iterable<ChunkRef> & { readonly length: number };
 
 export type VersionKind = "file" | "dir" | "deleted";
@@ -60,7 +61,7 @@ export interface MetadataStore {
   findContent(sha256: Buffer): Promise<ContentInfo | null>;
 
   /** The chunks of a stored content in file order; throws when the content is unknown. */
-  contentChunks(sha256: Buffer): Promise<ChunkRef[]>;
+  contentChunks(sha256: Buffer): Promise<ChunkList>;
 
   /**
    * Record a version, durably and atomically with its content rows (when new). A file

@@ -7,16 +7,10 @@
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import Database from "better-sqlite3";
+import { ChunkList } from "../chunking/chunk-list.js";
 import { KeepwatchError } from "../errors.js";
 import type { ChunkId } from "./chunk-store.js";
-import type {
-  ChunkRef,
-  ContentInfo,
-  MetadataStore,
-  NewVersion,
-  VersionKind,
-  VersionRecord,
-} from "./metadata-store.js";
+import type { ContentInfo, MetadataStore, NewVersion, VersionKind, VersionRecord } from "./metadata-store.js";
 import { WalSync } from "./wal-sync.js";
 
 /** Bump, with a migration in `migrate`, whenever the schema changes. */
@@ -172,10 +166,14 @@ export class SqliteMetadataStore implements MetadataStore {
     return row ? { sha256: row.sha256, size: row.size, chunkCount: row.chunk_count } : null;
   }
 
-  async contentChunks(sha256: Buffer): Promise<ChunkRef[]> {
+  async contentChunks(sha256: Buffer): Promise<ChunkList> {
     const row = this.stmt.content.get(sha256);
     if (!row) throw new Error(`unknown content ${sha256.toString("hex")}`);
-    return this.stmt.chunks.all(row.id).map((c) => ({ id: c.chunk_id, length: c.length }));
+    // Row by row into a compact list: the rows as an array (an object and a Buffer of its own
+    // each) took about 420 bytes a chunk, 44 MB for the base of an edit of an 8 GiB file.
+    const chunks = new ChunkList(row.chunk_count);
+    for (const c of this.stmt.chunks.iterate(row.id)) chunks.push(c.chunk_id, c.length);
+    return chunks;
   }
 
   async commitVersion(version: NewVersion): Promise<VersionRecord> {
