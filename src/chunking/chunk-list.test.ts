@@ -131,6 +131,24 @@ describe("ChunkList", () => {
     assert.throws(() => new ChunkList().push(idOf(4), 4, 4n), /no fingerprints/);
   });
 
+  it("takes every id at once for a list cut before its ids were known, and refuses a count that differs", () => {
+    const list = new ChunkList(4, true);
+    for (const pick of [1, 2, 3]) list.push(Buffer.alloc(32), pick * 10, BigInt(pick));
+    assert.equal(list.indexOf(Buffer.alloc(32)), 0);
+    list.setIds(Buffer.concat([idOf(7), idOf(8), idOf(7)]));
+    assert.deepEqual(
+      [...list].map((ref) => [ref.id.toString("hex"), ref.length, ref.mark]),
+      [
+        [idOf(7).toString("hex"), 10, 1n],
+        [idOf(8).toString("hex"), 20, 2n],
+        [idOf(7).toString("hex"), 30, 3n],
+      ],
+    );
+    assert.equal(list.indexOf(Buffer.alloc(32)), -1, "the index made before is dropped");
+    assert.equal(list.indexOf(idOf(8)), 1);
+    assert.throws(() => list.setIds(Buffer.alloc(64)), RangeError);
+  });
+
   it("holds about 44 bytes a chunk with fingerprints, 8 more once looked up in", () => {
     const count = 100_000;
     const list = new ChunkList(count, true);

@@ -86,6 +86,20 @@ export class ChunkList implements Iterable<ChunkRef> {
     this.index = null;
   }
 
+  /**
+   * Set every chunk's id at once, from `ids` (32 bytes each, in list order): for a list
+   * whose lengths and fingerprints were known before the ids (pushed with any id).
+   */
+  setIds(ids: Buffer): void {
+    if (ids.length !== this.count * ID_BYTES) {
+      throw new RangeError(`${ids.length / ID_BYTES} chunk ids for a list of ${this.count}`);
+    }
+    for (let i = 0; i < this.count; i++) {
+      ids.copy(this.entries, i * ENTRY_BYTES, i * ID_BYTES, (i + 1) * ID_BYTES);
+    }
+    this.index = null;
+  }
+
   /** The id of chunk `index`: a view into the list, valid while the list does not grow. */
   id(index: number): Buffer {
     this.check(index);

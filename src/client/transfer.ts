@@ -116,6 +116,9 @@ function readAt(fd: number, buffer: Buffer, position: number): Promise<number> {
   });
 }
 
+/** The id a chunk is listed with until its SHA-256 comes from the hashing thread. */
+const NO_ID = Buffer.alloc(32);
+
 /** Manifest ops encoded and sent at a time (about 150 KB of NEW ops). */
 const MANIFEST_BATCH_OPS = 4096;
 
@@ -411,10 +414,10 @@ export class ChunkedTransfer implements FileTransfer {
       if (onChunk) throw new Error("chunks are told as they are found only when a guide is used");
       const fingerprint = await fingerprints();
       const chunker = new Chunker();
-      const lengths: number[] = [];
-      // Fingerprints here, on this thread: it waits for the hashing thread's two SHA-256
-      // passes anyway, and has each chunk whole.
-      const marks: bigint[] = [];
+      // Lengths and fingerprints as the chunks are cut, the ids from the hashing thread at
+      // the end. Fingerprints here, on this thread: it waits for the hashing thread's two
+      // SHA-256 passes anyway, and has each chunk whole.
+      const chunks = new ChunkList(Math.floor(size / DEFAULT_CHUNK_PARAMS.avgSize) + 1, fingerprint !== null);
       const read = async (at: number) => {
         const piece = hasher.pieceBuffer(Math.min(READ_SIZE, size - at));
         return piece.subarray(0, await readAt(fd, piece, at));
@@ -431,8 +434,7 @@ export class ChunkedTransfer implements FileTransfer {
           if (offset < size) reading = read(offset);
           const cutEnds: number[] = [];
           for (const chunk of chunker.push(data)) {
-            lengths.push(chunk.length);
-            if (fingerprint) marks.push(fingerprint(chunk.data));
+            chunks.push(NO_ID, chunk.length, fingerprint?.(chunk.data));
             cutEnds.push(chunk.offset + chunk.length);
           }
           await hasher.push(data, cutEnds);
@@ -442,18 +444,9 @@ export class ChunkedTransfer implements FileTransfer {
         await reading?.catch(() => {});
       }
       const last = chunker.finish();
-      if (last) {
-        lengths.push(last.length);
-        if (fingerprint) marks.push(fingerprint(last.data));
-      }
+      if (last) chunks.push(NO_ID, last.length, fingerprint?.(last.data));
       const hashes = await hasher.finish(offset);
-      if (hashes.chunkIds.length !== lengths.length * 32) {
-        throw new Error(`${hashes.chunkIds.length / 32} chunk hashes for ${lengths.length} chunks`);
-      }
-      const chunks = new ChunkList(lengths.length, fingerprint !== null);
-      lengths.forEach((length, i) => {
-        chunks.push(hashes.chunkIds.subarray(i * 32, i * 32 + 32), length, marks[i]);
-      });
+      chunks.setIds(hashes.chunkIds);
       return { chunks, sha256: hashes.sha256 };
     });
   }
