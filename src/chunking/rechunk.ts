@@ -150,7 +150,7 @@ async function scan(
   fingerprint: Fingerprint | null,
   onChunk: OnChunk,
 ): Promise<{ chunks: ChunkList; sha256: Buffer; searchedBytes: number } | null> {
-  // An old list for about as many chunks, so that an edit grows it at most once or twice.
+  // Room for about as many chunks as the old list: an edit's list rarely grows.
   const chunks = new ChunkList(previous.length + 16, fingerprint !== null);
   const oldMarks = previous.hasMarks;
   let position = 0;

@@ -14,8 +14,8 @@ export const PIECE_BYTES = 1024 * 1024;
 
 export interface StreamHashes {
   /**
-   * The SHA-256 of each chunk, in stream order, packed: 32 bytes each (a Buffer per id
-   * would cost about 100 bytes more a chunk, on the hashing thread and then on this one).
+   * The SHA-256 of each chunk, in stream order, packed: 32 bytes each (not a Buffer per id,
+   * an object and an allocation each, on the hashing thread and then on this one).
    */
   chunkIds: Buffer;
   /** The SHA-256 of the whole stream. */
