@@ -6,6 +6,7 @@
 
 import Database from "better-sqlite3";
 import { KeepwatchError } from "../errors.js";
+import { applyHistorySettings } from "./sqlite-settings.js";
 import { WalSync } from "./wal-sync.js";
 
 /** The schema version this code writes; MIGRATIONS[v] upgrades version v to v + 1. */
@@ -181,13 +182,7 @@ export class ChunkIndex {
     try {
       db = new Database(path, { timeout: 1000 });
       db.pragma("locking_mode = EXCLUSIVE");
-      db.pragma("journal_mode = WAL");
-      db.pragma("synchronous = FULL");
-      db.pragma("foreign_keys = ON");
-      // SQLite's own default page cache (2 MiB), not better-sqlite3's 16 MiB: a large
-      // backup fills that cache and keeps it, about 10 MiB of the server's RSS in all for an
-      // 8 GiB file, and the 20,000 small files ran no slower (docs/performance.md).
-      db.pragma("cache_size = -2000");
+      applyHistorySettings(db);
       const created = migrate(db, path);
       return new ChunkIndex(db, created, path);
     } catch (error) {

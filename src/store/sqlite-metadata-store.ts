@@ -11,6 +11,7 @@ import { ChunkList } from "../chunking/chunk-list.js";
 import { KeepwatchError } from "../errors.js";
 import type { ChunkId } from "./chunk-store.js";
 import type { ContentInfo, MetadataStore, NewVersion, VersionKind, VersionRecord } from "./metadata-store.js";
+import { applyHistorySettings } from "./sqlite-settings.js";
 import { WalSync } from "./wal-sync.js";
 
 /** Bump, with a migration in `migrate`, whenever the schema changes. */
@@ -118,13 +119,7 @@ export class SqliteMetadataStore implements MetadataStore {
     try {
       mkdirSync(dirname(file), { recursive: true });
       const db = new Database(file);
-      db.pragma("journal_mode = WAL");
-      db.pragma("synchronous = FULL");
-      db.pragma("foreign_keys = ON");
-      // SQLite's own default page cache (2 MiB), not better-sqlite3's 16 MiB: a large
-      // backup fills that cache and keeps it, about 10 MiB of the server's RSS in all for an
-      // 8 GiB file, and the 20,000 small files ran no slower (docs/performance.md).
-      db.pragma("cache_size = -2000");
+      applyHistorySettings(db);
       migrate(db);
       return new SqliteMetadataStore(db, file);
     } catch (error) {
