@@ -23,13 +23,11 @@ list.push(Buffer.alloc(32, 1), 70_000);
 list.push(Buffer.alloc(32, 2), 30_000);
 const chunks = Buffer.from(list.stored());
 
-/** Fingerprints as stored: 8 bytes each, big-endian. */
-function encodeMarks(marks: bigint[]): Buffer {
-  const out = Buffer.alloc(marks.length * 8);
-  marks.forEach((mark, i) => {
-    out.writeBigUInt64BE(mark, i * 8);
-  });
-  return out;
+/** Fingerprints as a chunk list stores them (the chunks themselves do not matter here). */
+function encodeMarks(marks: bigint[]): Buffer | null {
+  const marked = new ChunkList(marks.length, true);
+  for (const mark of marks) marked.push(Buffer.alloc(32), 1, mark);
+  return marked.storedMarks();
 }
 const file = {
   size: 100_000,
