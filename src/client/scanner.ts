@@ -186,12 +186,15 @@ export async function scan(
   // hold them): delete the top-most of each removed subtree only.
   const candidates = new Set([...known.keys(), ...state.sentBelow(start)]);
   const gone = [...candidates].filter((p) => !seen.has(p)).sort();
+  const deletes: Operation[] = [];
   let lastDeleted: string | null = null;
   for (const path of gone) {
     if (lastDeleted !== null && path.startsWith(`${lastDeleted}/`)) continue;
-    result.operations.unshift({ op: "delete", path });
+    deletes.push({ op: "delete", path });
     lastDeleted = path;
   }
-  result.operations.push(...puts);
+  // Deletes first, then folders, then files. Joined by concat, not by pushing spread
+  // arguments (or unshifting one by one): a tree of 200,000 files overflows the stack that way.
+  result.operations = deletes.concat(result.operations, puts);
   return result;
 }

@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { errnoCode, KeepwatchError, RemoteError } from "../errors.js";
 import { PathLocks } from "../protocol/path-locks.js";
 import type { Reporter } from "../ui/events.js";
+import { Fifo } from "./fifo.js";
 import type { ServerLink } from "./link.js";
 import { diskEntry, isUnchanged, type Operation, type ScanResult, scan } from "./scanner.js";
 import type { ClientState } from "./state.js";
@@ -33,7 +34,7 @@ export interface WorkerTotals {
 export class Worker {
   private readonly transfer: FileTransfer;
   private readonly locks = new PathLocks();
-  private readonly queue: Operation[] = [];
+  private readonly queue = new Fifo<Operation>();
   private running = 0;
   private reconciling = 0;
   private idleWaiters: (() => void)[] = [];
@@ -107,7 +108,7 @@ export class Worker {
         bytes: puts.reduce((sum, op) => sum + (op.op === "put" ? op.size : 0), 0),
       });
     }
-    this.queue.push(...operations);
+    this.queue.pushAll(operations);
     this.pump();
   }
 
@@ -121,7 +122,7 @@ export class Worker {
         this.checkIdle();
       });
     }
-    if (this.link.isLost) this.queue.length = 0;
+    if (this.link.isLost) this.queue.clear();
   }
 
   private checkIdle(): void {
