@@ -213,6 +213,68 @@ export function runMetadataStoreConformance(name: string, open: () => Promise<Op
       }
     });
 
+    test("a folder's listing, history and delete reach below it, never siblings named alike", async () => {
+      const { store, cleanup } = await open();
+      try {
+        const folder = (path: string, time: number): NewVersion => ({
+          set: "s",
+          path,
+          kind: "dir",
+          size: 0,
+          mtimeMs: 1,
+          mode: 0o755,
+          time,
+        });
+        // Names that sort between "d" and "d0", as "d/..." does: the range alone would take them.
+        await store.commitVersions([
+          folder("d", 1000),
+          file("s", "d/a", "a", 1000),
+          folder("d/e", 1000),
+          file("s", "d/e/f", "f", 1000),
+          file("s", "d.txt", "dot", 1000),
+          folder("d-x", 1000),
+          file("s", "d-x/y", "y", 1000),
+          file("s", "d!", "bang", 1000),
+          file("s", "d0", "zero", 1000),
+          file("s", "c", "c", 1000),
+        ]);
+        const paths = async (prefix: string) =>
+          (await store.listAt("s", undefined, prefix)).map((v) => v.path);
+        assert.deepEqual(await paths("d"), ["d", "d/a", "d/e", "d/e/f"]);
+        assert.deepEqual(await paths("d/e"), ["d/e", "d/e/f"]);
+        assert.deepEqual(
+          (await store.history("s", "d")).map((v) => v.path),
+          ["d", "d/a", "d/e", "d/e/f"],
+        );
+        await store.commitVersion({
+          set: "s",
+          path: "d",
+          kind: "deleted",
+          size: 0,
+          mtimeMs: 0,
+          mode: 0,
+          time: 1100,
+        });
+        assert.deepEqual(await paths("d"), []);
+        assert.deepEqual(await paths(""), ["c", "d!", "d-x", "d-x/y", "d.txt", "d0"]);
+        assert.deepEqual(
+          (await store.history("s", "d")).map((v) => `${v.path}:${v.kind}`),
+          [
+            "d:dir",
+            "d/a:file",
+            "d/e:dir",
+            "d/e/f:file",
+            "d/a:deleted",
+            "d/e:deleted",
+            "d/e/f:deleted",
+            "d:deleted",
+          ],
+        );
+      } finally {
+        await cleanup();
+      }
+    });
+
     test("dropVersions frees exactly the chunks nothing else references", async () => {
       const { store, cleanup } = await open();
       try {

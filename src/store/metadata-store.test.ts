@@ -1,9 +1,12 @@
+import assert from "node:assert/strict";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { test } from "node:test";
+import Database from "better-sqlite3";
 import { runMetadataStoreConformance } from "./metadata-store.conformance.js";
 import type { MetadataStore } from "./metadata-store.js";
-import { SqliteMetadataStore } from "./sqlite-metadata-store.js";
+import { atOrBelow, atOrBelowSql, SqliteMetadataStore } from "./sqlite-metadata-store.js";
 
 runMetadataStoreConformance("SQLite", async () => {
   const dir = await mkdtemp(join(tmpdir(), "kw-meta-"));
@@ -21,4 +24,28 @@ runMetadataStoreConformance("SQLite", async () => {
       await rm(dir, { recursive: true, force: true });
     },
   };
+});
+
+test("a path and what is below it are looked up by a range of the index, not the whole set", async () => {
+  // With an OR of "the path" and "below it", SQLite read every version of the set: 30 ms
+  // for each delete of a file in a set of 200,000 files.
+  const dir = await mkdtemp(join(tmpdir(), "kw-meta-"));
+  try {
+    const store = SqliteMetadataStore.open(join(dir, "index.db"));
+    await store.close();
+    const db = new Database(join(dir, "index.db"), { readonly: true });
+    try {
+      const plan = db
+        .prepare(`EXPLAIN QUERY PLAN SELECT id FROM versions WHERE set_id = ? AND ${atOrBelowSql("path")}`)
+        .all(1, ...atOrBelow("d")) as { detail: string }[];
+      assert.match(
+        plan.map((row) => row.detail).join("; "),
+        /versions_by_path \(set_id=\? AND path>\? AND path<\?\)/,
+      );
+    } finally {
+      db.close();
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });

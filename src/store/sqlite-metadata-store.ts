@@ -47,8 +47,19 @@ function toRecord(row: VersionRow): VersionRecord {
 }
 
 /** The bounds of the paths strictly below `path`: ["path/", "path0") ("0" follows "/"). */
-function below(path: string): [string, string] {
-  return [`${path}/`, `${path}0`];
+/** The parameters of atOrBelowSql for `path`. */
+export type PathRange = [string, string, string, string];
+export function atOrBelow(path: string): PathRange {
+  return [path, `${path}0`, path, `${path}/`];
+}
+
+/**
+ * SQL true for `path` itself and every path below it, written as one range of the index
+ * (set_id, path) and a filter inside it: with an OR of the two, SQLite read every version
+ * of the set instead, 30 ms per call with 200,000 files.
+ */
+export function atOrBelowSql(column: string): string {
+  return `${column} >= ? AND ${column} < ? AND (${column} = ? OR ${column} >= ?)`;
 }
 
 export class SqliteMetadataStore implements MetadataStore {
@@ -82,18 +93,26 @@ export class SqliteMetadataStore implements MetadataStore {
       versionAt: db.prepare<[number, string, number], VersionRow>(
         `SELECT ${VERSION_COLUMNS} ${VERSION_JOINS} WHERE v.set_id = ? AND v.path = ? AND v.time <= ? ORDER BY v.id DESC LIMIT 1`,
       ),
-      history: db.prepare<[number, number, string, string, string], VersionRow>(
-        `SELECT ${VERSION_COLUMNS} ${VERSION_JOINS}
-         WHERE v.set_id = ? AND (? OR v.path = ? OR (v.path >= ? AND v.path < ?)) ORDER BY v.id`,
+      history: db.prepare<[number], VersionRow>(
+        `SELECT ${VERSION_COLUMNS} ${VERSION_JOINS} WHERE v.set_id = ? ORDER BY v.id`,
+      ),
+      historyAt: db.prepare<[number, ...PathRange], VersionRow>(
+        `SELECT ${VERSION_COLUMNS} ${VERSION_JOINS} WHERE v.set_id = ? AND ${atOrBelowSql("v.path")} ORDER BY v.id`,
       ),
       newest: db.prepare<[number, number], VersionRow>(
         `SELECT ${VERSION_COLUMNS} ${VERSION_JOINS} WHERE v.set_id = ? AND v.time <= ? ORDER BY v.id DESC LIMIT 1`,
       ),
-      listAt: db.prepare<[number, number, number, string, string, string], VersionRow>(
+      list: db.prepare<[number, number], VersionRow>(
+        `SELECT ${VERSION_COLUMNS} ${VERSION_JOINS}
+         JOIN (SELECT MAX(id) AS id FROM versions WHERE set_id = ? AND time <= ? GROUP BY path) newest
+           ON newest.id = v.id
+         WHERE v.kind != 'deleted' ORDER BY v.path`,
+      ),
+      listAt: db.prepare<[number, number, ...PathRange], VersionRow>(
         `SELECT ${VERSION_COLUMNS} ${VERSION_JOINS}
          JOIN (SELECT MAX(id) AS id FROM versions
-               WHERE set_id = ? AND time <= ? AND (? OR path = ? OR (path >= ? AND path < ?))
-               GROUP BY path) newest ON newest.id = v.id
+               WHERE set_id = ? AND time <= ? AND ${atOrBelowSql("path")} GROUP BY path) newest
+           ON newest.id = v.id
          WHERE v.kind != 'deleted' ORDER BY v.path`,
       ),
       all: db.prepare<[], VersionRow>(`SELECT ${VERSION_COLUMNS} ${VERSION_JOINS} ORDER BY v.id`),
@@ -231,8 +250,9 @@ export class SqliteMetadataStore implements MetadataStore {
   async history(set: string, path: string): Promise<VersionRecord[]> {
     const setId = this.stmt.setId.get(set)?.id;
     if (setId === undefined) return [];
-    const all = path === "" ? 1 : 0;
-    return this.stmt.history.all(setId, all, path, ...below(path)).map(toRecord);
+    const rows =
+      path === "" ? this.stmt.history.all(setId) : this.stmt.historyAt.all(setId, ...atOrBelow(path));
+    return rows.map(toRecord);
   }
 
   async newestVersion(set: string, time = Number.MAX_SAFE_INTEGER): Promise<VersionRecord | null> {
@@ -245,8 +265,7 @@ export class SqliteMetadataStore implements MetadataStore {
   async listAt(set: string, time = Number.MAX_SAFE_INTEGER, prefix = ""): Promise<VersionRecord[]> {
     const setId = this.stmt.setId.get(set)?.id;
     if (setId === undefined) return [];
-    const all = prefix === "" ? 1 : 0;
-    return this.stmt.listAt.all(setId, time, all, prefix, ...below(prefix)).map(toRecord);
+    return this.live(setId, time, prefix).map(toRecord);
   }
 
   async sets(): Promise<string[]> {
@@ -329,9 +348,15 @@ export class SqliteMetadataStore implements MetadataStore {
   }
 
   /** A deleted folder takes everything below it along: record a delete for each live path. */
+  /** The newest version at `time` of each file and folder at or below `prefix` ("" for all). */
+  private live(setId: number, time: number, prefix: string): VersionRow[] {
+    return prefix === ""
+      ? this.stmt.list.all(setId, time)
+      : this.stmt.listAt.all(setId, time, ...atOrBelow(prefix));
+  }
+
   private deleteBelow(setId: number, path: string, time: number): void {
-    const live = this.stmt.listAt.all(setId, Number.MAX_SAFE_INTEGER, 0, path, ...below(path));
-    for (const row of live) {
+    for (const row of this.live(setId, Number.MAX_SAFE_INTEGER, path)) {
       if (row.path === path) continue;
       this.stmt.addVersion.run(setId, row.path, time, "deleted", 0, 0, 0, null);
     }
