@@ -184,8 +184,10 @@ export async function scan(
 
   // Records with nothing on disk, and paths sent whose answer was lost (the server may
   // hold them): delete the top-most of each removed subtree only.
-  const candidates = new Set([...known.keys(), ...state.sentBelow(start)]);
-  const gone = [...candidates].filter((p) => !seen.has(p)).sort();
+  const gone: string[] = [];
+  for (const path of known.keys()) if (!seen.has(path)) gone.push(path);
+  for (const path of state.sentBelow(start)) if (!seen.has(path) && !known.has(path)) gone.push(path);
+  gone.sort();
   const deletes: Operation[] = [];
   let lastDeleted: string | null = null;
   for (const path of gone) {
