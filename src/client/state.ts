@@ -9,6 +9,7 @@ import { join } from "node:path";
 import Database from "better-sqlite3";
 import { ChunkList, ENTRY_BYTES } from "../chunking/chunk-list.js";
 import { KeepwatchError } from "../errors.js";
+import { applyPageCache } from "../store/sqlite-settings.js";
 
 /** Bump with a migration below whenever the schema changes. */
 const SCHEMA_VERSION = 5;
@@ -125,6 +126,7 @@ export class ClientState {
       db = new Database(file);
       db.pragma("journal_mode = WAL");
       db.pragma("synchronous = NORMAL");
+      applyPageCache(db);
       migrate(db);
       db.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?), (?, ?), (?, ?)").run(
         "store_id",
