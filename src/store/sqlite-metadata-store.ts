@@ -356,7 +356,8 @@ export class SqliteMetadataStore implements MetadataStore {
   }
 
   private deleteBelow(setId: number, path: string, time: number): void {
-    for (const row of this.live(setId, Number.MAX_SAFE_INTEGER, path)) {
+    // Not `live`: "" (never a valid path) must not stand for the whole set here.
+    for (const row of this.stmt.listAt.all(setId, Number.MAX_SAFE_INTEGER, ...atOrBelow(path))) {
       if (row.path === path) continue;
       this.stmt.addVersion.run(setId, row.path, time, "deleted", 0, 0, 0, null);
     }
