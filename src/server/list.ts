@@ -5,7 +5,7 @@ import { KeepwatchError, ProtocolError } from "../errors.js";
 import { type Entry, encodeHistory, type ListRequest, TIME_NOW } from "../protocol/history-messages.js";
 import { MessageType } from "../protocol/messages.js";
 import { pathProblem } from "../protocol/paths.js";
-import type { VersionRecord } from "../store/metadata-store.js";
+import { setHistory, treeAt, type VersionRecord } from "../store/metadata-store.js";
 import type { RequestContext } from "./session.js";
 
 export async function handleList(id: number, message: ListRequest, ctx: RequestContext): Promise<void> {
@@ -23,17 +23,24 @@ export async function handleList(id: number, message: ListRequest, ctx: RequestC
   if (refusal) return ctx.reject(id, refusal);
   return answer(id, ctx, async () => {
     const meta = ctx.history.meta;
+    // The tree and a whole set's history are read a page at a time, so that a set of any
+    // size is listed in bounded memory; a path's history is read at once (it holds the
+    // versions of one subtree).
     const versions =
       message.mode === 0
-        ? await meta.listAt(ctx.set, atTime(message.time), message.path)
-        : await meta.history(ctx.set, message.path);
-    if (versions.length === 0) {
-      ctx.reject(id, notFound(ctx.set, message.path, message.mode === 0 ? message.time : null));
-      return;
-    }
-    for (const version of versions) {
+        ? treeAt(meta, ctx.set, atTime(message.time), message.path)
+        : message.path === ""
+          ? setHistory(meta, ctx.set)
+          : await meta.history(ctx.set, message.path);
+    let found = false;
+    for await (const version of versions) {
+      found = true;
       if (!ctx.isOpen) return;
       await ctx.sendAndWait(MessageType.ENTRY, id, encodeHistory.entry(toEntry(version)));
+    }
+    if (!found) {
+      ctx.reject(id, notFound(ctx.set, message.path, message.mode === 0 ? message.time : null));
+      return;
     }
     ctx.ack(id);
   });
@@ -51,7 +58,7 @@ async function listSets(id: number, time: number, ctx: RequestContext): Promise<
     if (readable !== null && !readable.includes(set)) continue;
     const newest = await meta.newestVersion(set, atTime(time));
     if (newest === null) continue;
-    const files = (await meta.listAt(set, atTime(time))).filter((v) => v.kind === "file").length;
+    const files = await meta.fileCountAt(set, atTime(time));
     if (!ctx.isOpen) return;
     await ctx.sendAndWait(
       MessageType.ENTRY,

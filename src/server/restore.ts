@@ -6,6 +6,7 @@ import { ChunkList } from "../chunking/chunk-list.js";
 import { KeepwatchError } from "../errors.js";
 import { encodeHistory, type RestoreRequest } from "../protocol/history-messages.js";
 import { MessageType } from "../protocol/messages.js";
+import { treeAt } from "../store/metadata-store.js";
 import { atTime, historyError, historyPathRefusal, notFound, toEntry } from "./list.js";
 import type { RequestContext } from "./session.js";
 
@@ -16,10 +17,10 @@ export async function handleRestore(id: number, message: RestoreRequest, ctx: Re
   const refusal = historyPathRefusal(message.path);
   if (refusal) return ctx.reject(id, refusal);
   try {
-    // Sorted by path, so every folder comes before what it contains.
-    const versions = await ctx.history.meta.listAt(ctx.set, atTime(message.time), message.path);
-    if (versions.length === 0) return ctx.reject(id, notFound(ctx.set, message.path, message.time));
-    for (const version of versions) {
+    // Sorted by path, so every folder comes before what it contains; read a page at a time.
+    let found = false;
+    for await (const version of treeAt(ctx.history.meta, ctx.set, atTime(message.time), message.path)) {
+      found = true;
       if (!ctx.isOpen) return;
       const entry = toEntry(version);
       const chunks =
@@ -47,6 +48,7 @@ export async function handleRestore(id: number, message: RestoreRequest, ctx: Re
         }
       }
     }
+    if (!found) return ctx.reject(id, notFound(ctx.set, message.path, message.time));
     ctx.ack(id);
   } catch (error) {
     // Possibly in the middle of a file: the client throws away what it received of it.

@@ -4,7 +4,14 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { describe, test } from "node:test";
-import type { ChunkRef, MetadataStore, NewVersion, VersionRecord } from "./metadata-store.js";
+import {
+  type ChunkRef,
+  type MetadataStore,
+  type NewVersion,
+  setHistory,
+  treeAt,
+  type VersionRecord,
+} from "./metadata-store.js";
 
 export interface OpenedMetadataStore {
   store: MetadataStore;
@@ -270,6 +277,77 @@ export function runMetadataStoreConformance(name: string, open: () => Promise<Op
             "d:deleted",
           ],
         );
+      } finally {
+        await cleanup();
+      }
+    });
+
+    test("treeAt and setHistory, a page at a time, give what listAt and history give", async () => {
+      const { store, cleanup } = await open();
+      try {
+        const paths = ["a", "b/c", "b/d", "b!", "b.txt", "c", "d/e/f", "d/g", "e", "f"];
+        for (const [i, path] of paths.entries()) {
+          const folders = path.split("/").slice(0, -1);
+          for (let k = 1; k <= folders.length; k++) {
+            const folder = folders.slice(0, k).join("/");
+            await store.commitVersion({
+              set: "s",
+              path: folder,
+              kind: "dir",
+              size: 0,
+              mtimeMs: 1,
+              mode: 0o755,
+              time: 1000,
+            });
+          }
+          await store.commitVersion(file("s", path, `body ${i}`, 1000 + i));
+        }
+        const gone = (path: string, time: number): NewVersion => ({
+          set: "s",
+          path,
+          kind: "deleted",
+          size: 0,
+          mtimeMs: 0,
+          mode: 0,
+          time,
+        });
+        // Deletes, among them a run longer than a page, must not end the listing early.
+        for (const path of ["b", "b!", "b.txt", "c"]) await store.commitVersion(gone(path, 2000));
+        await store.commitVersion(file("s", "zz", "late", 3000));
+        await store.commitVersion(file("t", "a", "other set", 1000));
+
+        const collect = async <T>(items: AsyncIterable<T>): Promise<T[]> => {
+          const all: T[] = [];
+          for await (const item of items) all.push(item);
+          return all;
+        };
+        for (const pageSize of [1, 2, 3, 1000]) {
+          for (const [time, prefix] of [
+            [undefined, ""],
+            [1500, ""],
+            [2500, ""],
+            [1500, "b"],
+            [undefined, "d"],
+            [undefined, "d/e"],
+            [undefined, "nothing"],
+          ] as const) {
+            assert.deepEqual(
+              (await collect(treeAt(store, "s", time, prefix, pageSize))).map((v) => v.id),
+              (await store.listAt("s", time, prefix)).map((v) => v.id),
+              `time ${time}, prefix ${JSON.stringify(prefix)}, pages of ${pageSize}`,
+            );
+          }
+          assert.deepEqual(
+            (await collect(setHistory(store, "s", pageSize))).map((v) => v.id),
+            (await store.history("s", "")).map((v) => v.id),
+            `history in pages of ${pageSize}`,
+          );
+        }
+        assert.deepEqual(await collect(treeAt(store, "nope", undefined, "")), []);
+        assert.equal(await store.fileCountAt("s"), 6, "a, d/e/f, d/g, e, f and zz");
+        assert.equal(await store.fileCountAt("s", 1500), 10);
+        assert.equal(await store.fileCountAt("t"), 1);
+        assert.equal(await store.fileCountAt("nope"), 0);
       } finally {
         await cleanup();
       }

@@ -92,6 +92,29 @@ export interface MetadataStore {
    */
   listAt(set: string, time?: number, prefix?: string): Promise<VersionRecord[]>;
 
+  /**
+   * listAt a page at a time, for trees too large to hold at once (use `treeAt`): the newest
+   * version at or before `time` of each of at most `limit` paths at or below `prefix` that
+   * sort after `after` (null: from the first), in path order. Deletes are included, so that
+   * a page of them still moves on; a page shorter than `limit` is the last.
+   */
+  treePage(
+    set: string,
+    time: number,
+    prefix: string,
+    after: string | null,
+    limit: number,
+  ): Promise<VersionRecord[]>;
+
+  /**
+   * history of a whole set a page at a time (use `setHistory`): at most `limit` versions
+   * with an id above `after`, oldest first; a page shorter than `limit` is the last.
+   */
+  historyPage(set: string, after: number, limit: number): Promise<VersionRecord[]>;
+
+  /** How many files the tree of `set` held at `time` (default: latest). */
+  fileCountAt(set: string, time?: number): Promise<number>;
+
   /** Names of all sets, sorted. */
   sets(): Promise<string[]>;
 
@@ -118,4 +141,47 @@ export interface MetadataStore {
   referencedChunks(): AsyncIterable<ChunkId>;
 
   close(): Promise<void>;
+}
+
+/** Versions read at a time by `treeAt` and `setHistory`. */
+const PAGE = 1000;
+
+/**
+ * The tree of `set` at `time` (default: latest) at or below `prefix`, as listAt gives it,
+ * read a page at a time: what a listing or a restore holds does not grow with the set. For
+ * "latest", a version committed while the pages are read shows in a later page when its
+ * path comes later, as in a listing of a live folder; a past moment's tree never changes.
+ */
+export async function* treeAt(
+  meta: MetadataStore,
+  set: string,
+  time: number | undefined,
+  prefix: string,
+  pageSize = PAGE,
+): AsyncGenerator<VersionRecord> {
+  const at = time ?? Number.MAX_SAFE_INTEGER;
+  let after: string | null = null;
+  for (;;) {
+    const page = await meta.treePage(set, at, prefix, after, pageSize);
+    for (const version of page) if (version.kind !== "deleted") yield version;
+    const last = page.at(-1);
+    if (page.length < pageSize || last === undefined) return;
+    after = last.path;
+  }
+}
+
+/** Every version of `set`, oldest first, as history(set, "") gives them, read a page at a time. */
+export async function* setHistory(
+  meta: MetadataStore,
+  set: string,
+  pageSize = PAGE,
+): AsyncGenerator<VersionRecord> {
+  let after = 0;
+  for (;;) {
+    const page = await meta.historyPage(set, after, pageSize);
+    yield* page;
+    const last = page.at(-1);
+    if (page.length < pageSize || last === undefined) return;
+    after = last.id;
+  }
 }

@@ -115,6 +115,32 @@ export class SqliteMetadataStore implements MetadataStore {
            ON newest.id = v.id
          WHERE v.kind != 'deleted' ORDER BY v.path`,
       ),
+      // A page of the tree: the newest version of each of at most LIMIT paths from a first
+      // one on, deletes included. GROUP BY and LIMIT inside, so that SQLite walks the index
+      // (set_id, path, id) in order and stops after the page.
+      treePage: db.prepare<[number, number, string, number], VersionRow>(
+        `SELECT ${VERSION_COLUMNS} ${VERSION_JOINS}
+         JOIN (SELECT MAX(id) AS id FROM versions WHERE set_id = ? AND time <= ? AND path >= ?
+               GROUP BY path ORDER BY path LIMIT ?) newest ON newest.id = v.id
+         ORDER BY v.path`,
+      ),
+      treePageAt: db.prepare<[number, number, ...PathRange, number], VersionRow>(
+        `SELECT ${VERSION_COLUMNS} ${VERSION_JOINS}
+         JOIN (SELECT MAX(id) AS id FROM versions WHERE set_id = ? AND time <= ? AND ${atOrBelowSql("path")}
+               GROUP BY path ORDER BY path LIMIT ?) newest ON newest.id = v.id
+         ORDER BY v.path`,
+      ),
+      // "+v.set_id" keeps SQLite off the index by set and on the ids' own order: by the
+      // index it sorted the whole set for every page (7.3 s for 208,374 versions, 1.2 s so).
+      historyPage: db.prepare<[number, number, number], VersionRow>(
+        `SELECT ${VERSION_COLUMNS} ${VERSION_JOINS} WHERE v.id > ? AND +v.set_id = ? ORDER BY v.id LIMIT ?`,
+      ),
+      fileCount: db.prepare<[number, number], { files: number }>(
+        `SELECT COUNT(*) AS files FROM versions v
+         JOIN (SELECT MAX(id) AS id FROM versions WHERE set_id = ? AND time <= ? GROUP BY path) newest
+           ON newest.id = v.id
+         WHERE v.kind = 'file'`,
+      ),
       all: db.prepare<[], VersionRow>(`SELECT ${VERSION_COLUMNS} ${VERSION_JOINS} ORDER BY v.id`),
       referenced: db.prepare<[], { chunk_id: Buffer }>("SELECT DISTINCT chunk_id FROM content_chunks"),
       // The set names travel as one JSON array, so that a statement serves any number of sets.
@@ -266,6 +292,37 @@ export class SqliteMetadataStore implements MetadataStore {
     const setId = this.stmt.setId.get(set)?.id;
     if (setId === undefined) return [];
     return this.live(setId, time, prefix).map(toRecord);
+  }
+
+  async treePage(
+    set: string,
+    time: number,
+    prefix: string,
+    after: string | null,
+    limit: number,
+  ): Promise<VersionRecord[]> {
+    const setId = this.stmt.setId.get(set)?.id;
+    if (setId === undefined) return [];
+    // No path holds NUL, so `after` followed by NUL is the first string after it.
+    const from = after === null ? prefix : `${after}\0`;
+    const [, end, self, below] = atOrBelow(prefix);
+    const rows =
+      prefix === ""
+        ? this.stmt.treePage.all(setId, time, from, limit)
+        : this.stmt.treePageAt.all(setId, time, from, end, self, below, limit);
+    return rows.map(toRecord);
+  }
+
+  async historyPage(set: string, after: number, limit: number): Promise<VersionRecord[]> {
+    const setId = this.stmt.setId.get(set)?.id;
+    if (setId === undefined) return [];
+    return this.stmt.historyPage.all(after, setId, limit).map(toRecord);
+  }
+
+  async fileCountAt(set: string, time = Number.MAX_SAFE_INTEGER): Promise<number> {
+    const setId = this.stmt.setId.get(set)?.id;
+    if (setId === undefined) return 0;
+    return this.stmt.fileCount.get(setId, time)?.files ?? 0;
   }
 
   async sets(): Promise<string[]> {
