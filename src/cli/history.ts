@@ -47,7 +47,7 @@ export function registerHistory(program: Command): void {
               printLine(row("TIME", "KIND", "SIZE", "MTIME", "SHA256", "VERSION", "PATH"));
               header = true;
             }
-            printLine(
+            return printLine(
               row(
                 formatLocalTime(entry.time),
                 entry.kind,

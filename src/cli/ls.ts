@@ -71,7 +71,7 @@ export function registerLs(program: Command): void {
               printLine(treeRow("MODE", "SIZE", "MTIME", "VERSION TIME", "PATH"));
               header = true;
             }
-            printLine(treeLine(target.set, entry));
+            return printLine(treeLine(target.set, entry));
           }),
         ).catch((error: unknown) => {
           throw explainNotFound(error, target, time);
