@@ -41,6 +41,14 @@ function file(set: string, path: string, body: string, time: number, parts = [bo
   };
 }
 
+function folder(set: string, path: string, time: number): NewVersion {
+  return { set, path, kind: "dir", size: 0, mtimeMs: 1, mode: 0o755, time };
+}
+
+function deleted(set: string, path: string, time: number): NewVersion {
+  return { set, path, kind: "deleted", size: 0, mtimeMs: 0, mode: 0, time };
+}
+
 export function runMetadataStoreConformance(name: string, open: () => Promise<OpenedMetadataStore>): void {
   describe(`MetadataStore conformance: ${name}`, () => {
     test("a file version records its content once; a second file with the same content reuses it", async () => {
@@ -223,23 +231,14 @@ export function runMetadataStoreConformance(name: string, open: () => Promise<Op
     test("a folder's listing, history and delete reach below it, never siblings named alike", async () => {
       const { store, cleanup } = await open();
       try {
-        const folder = (path: string, time: number): NewVersion => ({
-          set: "s",
-          path,
-          kind: "dir",
-          size: 0,
-          mtimeMs: 1,
-          mode: 0o755,
-          time,
-        });
         // Names that sort between "d" and "d0", as "d/..." does: the range alone would take them.
         await store.commitVersions([
-          folder("d", 1000),
+          folder("s", "d", 1000),
           file("s", "d/a", "a", 1000),
-          folder("d/e", 1000),
+          folder("s", "d/e", 1000),
           file("s", "d/e/f", "f", 1000),
           file("s", "d.txt", "dot", 1000),
-          folder("d-x", 1000),
+          folder("s", "d-x", 1000),
           file("s", "d-x/y", "y", 1000),
           file("s", "d!", "bang", 1000),
           file("s", "d0", "zero", 1000),
@@ -253,15 +252,7 @@ export function runMetadataStoreConformance(name: string, open: () => Promise<Op
           (await store.history("s", "d")).map((v) => v.path),
           ["d", "d/a", "d/e", "d/e/f"],
         );
-        await store.commitVersion({
-          set: "s",
-          path: "d",
-          kind: "deleted",
-          size: 0,
-          mtimeMs: 0,
-          mode: 0,
-          time: 1100,
-        });
+        await store.commitVersion(deleted("s", "d", 1100));
         assert.deepEqual(await paths("d"), []);
         assert.deepEqual(await paths(""), ["c", "d!", "d-x", "d-x/y", "d.txt", "d0"]);
         assert.deepEqual(
@@ -289,30 +280,12 @@ export function runMetadataStoreConformance(name: string, open: () => Promise<Op
         for (const [i, path] of paths.entries()) {
           const folders = path.split("/").slice(0, -1);
           for (let k = 1; k <= folders.length; k++) {
-            const folder = folders.slice(0, k).join("/");
-            await store.commitVersion({
-              set: "s",
-              path: folder,
-              kind: "dir",
-              size: 0,
-              mtimeMs: 1,
-              mode: 0o755,
-              time: 1000,
-            });
+            await store.commitVersion(folder("s", folders.slice(0, k).join("/"), 1000));
           }
           await store.commitVersion(file("s", path, `body ${i}`, 1000 + i));
         }
-        const gone = (path: string, time: number): NewVersion => ({
-          set: "s",
-          path,
-          kind: "deleted",
-          size: 0,
-          mtimeMs: 0,
-          mode: 0,
-          time,
-        });
         // Deletes, among them a run longer than a page, must not end the listing early.
-        for (const path of ["b", "b!", "b.txt", "c"]) await store.commitVersion(gone(path, 2000));
+        for (const path of ["b", "b!", "b.txt", "c"]) await store.commitVersion(deleted("s", path, 2000));
         await store.commitVersion(file("s", "zz", "late", 3000));
         await store.commitVersion(file("t", "a", "other set", 1000));
 
