@@ -93,31 +93,15 @@ export class SqliteMetadataStore implements MetadataStore {
       versionAt: db.prepare<[number, string, number], VersionRow>(
         `SELECT ${VERSION_COLUMNS} ${VERSION_JOINS} WHERE v.set_id = ? AND v.path = ? AND v.time <= ? ORDER BY v.id DESC LIMIT 1`,
       ),
-      history: db.prepare<[number], VersionRow>(
-        `SELECT ${VERSION_COLUMNS} ${VERSION_JOINS} WHERE v.set_id = ? ORDER BY v.id`,
-      ),
       historyAt: db.prepare<[number, ...PathRange], VersionRow>(
         `SELECT ${VERSION_COLUMNS} ${VERSION_JOINS} WHERE v.set_id = ? AND ${atOrBelowSql("v.path")} ORDER BY v.id`,
       ),
       newest: db.prepare<[number, number], VersionRow>(
         `SELECT ${VERSION_COLUMNS} ${VERSION_JOINS} WHERE v.set_id = ? AND v.time <= ? ORDER BY v.id DESC LIMIT 1`,
       ),
-      list: db.prepare<[number, number], VersionRow>(
-        `SELECT ${VERSION_COLUMNS} ${VERSION_JOINS}
-         JOIN (SELECT MAX(id) AS id FROM versions WHERE set_id = ? AND time <= ? GROUP BY path) newest
-           ON newest.id = v.id
-         WHERE v.kind != 'deleted' ORDER BY v.path`,
-      ),
-      listAt: db.prepare<[number, number, ...PathRange], VersionRow>(
-        `SELECT ${VERSION_COLUMNS} ${VERSION_JOINS}
-         JOIN (SELECT MAX(id) AS id FROM versions
-               WHERE set_id = ? AND time <= ? AND ${atOrBelowSql("path")} GROUP BY path) newest
-           ON newest.id = v.id
-         WHERE v.kind != 'deleted' ORDER BY v.path`,
-      ),
-      // A page of the tree: the newest version of each of at most LIMIT paths from a first
-      // one on, deletes included. GROUP BY and LIMIT inside, so that SQLite walks the index
-      // (set_id, path, id) in order and stops after the page.
+      // The tree, or a page of it: the newest version of each of at most LIMIT paths (-1: all)
+      // from a first one on, deletes included. GROUP BY and LIMIT inside, so that SQLite walks
+      // the index (set_id, path, id) in order and stops after the page.
       treePage: db.prepare<[number, number, string, number], VersionRow>(
         `SELECT ${VERSION_COLUMNS} ${VERSION_JOINS}
          JOIN (SELECT MAX(id) AS id FROM versions WHERE set_id = ? AND time <= ? AND path >= ?
@@ -130,8 +114,9 @@ export class SqliteMetadataStore implements MetadataStore {
                GROUP BY path ORDER BY path LIMIT ?) newest ON newest.id = v.id
          ORDER BY v.path`,
       ),
-      // "+v.set_id" keeps SQLite off the index by set and on the ids' own order: by the
-      // index it sorted the whole set for every page (7.3 s for 208,374 versions, 1.2 s so).
+      // A set's history, or a page of it (LIMIT -1: all). "+v.set_id" keeps SQLite off the
+      // index by set and on the ids' own order: by the index it sorted the whole set for
+      // every page (7.3 s for 208,374 versions, 1.2 s so).
       historyPage: db.prepare<[number, number, number], VersionRow>(
         `SELECT ${VERSION_COLUMNS} ${VERSION_JOINS} WHERE v.id > ? AND +v.set_id = ? ORDER BY v.id LIMIT ?`,
       ),
@@ -277,7 +262,9 @@ export class SqliteMetadataStore implements MetadataStore {
     const setId = this.stmt.setId.get(set)?.id;
     if (setId === undefined) return [];
     const rows =
-      path === "" ? this.stmt.history.all(setId) : this.stmt.historyAt.all(setId, ...atOrBelow(path));
+      path === ""
+        ? this.stmt.historyPage.all(0, setId, -1)
+        : this.stmt.historyAt.all(setId, ...atOrBelow(path));
     return rows.map(toRecord);
   }
 
@@ -291,7 +278,9 @@ export class SqliteMetadataStore implements MetadataStore {
   async listAt(set: string, time = Number.MAX_SAFE_INTEGER, prefix = ""): Promise<VersionRecord[]> {
     const setId = this.stmt.setId.get(set)?.id;
     if (setId === undefined) return [];
-    return this.live(setId, time, prefix).map(toRecord);
+    return this.tree(setId, time, prefix, null, -1)
+      .filter((row) => row.kind !== "deleted")
+      .map(toRecord);
   }
 
   async treePage(
@@ -303,14 +292,7 @@ export class SqliteMetadataStore implements MetadataStore {
   ): Promise<VersionRecord[]> {
     const setId = this.stmt.setId.get(set)?.id;
     if (setId === undefined) return [];
-    // No path holds NUL, so `after` followed by NUL is the first string after it.
-    const from = after === null ? prefix : `${after}\0`;
-    const [, end, self, below] = atOrBelow(prefix);
-    const rows =
-      prefix === ""
-        ? this.stmt.treePage.all(setId, time, from, limit)
-        : this.stmt.treePageAt.all(setId, time, from, end, self, below, limit);
-    return rows.map(toRecord);
+    return this.tree(setId, time, prefix, after, limit).map(toRecord);
   }
 
   async historyPage(set: string, after: number, limit: number): Promise<VersionRecord[]> {
@@ -405,17 +387,29 @@ export class SqliteMetadataStore implements MetadataStore {
   }
 
   /** A deleted folder takes everything below it along: record a delete for each live path. */
-  /** The newest version at `time` of each file and folder at or below `prefix` ("" for all). */
-  private live(setId: number, time: number, prefix: string): VersionRow[] {
-    return prefix === ""
-      ? this.stmt.list.all(setId, time)
-      : this.stmt.listAt.all(setId, time, ...atOrBelow(prefix));
+  /**
+   * The newest version at `time`, deletes included, of at most `limit` (-1: all) paths at
+   * or below `prefix` ("" for all) that sort after `after` (null: from the first), by path.
+   */
+  private tree(
+    setId: number,
+    time: number,
+    prefix: string,
+    after: string | null,
+    limit: number,
+  ): VersionRow[] {
+    // No path holds NUL, so `after` followed by NUL is the first string after it.
+    const from = after === null ? prefix : `${after}\0`;
+    if (prefix === "") return this.stmt.treePage.all(setId, time, from, limit);
+    const [, end, self, below] = atOrBelow(prefix);
+    return this.stmt.treePageAt.all(setId, time, from, end, self, below, limit);
   }
 
   private deleteBelow(setId: number, path: string, time: number): void {
-    // Not `live`: "" (never a valid path) must not stand for the whole set here.
-    for (const row of this.stmt.listAt.all(setId, Number.MAX_SAFE_INTEGER, ...atOrBelow(path))) {
-      if (row.path === path) continue;
+    // Not `tree`: "" (never a valid path) must not stand for the whole set here.
+    const [self, end, , below] = atOrBelow(path);
+    for (const row of this.stmt.treePageAt.all(setId, Number.MAX_SAFE_INTEGER, self, end, self, below, -1)) {
+      if (row.path === path || row.kind === "deleted") continue;
       this.stmt.addVersion.run(setId, row.path, time, "deleted", 0, 0, 0, null);
     }
   }
