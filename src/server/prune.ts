@@ -178,25 +178,20 @@ class PruneRun {
     return report;
   }
 
-  /** Read every version, group it by path, and apply the policy to each path. */
+  /**
+   * Read every version, path by path, and apply the policy to each path's versions. Only
+   * one path's versions are held at a time: grouping all of them first took the dry run
+   * of a set of 191,667 files to 245 MiB.
+   */
   private async plan() {
-    const byPath = new Map<string, VersionRecord[]>();
-    let versions = 0;
-    for await (const v of this.history.meta.allVersions()) {
-      versions++;
-      const key = `${v.set}\0${v.path}`;
-      const list = byPath.get(key);
-      if (list) list.push(v);
-      else byPath.set(key, [v]);
-    }
     const now = this.options.now ?? Date.now();
     const drop: VersionRecord[] = [];
     const keptContents = new Set<string>();
     const droppedContents = new Set<string>();
+    let versions = 0;
+    let paths = 0;
     let pathsTouched = 0;
-    const keys = [...byPath.keys()].sort(compareKeys);
-    for (const key of keys) {
-      const list = byPath.get(key) as VersionRecord[];
+    const decide = (list: VersionRecord[]) => {
       const keep = versionsToKeep(list, this.options.policy, now);
       let touched = false;
       for (const v of list) {
@@ -210,8 +205,20 @@ class PruneRun {
         touched = true;
       }
       if (touched) pathsTouched++;
+    };
+    let list: VersionRecord[] = [];
+    for await (const v of this.history.meta.versionsByPath()) {
+      versions++;
+      const first = list[0];
+      if (first && (first.set !== v.set || first.path !== v.path)) {
+        decide(list);
+        list = [];
+      }
+      if (list.length === 0) paths++;
+      list.push(v);
     }
-    return { drop, versions, paths: byPath.size, pathsTouched, keptContents, droppedContents };
+    if (list.length > 0) decide(list);
+    return { drop, versions, paths, pathsTouched, keptContents, droppedContents };
   }
 
   /** Every stored chunk that no content references. */
@@ -260,9 +267,4 @@ class PruneRun {
       candidates.close();
     }
   }
-}
-
-/** Set, then path, in code-unit order (the order `history` and `ls` use). */
-function compareKeys(a: string, b: string): number {
-  return a < b ? -1 : a > b ? 1 : 0;
 }

@@ -326,6 +326,43 @@ export function runMetadataStoreConformance(name: string, open: () => Promise<Op
       }
     });
 
+    test("versionsByPath gives every version by set, path and commit order, a page at a time", async () => {
+      const { store, cleanup } = await open();
+      try {
+        // Several versions of most paths, two sets whose ids and names sort differently.
+        await store.commitVersion(file("z", "b", "z1", 1000));
+        for (const [i, path] of ["b", "a", "b", "c/d", "a", "b", "b!"].entries()) {
+          await store.commitVersion(file("s", path, `s${i}`, 1001 + i));
+        }
+        await store.commitVersion(deleted("s", "c", 1010));
+        await store.commitVersion(file("z", "a", "z2", 1011));
+        const expected = [];
+        for await (const v of store.allVersions()) expected.push(v);
+        expected.sort((x, y) =>
+          x.set !== y.set
+            ? x.set < y.set
+              ? -1
+              : 1
+            : x.path !== y.path
+              ? x.path < y.path
+                ? -1
+                : 1
+              : x.id - y.id,
+        );
+        for (const pageSize of [1, 2, 3, 1000]) {
+          const got = [];
+          for await (const v of store.versionsByPath(pageSize)) got.push(v);
+          assert.deepEqual(
+            got.map((v) => `${v.set}/${v.path}#${v.id}`),
+            expected.map((v) => `${v.set}/${v.path}#${v.id}`),
+            `pages of ${pageSize}`,
+          );
+        }
+      } finally {
+        await cleanup();
+      }
+    });
+
     test("dropVersions frees exactly the chunks nothing else references", async () => {
       const { store, cleanup } = await open();
       try {

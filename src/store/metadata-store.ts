@@ -127,8 +127,15 @@ export interface MetadataStore {
   /** Whether some version in one of `sets` has a content made with the chunk `chunkId`. */
   chunkInSets(chunkId: ChunkId, sets: readonly string[]): Promise<boolean>;
 
-  /** Every version of every set, in commit order (for verify and prune). */
+  /** Every version of every set, in commit order (for verify). */
   allVersions(): AsyncIterable<VersionRecord>;
+
+  /**
+   * Every version of every set, by set name, then path, then commit order (for prune, which
+   * takes each path's versions in turn): read `pageSize` (default 1,000) at a time,
+   * whatever the number.
+   */
+  versionsByPath(pageSize?: number): AsyncIterable<VersionRecord>;
 
   /**
    * Remove the given versions and every content no remaining version uses; returns the

@@ -29,6 +29,9 @@ interface VersionRow {
   sha256: Buffer | null;
 }
 
+/** Versions read at a time by versionsByPath. */
+const BY_PATH_PAGE = 1000;
+
 const VERSION_COLUMNS = `v.id, s.name AS set_name, v.path, v.time, v.kind, v.size, v.mtime_ms, v.mode, c.sha256`;
 const VERSION_JOINS = `FROM versions v JOIN sets s ON s.id = v.set_id LEFT JOIN contents c ON c.id = v.content_id`;
 
@@ -74,6 +77,7 @@ export class SqliteMetadataStore implements MetadataStore {
       setId: db.prepare<[string], { id: number }>("SELECT id FROM sets WHERE name = ?"),
       addSet: db.prepare<[string]>("INSERT INTO sets (name) VALUES (?)"),
       sets: db.prepare<[], { name: string }>("SELECT name FROM sets ORDER BY name"),
+      setIds: db.prepare<[], { id: number }>("SELECT id FROM sets ORDER BY name"),
       content: db.prepare<[Buffer], { id: number; sha256: Buffer; size: number; chunk_count: number }>(
         "SELECT id, sha256, size, chunk_count FROM contents WHERE sha256 = ?",
       ),
@@ -125,6 +129,11 @@ export class SqliteMetadataStore implements MetadataStore {
          JOIN (SELECT MAX(id) AS id FROM versions WHERE set_id = ? AND time <= ? GROUP BY path) newest
            ON newest.id = v.id
          WHERE v.kind = 'file'`,
+      ),
+      // Versions of one set by path, then commit order, a page at a time after (path, id).
+      byPathPage: db.prepare<[number, string, number, number], VersionRow>(
+        `SELECT ${VERSION_COLUMNS} ${VERSION_JOINS}
+         WHERE v.set_id = ? AND (v.path, v.id) > (?, ?) ORDER BY v.path, v.id LIMIT ?`,
       ),
       all: db.prepare<[], VersionRow>(`SELECT ${VERSION_COLUMNS} ${VERSION_JOINS} ORDER BY v.id`),
       referenced: db.prepare<[], { chunk_id: Buffer }>("SELECT DISTINCT chunk_id FROM content_chunks"),
@@ -317,6 +326,21 @@ export class SqliteMetadataStore implements MetadataStore {
 
   async chunkInSets(chunkId: ChunkId, sets: readonly string[]): Promise<boolean> {
     return sets.length > 0 && this.stmt.chunkInSets.get(chunkId, JSON.stringify(sets)) !== undefined;
+  }
+
+  async *versionsByPath(pageSize = BY_PATH_PAGE): AsyncIterable<VersionRecord> {
+    for (const { id: setId } of this.stmt.setIds.all()) {
+      let path = "";
+      let id = 0;
+      for (;;) {
+        const page = this.stmt.byPathPage.all(setId, path, id, pageSize);
+        for (const row of page) yield toRecord(row);
+        const last = page.at(-1);
+        if (page.length < pageSize || last === undefined) break;
+        path = last.path;
+        id = last.id;
+      }
+    }
   }
 
   async *allVersions(): AsyncIterable<VersionRecord> {
