@@ -137,7 +137,7 @@ export function dataOutput(flags: RemoteFlags): Output | null {
  * One line of output. When stdout is a pipe whose reader is slower than us, the returned
  * promise says when it can take more: a caller printing a listing entry by entry waits for
  * it, so that the listing is not gathered in memory (307 MiB for 191,667 entries in JSON
- * through `| cat`, against 77 MiB into a file).
+ * through `| cat`, against 76 MiB into a file).
  */
 export function printLine(line: string): Promise<void> | undefined {
   if (process.stdout.write(`${line}\n`)) return undefined;
