@@ -150,8 +150,25 @@ export interface MetadataStore {
   close(): Promise<void>;
 }
 
-/** Versions read at a time by `treeAt` and `setHistory`. */
-const PAGE = 1000;
+/** Versions read at a time by `treeAt`, `setHistory` and `versionsByPath`. */
+export const PAGE = 1000;
+
+/**
+ * Every item of a sequence read a page at a time: `read` gets the last item of the page
+ * before (null for the first) and returns at most `pageSize` items; a shorter page is the last.
+ */
+export async function* inPages<T>(
+  pageSize: number,
+  read: (last: T | null) => Promise<T[]>,
+): AsyncGenerator<T> {
+  let last: T | null = null;
+  for (;;) {
+    const page = await read(last);
+    yield* page;
+    last = page.at(-1) ?? null;
+    if (page.length < pageSize || last === null) return;
+  }
+}
 
 /**
  * The tree of `set` at `time` (default: latest) at or below `prefix`, as listAt gives it,
@@ -167,28 +184,13 @@ export async function* treeAt(
   pageSize = PAGE,
 ): AsyncGenerator<VersionRecord> {
   const at = time ?? Number.MAX_SAFE_INTEGER;
-  let after: string | null = null;
-  for (;;) {
-    const page = await meta.treePage(set, at, prefix, after, pageSize);
-    for (const version of page) if (version.kind !== "deleted") yield version;
-    const last = page.at(-1);
-    if (page.length < pageSize || last === undefined) return;
-    after = last.path;
-  }
+  const pages = inPages<VersionRecord>(pageSize, (last) =>
+    meta.treePage(set, at, prefix, last?.path ?? null, pageSize),
+  );
+  for await (const version of pages) if (version.kind !== "deleted") yield version;
 }
 
 /** Every version of `set`, oldest first, as history(set, "") gives them, read a page at a time. */
-export async function* setHistory(
-  meta: MetadataStore,
-  set: string,
-  pageSize = PAGE,
-): AsyncGenerator<VersionRecord> {
-  let after = 0;
-  for (;;) {
-    const page = await meta.historyPage(set, after, pageSize);
-    yield* page;
-    const last = page.at(-1);
-    if (page.length < pageSize || last === undefined) return;
-    after = last.id;
-  }
+export function setHistory(meta: MetadataStore, set: string, pageSize = PAGE): AsyncGenerator<VersionRecord> {
+  return inPages<VersionRecord>(pageSize, (last) => meta.historyPage(set, last?.id ?? 0, pageSize));
 }

@@ -10,7 +10,15 @@ import Database from "better-sqlite3";
 import { ChunkList } from "../chunking/chunk-list.js";
 import { KeepwatchError } from "../errors.js";
 import type { ChunkId } from "./chunk-store.js";
-import type { ContentInfo, MetadataStore, NewVersion, VersionKind, VersionRecord } from "./metadata-store.js";
+import {
+  type ContentInfo,
+  inPages,
+  type MetadataStore,
+  type NewVersion,
+  PAGE,
+  type VersionKind,
+  type VersionRecord,
+} from "./metadata-store.js";
 import { applyHistorySettings } from "./sqlite-settings.js";
 import { WalSync } from "./wal-sync.js";
 
@@ -28,9 +36,6 @@ interface VersionRow {
   mode: number;
   sha256: Buffer | null;
 }
-
-/** Versions read at a time by versionsByPath. */
-const BY_PATH_PAGE = 1000;
 
 const VERSION_COLUMNS = `v.id, s.name AS set_name, v.path, v.time, v.kind, v.size, v.mtime_ms, v.mode, c.sha256`;
 const VERSION_JOINS = `FROM versions v JOIN sets s ON s.id = v.set_id LEFT JOIN contents c ON c.id = v.content_id`;
@@ -328,18 +333,11 @@ export class SqliteMetadataStore implements MetadataStore {
     return sets.length > 0 && this.stmt.chunkInSets.get(chunkId, JSON.stringify(sets)) !== undefined;
   }
 
-  async *versionsByPath(pageSize = BY_PATH_PAGE): AsyncIterable<VersionRecord> {
+  async *versionsByPath(pageSize = PAGE): AsyncIterable<VersionRecord> {
     for (const { id: setId } of this.stmt.setIds.all()) {
-      let path = "";
-      let id = 0;
-      for (;;) {
-        const page = this.stmt.byPathPage.all(setId, path, id, pageSize);
-        for (const row of page) yield toRecord(row);
-        const last = page.at(-1);
-        if (page.length < pageSize || last === undefined) break;
-        path = last.path;
-        id = last.id;
-      }
+      yield* inPages<VersionRecord>(pageSize, async (last) =>
+        this.stmt.byPathPage.all(setId, last?.path ?? "", last?.id ?? 0, pageSize).map(toRecord),
+      );
     }
   }
 
