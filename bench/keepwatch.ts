@@ -66,9 +66,12 @@ export function kwConnection(server: KwServer, port: number): { args: string[]; 
 export interface PushPhases {
   /** spawn → `connected` (Node and tsx start-up, TLS, HELLO) */
   startupS: number;
-  /** `scan-start` → `scan-done` */
+  /**
+   * `scan-start` → `scan-done`. The scan hands on its operations a folder at a time, so
+   * in a tree of more than a queue's worth of them it ends near the last file.
+   */
   scanS: number;
-  /** `scan-done` → last `file-done` */
+  /** `scan-done` → last `file-done` (what was still running or queued when the walk ended) */
   transferS: number;
   /** last `file-done` → process exit */
   exitS: number;

@@ -7,6 +7,7 @@ import { randomBytes } from "node:crypto";
 import { chmod, mkdir, readdir, stat, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { test } from "node:test";
+import { QUEUE_LIMIT } from "../src/client/worker.js";
 import { compareTrees, type KwEvent, type RunResult, readTree, Sandbox, stackLines } from "./helpers.js";
 
 /** Files of the awkward tree (set-relative), with content; folders are made as needed. */
@@ -144,4 +145,40 @@ test("push backs up an awkward tree exactly, skips unchanged files, and --force 
   for (const [path, entry] of await readTree(mirror)) {
     assert.ok(entry.kind === "file" || entry.kind === "dir", `${JSON.stringify(path)} is a ${entry.kind}`);
   }
+});
+
+test("a first push queues a tree folder by folder: what waits to be sent does not grow with the tree", {
+  timeout: 120_000,
+}, async (t) => {
+  // The scan hands each folder's operations to the worker and waits while its queue is
+  // full. Before, the whole tree's operations were listed first: memory grew with the file
+  // count (about 0.4 KiB a file), past 150 MiB for 250,000 files.
+  const box = await Sandbox.create(t);
+  const src = box.path("many");
+  const folders = 40;
+  const perFolder = 100;
+  for (let d = 0; d < folders; d++) {
+    await mkdir(join(src, `d${String(d).padStart(2, "0")}`), { recursive: true });
+    for (let i = 0; i < perFolder; i++)
+      await writeFile(join(src, `d${String(d).padStart(2, "0")}`, `f${i}`), `${d}/${i}`);
+  }
+  const server = await box.startServer(box.path("dest"));
+  const result = await box.push(src, server.port);
+  assertCleanRun(result, "the push");
+  // Files announced to the progress display and not yet acknowledged, at every event.
+  let waiting = 0;
+  let most = 0;
+  for (const e of result.events) {
+    if (e.event === "queued") waiting += Number(e.files);
+    if (e.event === "file-done" && e.op === "put") waiting--;
+    most = Math.max(most, waiting);
+  }
+  assert.equal(putPaths(result.events).length, folders * perFolder, "every file was sent");
+  assert.equal(waiting, 0, "every file announced was acknowledged");
+  const window = 64; // the server's window of requests in flight (welcome)
+  assert.ok(
+    most <= QUEUE_LIMIT + perFolder + window,
+    `at most the queue, one folder and the window wait at once; ${most} did, of ${folders * perFolder}`,
+  );
+  assert.deepEqual(await compareTrees(src, join(box.path("dest"), "many")), [], box.report());
 });

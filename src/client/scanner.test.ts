@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { diskEntry, type Operation, scan } from "./scanner.js";
+import { diskEntry, type Operation, type ScanSink, scan } from "./scanner.js";
 import { ClientState } from "./state.js";
 
 const CHILD = join(dirname(fileURLToPath(import.meta.url)), "scanner.child.ts");
@@ -31,6 +31,21 @@ after(async () => {
   await rm(base, { recursive: true, force: true });
 });
 
+/** One scan, with every operation and problem it handed on listed in order. */
+async function scanAll(root: string, start: string, own: ClientState, force = false) {
+  const operations: Operation[] = [];
+  const problems: { path: string; reason: string }[] = [];
+  const sink: ScanSink = {
+    operations: async (ops) => {
+      for (const op of ops) operations.push(op);
+      return true;
+    },
+    problem: (path, reason) => problems.push({ path, reason }),
+  };
+  const summary = await scan(root, start, own, sink, { force });
+  return { ...summary, operations, problems };
+}
+
 /** Record every operation as acknowledged, as the worker does after each ACK. */
 async function acknowledge(ops: Operation[]): Promise<void> {
   for (const op of ops) {
@@ -45,14 +60,14 @@ async function acknowledge(ops: Operation[]): Promise<void> {
 }
 
 test("a first scan finds every file and folder and reports the symlink", async () => {
-  const result = await scan(src, "", state);
+  const result = await scanAll(src, "", state);
   assert.equal(result.files, 3);
   assert.equal(result.bytes, 6);
   const summary = result.operations.map((op) => `${op.op} ${op.path}`);
   assert.deepEqual(summary, [
     "mkdir dir",
-    "mkdir dir/sub",
     "put a.txt",
+    "mkdir dir/sub",
     "put dir/b.txt",
     "put dir/sub/c.txt",
   ]);
@@ -64,8 +79,8 @@ test("a first scan finds every file and folder and reports the symlink", async (
 });
 
 test("nothing is sent again once acknowledged, unless forced", async () => {
-  assert.deepEqual((await scan(src, "", state)).operations, []);
-  const forced = await scan(src, "", state, true);
+  assert.deepEqual((await scanAll(src, "", state)).operations, []);
+  const forced = await scanAll(src, "", state, true);
   assert.deepEqual(
     forced.operations.map((op) => op.path),
     ["a.txt", "dir/b.txt", "dir/sub/c.txt"],
@@ -75,7 +90,7 @@ test("nothing is sent again once acknowledged, unless forced", async () => {
 test("a changed file and a removed subtree (reported once, at its top)", async () => {
   await writeFile(join(src, "a.txt"), "changed");
   await rm(join(src, "dir"), { recursive: true });
-  const result = await scan(src, "", state);
+  const result = await scanAll(src, "", state);
   assert.deepEqual(
     result.operations.map((op) => `${op.op} ${op.path}`),
     ["delete dir", "put a.txt"],
@@ -88,7 +103,7 @@ test("a scan of one path looks only there", async () => {
   await mkdir(join(src, "other"));
   await writeFile(join(src, "other/x"), "x");
   await writeFile(join(src, "a.txt"), "changed again");
-  const result = await scan(src, "other", state);
+  const result = await scanAll(src, "other", state);
   assert.deepEqual(
     result.operations.map((op) => `${op.op} ${op.path}`),
     ["mkdir other", "put other/x"],
@@ -108,7 +123,7 @@ test("a vanished SRC is an error, never a delete of everything", async () => {
     chunks: null,
     marks: null,
   });
-  await assert.rejects(scan(gone, "", other), { code: "KW_SOURCE_MISSING" });
+  await assert.rejects(scanAll(gone, "", other), { code: "KW_SOURCE_MISSING" });
   assert.ok(other.get("f"), "the record was kept");
   other.close();
 });
@@ -119,7 +134,7 @@ test("a same-size rewrite whose mtime was set back is seen by its ctime", async 
   await writeFile(join(root, "note.txt"), "version 1");
   const own = ClientState.open(join(base, "state"), "store-1", "ctime", root);
   try {
-    const first = await scan(root, "", own);
+    const first = await scanAll(root, "", own);
     for (const op of first.operations) {
       if (op.op === "mkdir") own.recordFolder(op.path, op.mode);
       if (op.op !== "put") continue;
@@ -127,12 +142,12 @@ test("a same-size rewrite whose mtime was set back is seen by its ctime", async 
       assert.ok(entry);
       own.recordFile(op.path, { ...entry, sha256: Buffer.alloc(32), chunks: null, marks: null });
     }
-    assert.deepEqual((await scan(root, "", own)).operations, [], "nothing changed yet");
+    assert.deepEqual((await scanAll(root, "", own)).operations, [], "nothing changed yet");
     const before = await stat(join(root, "note.txt"));
     await new Promise((resolve) => setTimeout(resolve, 20));
     await writeFile(join(root, "note.txt"), "version 2");
     await utimes(join(root, "note.txt"), before.atime, before.mtime);
-    const after = await scan(root, "", own);
+    const after = await scanAll(root, "", own);
     assert.deepEqual(
       after.operations.map((op) => `${op.op} ${op.path}`),
       ["put note.txt"],
@@ -170,5 +185,110 @@ test("a tree of many files, and as many deletes, are listed without overflowing 
     assert.deepEqual(out.first, { op: "delete", path: "gone0" }, "deletes first, in order");
   } finally {
     await rm(root, { recursive: true, force: true });
+  }
+});
+
+test("operations are handed on a folder at a time, and the scan waits for the sink", async () => {
+  // What keeps a first backup's memory from growing with the tree: the scan holds one
+  // folder's operations, and goes on only when the worker's queue has room.
+  const root = join(base, "waits");
+  for (const d of ["a", "b", "c"]) {
+    await mkdir(join(root, d), { recursive: true });
+    for (let i = 0; i < 3; i++) await writeFile(join(root, d, `f${i}`), d);
+  }
+  const own = ClientState.open(join(base, "state"), "store-1", "waits", root);
+  try {
+    const batches: string[][] = [];
+    let letGo: (goOn: boolean) => void = () => {};
+    let arrived: () => void = () => {};
+    const arrival = () => new Promise<void>((resolve) => (arrived = resolve));
+    let next = arrival();
+    const sink: ScanSink = {
+      operations: (ops) => {
+        batches.push(ops.map((op) => `${op.op} ${op.path}`));
+        arrived();
+        return new Promise((resolve) => (letGo = resolve));
+      },
+      problem: () => {},
+    };
+    const running = scan(root, "", own, sink);
+    // Time for the scan to go on if it wrongly did (a wait that can only hide a failure).
+    const pause = () => new Promise((resolve) => setTimeout(resolve, 50));
+    await next;
+    await pause();
+    assert.deepEqual(
+      batches,
+      [["mkdir a", "mkdir b", "mkdir c"]],
+      "only the top folder, while the sink waits",
+    );
+    next = arrival();
+    letGo(true);
+    await next;
+    assert.deepEqual(batches[1], ["put a/f0", "put a/f1", "put a/f2"]);
+    await pause();
+    assert.equal(batches.length, 2, "folder b waits for room");
+    letGo(false);
+    const summary = await running;
+    assert.equal(batches.length, 2, "a sink that says stop ends the scan");
+    assert.equal(summary.files, 3, "folders b and c were not visited");
+  } finally {
+    own.close();
+  }
+});
+
+test("a file where a folder was: what was recorded below it is deleted first", async () => {
+  const root = join(base, "replaced");
+  await mkdir(join(root, "x/deep"), { recursive: true });
+  await writeFile(join(root, "x/deep/f"), "f");
+  await writeFile(join(root, "x/g"), "g");
+  const own = ClientState.open(join(base, "state"), "store-1", "replaced", root);
+  try {
+    const first = await scanAll(root, "", own);
+    for (const op of first.operations) {
+      if (op.op === "mkdir") own.recordFolder(op.path, op.mode);
+      if (op.op !== "put") continue;
+      const entry = diskEntry(op.path, await lstat(join(root, op.path)));
+      assert.ok(entry);
+      own.recordFile(op.path, { ...entry, sha256: Buffer.alloc(32), chunks: null, marks: null });
+    }
+    await rm(join(root, "x"), { recursive: true });
+    await writeFile(join(root, "x"), "now a file");
+    const whole = await scanAll(root, "", own);
+    assert.deepEqual(
+      whole.operations.map((op) => `${op.op} ${op.path}`),
+      ["delete x/deep", "delete x/g", "put x"],
+    );
+    const one = await scanAll(root, "x", own);
+    assert.deepEqual(
+      one.operations.map((op) => `${op.op} ${op.path}`),
+      ["delete x/deep", "delete x/g", "put x"],
+      "the same from a scan of that path alone",
+    );
+    await rm(join(root, "x"));
+    const gone = await scanAll(root, "x", own);
+    assert.deepEqual(
+      gone.operations.map((op) => `${op.op} ${op.path}`),
+      ["delete x"],
+      "a path gone: its top only",
+    );
+  } finally {
+    own.close();
+  }
+});
+
+test("paths sent without an answer are deleted once gone, each removed subtree at its top", async () => {
+  const root = join(base, "lost");
+  await mkdir(join(root, "kept"), { recursive: true });
+  await writeFile(join(root, "kept/here"), "h");
+  const own = ClientState.open(join(base, "state"), "store-1", "lost", root);
+  try {
+    for (const path of ["kept/here", "old", "old/a", "old/a/b", "other"]) own.markSent(path);
+    const result = await scanAll(root, "", own);
+    assert.deepEqual(
+      result.operations.map((op) => `${op.op} ${op.path}`),
+      ["delete old", "delete other", "mkdir kept", "put kept/here"],
+    );
+  } finally {
+    own.close();
   }
 });

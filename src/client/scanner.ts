@@ -6,7 +6,7 @@ import { lstat, readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { errnoCode, KeepwatchError } from "../errors.js";
 import { pathProblem } from "../protocol/paths.js";
-import type { ClientState, EntryStats } from "./state.js";
+import { type ClientState, type EntryStats, hasAncestorIn } from "./state.js";
 
 export interface DiskEntry {
   path: string;
@@ -25,16 +25,20 @@ export type Operation =
   | { op: "mkdir"; path: string; mode: number }
   | { op: "delete"; path: string };
 
-export interface ScanProblem {
-  path: string;
-  reason: string;
+/**
+ * Where a scan hands its operations, a folder at a time, and its problems. `operations`
+ * resolves once the scan may go on (the worker's queue has room), or to false to stop it.
+ */
+export interface ScanSink {
+  operations(ops: Operation[]): Promise<boolean>;
+  problem(path: string, reason: string): void;
 }
 
-export interface ScanResult {
+export interface ScanSummary {
   files: number;
   bytes: number;
-  operations: Operation[];
-  problems: ScanProblem[];
+  changedFiles: number;
+  changedBytes: number;
 }
 
 export function diskEntry(path: string, st: Stats): DiskEntry | null {
@@ -78,125 +82,191 @@ function joinRel(parent: string, name: string): string {
 }
 
 /**
- * Compare `start` (a set-relative path, "" for all of SRC) on disk with the state.
- * `force` sends every file whatever the state says.
+ * Compare `start` (a set-relative path, "" for all of SRC) on disk with the state, folder
+ * by folder, and hand each folder's operations to `sink` as soon as they are known: its
+ * deletes, then its new or changed folders, then its files, then its subfolders in turn.
+ * `force` sends every file whatever the state says. `lock` is held on each folder while it
+ * is compared, so that what runs there has recorded its answer first.
+ *
+ * What the scan holds at once is one folder's listing and records, and the folders still
+ * to visit on the way down: not the whole tree (the worker bounds its queue through `sink`).
  */
 export async function scan(
   root: string,
   start: string,
   state: ClientState,
-  force = false,
-): Promise<ScanResult> {
-  const known = state.below(start);
-  const seen = new Set<string>();
-  const result: ScanResult = { files: 0, bytes: 0, operations: [], problems: [] };
-  const puts: Operation[] = [];
-
-  const visit = async (path: string, st: Stats): Promise<void> => {
+  sink: ScanSink,
+  options: { force?: boolean; lock?: (path: string) => Promise<() => void> } = {},
+): Promise<ScanSummary> {
+  const force = options.force ?? false;
+  const lock = options.lock ?? (async () => () => {});
+  const summary: ScanSummary = { files: 0, bytes: 0, changedFiles: 0, changedBytes: 0 };
+  let stopped = false;
+  const hand = async (ops: Operation[]): Promise<void> => {
+    if (ops.length > 0 && !stopped) stopped = !(await sink.operations(ops));
+  };
+  const put = (path: string, size: number, puts: Operation[]): void => {
+    summary.changedFiles++;
+    summary.changedBytes += size;
+    puts.push({ op: "put", path, size, force });
+  };
+  /** A disk entry that is not a regular file or a folder, as a problem; null otherwise. */
+  const unsupported = (path: string, st: Stats): DiskEntry | null => {
     const entry = diskEntry(path, st);
     if (!entry) {
-      result.problems.push({
+      sink.problem(
         path,
-        reason: st.isSymbolicLink()
-          ? "symbolic links are not backed up"
-          : "it is not a regular file or folder",
-      });
-      return;
-    }
-    seen.add(path);
-    const record = known.get(path);
-    if (entry.kind === "file") {
-      result.files++;
-      result.bytes += entry.size;
-      if (force || !isUnchanged(entry, record)) puts.push({ op: "put", path, size: entry.size, force });
-      return;
-    }
-    if (path !== "" && !isUnchanged(entry, record)) {
-      result.operations.push({ op: "mkdir", path, mode: entry.mode });
-    }
-    let names: string[];
-    try {
-      names = await readdir(join(root, path));
-    } catch (error) {
-      // Gone (or no longer a folder) since its lstat: its events follow; nothing to report.
-      const code = errnoCode(error);
-      if (code === "ENOENT" || code === "ENOTDIR") return;
-      // Keep what the server has below an unreadable folder rather than deleting it.
-      for (const p of known.keys()) if (p.startsWith(`${path}/`)) seen.add(p);
-      result.problems.push({
-        path,
-        reason: `the folder cannot be read (${errnoCode(error) ?? String(error)})`,
-      });
-      return;
-    }
-    names.sort();
-    const children: string[] = [];
-    for (const name of names) {
-      const child = joinRel(path, name);
-      const problem = pathProblem(child);
-      if (problem !== null) {
-        result.problems.push({ path: child, reason: `its name cannot be sent (${problem})` });
-        continue;
-      }
-      children.push(child);
-    }
-    // A batch of lstat calls at a time: one by one, each would wait for its own round trip
-    // to the thread pool. The results are still taken in name order.
-    for (let from = 0; from < children.length; from += LSTAT_BATCH) {
-      const batch = children.slice(from, from + LSTAT_BATCH);
-      const stats = await Promise.all(
-        batch.map((child) =>
-          lstat(join(root, child)).then(
-            (st) => ({ st, error: null }),
-            (error: unknown) => ({ st: null, error }),
-          ),
-        ),
+        st.isSymbolicLink() ? "symbolic links are not backed up" : "it is not a regular file or folder",
       );
-      for (const [i, child] of batch.entries()) {
-        const { st, error } = stats[i] as { st: Stats | null; error: unknown };
-        if (st) {
-          await visit(child, st);
-          continue;
-        }
-        if (errnoCode(error) === "ENOENT") continue; // gone since readdir; its delete event follows
-        result.problems.push({
-          path: child,
-          reason: `it cannot be read (${errnoCode(error) ?? String(error)})`,
-        });
+    }
+    return entry;
+  };
+
+  /** Compare the entries of `folder`, hand their operations on, then visit its subfolders. */
+  const visitFolder = async (folder: string): Promise<void> => {
+    const subfolders: string[] = [];
+    const ops: Operation[] = [];
+    const release = await lock(folder);
+    try {
+      let names: string[];
+      try {
+        names = await readdir(join(root, folder));
+      } catch (error) {
+        // Gone (or no longer a folder) since its lstat: its events follow; nothing to report.
+        const code = errnoCode(error);
+        if (code === "ENOENT" || code === "ENOTDIR") return;
+        // What the server has below an unreadable folder is kept, not deleted.
+        sink.problem(folder, `the folder cannot be read (${code ?? String(error)})`);
+        return;
       }
+      names.sort();
+      const records = state.children(folder);
+      // Records with nothing of that name on disk: each is deleted with all below it. (A
+      // name that stands for a link or an unsendable name is not deleted either: the
+      // worker leaves a delete alone while something stands at its path.)
+      const onDisk = new Set(names);
+      for (const [path] of records) {
+        if (!onDisk.has(path.slice(path.lastIndexOf("/") + 1))) ops.push({ op: "delete", path });
+      }
+      onDisk.clear();
+      const mkdirs: Operation[] = [];
+      const puts: Operation[] = [];
+      const children: string[] = [];
+      for (const name of names) {
+        const child = joinRel(folder, name);
+        const problem = pathProblem(child);
+        if (problem !== null) sink.problem(child, `its name cannot be sent (${problem})`);
+        else children.push(child);
+      }
+      names = [];
+      // A batch of lstat calls at a time: one by one, each would wait for its own round trip
+      // to the thread pool. The results are still taken in name order.
+      for (let from = 0; from < children.length; from += LSTAT_BATCH) {
+        const batch = children.slice(from, from + LSTAT_BATCH);
+        const stats = await Promise.all(
+          batch.map((child) =>
+            lstat(join(root, child)).then(
+              (st) => ({ st, error: null }),
+              (error: unknown) => ({ st: null, error }),
+            ),
+          ),
+        );
+        for (const [i, child] of batch.entries()) {
+          const { st, error } = stats[i] as { st: Stats | null; error: unknown };
+          if (!st) {
+            if (errnoCode(error) === "ENOENT") continue; // gone since readdir; its delete event follows
+            sink.problem(child, `it cannot be read (${errnoCode(error) ?? String(error)})`);
+            continue;
+          }
+          const entry = unsupported(child, st);
+          if (!entry) continue;
+          const record = records.get(child);
+          if (entry.kind === "dir") {
+            if (!isUnchanged(entry, record)) mkdirs.push({ op: "mkdir", path: child, mode: entry.mode });
+            subfolders.push(child);
+            continue;
+          }
+          summary.files++;
+          summary.bytes += entry.size;
+          // A file where a folder was: what the server has below it goes first.
+          if (record?.kind === "dir")
+            for (const path of state.topMostBelow(child)) ops.push({ op: "delete", path });
+          if (force || !isUnchanged(entry, record)) put(child, entry.size, puts);
+        }
+      }
+      for (const op of mkdirs) ops.push(op);
+      for (const op of puts) ops.push(op);
+    } finally {
+      release();
+    }
+    await hand(ops);
+    for (const sub of subfolders) {
+      if (stopped) return;
+      await visitFolder(sub);
     }
   };
 
-  let startStat: Stats | null = null;
+  // `start` itself, and the marks of what was sent below it, under a lock of its own.
+  const ops: Operation[] = [];
+  let startIsFolder = false;
+  const release = await lock(start);
   try {
-    startStat = await lstat(join(root, start));
-  } catch (error) {
-    if (errnoCode(error) !== "ENOENT" && errnoCode(error) !== "ENOTDIR") throw error;
+    let startStat: Stats | null = null;
+    try {
+      startStat = await lstat(join(root, start));
+    } catch (error) {
+      if (errnoCode(error) !== "ENOENT" && errnoCode(error) !== "ENOTDIR") throw error;
+    }
+    // A vanished SRC (unmounted, moved away) must never be mirrored as "delete everything".
+    if (start === "" && !startStat?.isDirectory()) {
+      throw new KeepwatchError(
+        "KW_SOURCE_MISSING",
+        `The source folder ${root} is gone or is no longer a folder; nothing was deleted on the server. Restore it and start the client again.`,
+      );
+    }
+    // Paths sent whose answer was lost (the server may hold them) and that are gone now.
+    // They are few: a mark lives from a request to its answer.
+    for (const op of await lostSends(root, start, state)) ops.push(op);
+    const entry = startStat ? unsupported(start, startStat) : null;
+    const record = start === "" ? undefined : state.get(start);
+    if (!startStat) {
+      // Gone: delete it, or the top-most of what is recorded below it.
+      if (record) ops.push({ op: "delete", path: start });
+      else for (const path of state.topMostBelow(start)) ops.push({ op: "delete", path });
+    } else if (entry?.kind === "file") {
+      summary.files++;
+      summary.bytes += entry.size;
+      if (record?.kind === "dir")
+        for (const path of state.topMostBelow(start)) ops.push({ op: "delete", path });
+      if (force || !isUnchanged(entry, record)) put(start, entry.size, ops);
+    } else if (entry?.kind === "dir") {
+      if (start !== "" && !isUnchanged(entry, record))
+        ops.push({ op: "mkdir", path: start, mode: entry.mode });
+      startIsFolder = true;
+    }
+  } finally {
+    release();
   }
-  // A vanished SRC (unmounted, moved away) must never be mirrored as "delete everything".
-  if (start === "" && !startStat?.isDirectory()) {
-    throw new KeepwatchError(
-      "KW_SOURCE_MISSING",
-      `The source folder ${root} is gone or is no longer a folder; nothing was deleted on the server. Restore it and start the client again.`,
-    );
-  }
-  if (startStat) await visit(start, startStat);
+  await hand(ops);
+  if (startIsFolder && !stopped) await visitFolder(start);
+  return summary;
+}
 
-  // Records with nothing on disk, and paths sent whose answer was lost (the server may
-  // hold them): delete the top-most of each removed subtree only.
-  const gone: string[] = [];
-  for (const path of known.keys()) if (!seen.has(path)) gone.push(path);
-  for (const path of state.sentBelow(start)) if (!seen.has(path) && !known.has(path)) gone.push(path);
-  gone.sort();
+/** Deletes for the paths at `start` or below that were sent without an answer and are gone. */
+async function lostSends(root: string, start: string, state: ClientState): Promise<Operation[]> {
   const deletes: Operation[] = [];
-  let lastDeleted: string | null = null;
-  for (const path of gone) {
-    if (lastDeleted !== null && path.startsWith(`${lastDeleted}/`)) continue;
+  const deleted = new Set<string>();
+  for (const path of state.sentBelow(start).sort()) {
+    if (state.get(path) || hasAncestorIn(path, deleted)) continue; // recorded: the walk decides
+    try {
+      await lstat(join(root, path));
+      continue;
+    } catch (error) {
+      const code = errnoCode(error);
+      if (code !== "ENOENT" && code !== "ENOTDIR") continue; // cannot tell: keep it
+    }
     deletes.push({ op: "delete", path });
-    lastDeleted = path;
+    deleted.add(path);
   }
-  // Deletes first, then folders, then files. Joined by concat, not by pushing spread
-  // arguments (or unshifting one by one): a tree of 200,000 files overflows the stack that way.
-  result.operations = deletes.concat(result.operations, puts);
-  return result;
+  return deletes;
 }

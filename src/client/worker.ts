@@ -9,7 +9,7 @@ import { PathLocks } from "../protocol/path-locks.js";
 import type { Reporter } from "../ui/events.js";
 import { Fifo } from "./fifo.js";
 import type { ServerLink } from "./link.js";
-import { diskEntry, isUnchanged, type Operation, type ScanResult, scan } from "./scanner.js";
+import { diskEntry, isUnchanged, type Operation, type ScanSummary, scan } from "./scanner.js";
 import type { ClientState } from "./state.js";
 import { ChunkedTransfer, type FileTransfer } from "./transfer.js";
 
@@ -31,6 +31,12 @@ export interface WorkerTotals {
   failures: number;
 }
 
+/**
+ * A scan waits while this many operations are queued (not counting those running): enough
+ * to keep the window full, and the client's memory then does not grow with the tree.
+ */
+export const QUEUE_LIMIT = 1024;
+
 export class Worker {
   private readonly transfer: FileTransfer;
   private readonly locks = new PathLocks();
@@ -38,6 +44,8 @@ export class Worker {
   private running = 0;
   private reconciling = 0;
   private idleWaiters: (() => void)[] = [];
+  /** Scans waiting for the queue to shrink below QUEUE_LIMIT. */
+  private roomWaiters: (() => void)[] = [];
   readonly totals: WorkerTotals = { files: 0, bytes: 0, sentBytes: 0, failures: 0 };
 
   constructor(
@@ -61,55 +69,53 @@ export class Worker {
   }
 
   /** Compare all of SRC with the state and queue what differs. */
-  async fullScan(force = false): Promise<ScanResult> {
+  async fullScan(force = false): Promise<ScanSummary> {
     this.reporter.emit({ kind: "scan-start", root: this.root });
-    const result = await this.reconcile("", force);
-    const changed = result.operations.filter((op) => op.op === "put");
-    this.reporter.emit({
-      kind: "scan-done",
-      files: result.files,
-      bytes: result.bytes,
-      changedFiles: changed.length,
-      changedBytes: changed.reduce((sum, op) => sum + (op.op === "put" ? op.size : 0), 0),
-    });
-    return result;
+    const summary = await this.reconcile("", force);
+    this.reporter.emit({ kind: "scan-done", ...summary });
+    return summary;
   }
 
   /**
-   * Look at `path` (and below it) once every operation already running there is
-   * answered, so that the comparison sees the state those operations recorded.
+   * Look at `path` (and below it), each folder once every operation already running in
+   * it is answered, so that the comparison sees the state those operations recorded. The
+   * operations are queued folder by folder, and the scan waits while the queue is full.
    */
-  async reconcile(path: string, force = false): Promise<ScanResult> {
+  async reconcile(path: string, force = false): Promise<ScanSummary> {
     this.reconciling++;
     try {
-      const release = await this.locks.acquire(path);
-      let result: ScanResult;
-      try {
-        result = await scan(this.root, path, this.state, force);
-      } finally {
-        release();
-      }
-      for (const problem of result.problems) this.hooks.problem(problem.path, problem.reason);
-      this.enqueue(result.operations);
-      return result;
+      return await scan(
+        this.root,
+        path,
+        this.state,
+        {
+          operations: (ops) => this.enqueue(ops),
+          problem: (problemPath, reason) => this.hooks.problem(problemPath, reason),
+        },
+        { force, lock: (folder) => this.locks.acquire(folder) },
+      );
     } finally {
       this.reconciling--;
       this.checkIdle();
     }
   }
 
-  private enqueue(operations: Operation[]): void {
-    if (operations.length === 0) return;
-    const puts = operations.filter((op) => op.op === "put");
-    if (puts.length > 0) {
-      this.reporter.emit({
-        kind: "queued",
-        files: puts.length,
-        bytes: puts.reduce((sum, op) => sum + (op.op === "put" ? op.size : 0), 0),
-      });
+  /** Queue `operations`; resolves once there is room for more, or to false when the link is lost. */
+  private async enqueue(operations: Operation[]): Promise<boolean> {
+    let files = 0;
+    let bytes = 0;
+    for (const op of operations) {
+      if (op.op !== "put") continue;
+      files++;
+      bytes += op.size;
     }
+    if (files > 0) this.reporter.emit({ kind: "queued", files, bytes });
     this.queue.pushAll(operations);
     this.pump();
+    while (this.queue.length >= QUEUE_LIMIT && !this.link.isLost) {
+      await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
+    }
+    return !this.link.isLost;
   }
 
   private pump(): void {
@@ -123,6 +129,9 @@ export class Worker {
       });
     }
     if (this.link.isLost) this.queue.clear();
+    if (this.queue.length < QUEUE_LIMIT || this.link.isLost) {
+      for (const resolve of this.roomWaiters.splice(0)) resolve();
+    }
   }
 
   private checkIdle(): void {
