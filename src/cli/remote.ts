@@ -141,8 +141,18 @@ export function dataOutput(flags: RemoteFlags): Output | null {
  */
 export function printLine(line: string): Promise<void> | undefined {
   if (process.stdout.write(`${line}\n`)) return undefined;
-  return new Promise((resolve) => process.stdout.once("drain", resolve));
+  // One wait shared by every caller until the drain: a listener each would pile up on
+  // stdout for a caller that prints on without waiting.
+  draining ??= new Promise((resolve) =>
+    process.stdout.once("drain", () => {
+      draining = null;
+      resolve();
+    }),
+  );
+  return draining;
 }
+
+let draining: Promise<void> | null = null;
 
 /** `drwxr-xr-x`, `-rw-r--r--`: the type and permission bits as `ls -l` shows them. */
 export function symbolicMode(kind: Entry["kind"], mode: number): string {
