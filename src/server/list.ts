@@ -5,7 +5,7 @@ import { KeepwatchError, ProtocolError } from "../errors.js";
 import { type Entry, encodeHistory, type ListRequest, TIME_NOW } from "../protocol/history-messages.js";
 import { MessageType } from "../protocol/messages.js";
 import { pathProblem } from "../protocol/paths.js";
-import { setHistory, treeAt, type VersionRecord } from "../store/metadata-store.js";
+import { historyOf, treeAt, type VersionRecord } from "../store/metadata-store.js";
 import type { RequestContext } from "./session.js";
 
 export async function handleList(id: number, message: ListRequest, ctx: RequestContext): Promise<void> {
@@ -23,15 +23,12 @@ export async function handleList(id: number, message: ListRequest, ctx: RequestC
   if (refusal) return ctx.reject(id, refusal);
   return answer(id, ctx, async () => {
     const meta = ctx.history.meta;
-    // The tree and a whole set's history are read a page at a time, so that a set of any
-    // size is listed in bounded memory; a path's history is read at once (it holds the
-    // versions of one subtree).
+    // The tree and the history are read a page at a time, so that a set of any size is
+    // listed in bounded memory.
     const versions =
       message.mode === 0
         ? treeAt(meta, ctx.set, atTime(message.time), message.path)
-        : message.path === ""
-          ? setHistory(meta, ctx.set)
-          : await meta.history(ctx.set, message.path);
+        : historyOf(meta, ctx.set, message.path);
     let found = false;
     for await (const version of versions) {
       found = true;

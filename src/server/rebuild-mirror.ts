@@ -12,7 +12,7 @@ import { lstat, readdir, rm } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { errnoCode, KeepwatchError } from "../errors.js";
 import { pathProblem } from "../protocol/paths.js";
-import type { VersionRecord } from "../store/metadata-store.js";
+import { treeAt, type VersionRecord } from "../store/metadata-store.js";
 import type { Mirror } from "../store/mirror.js";
 import type { Reporter } from "../ui/events.js";
 import { CONTROL_DIR, Destination } from "./destination.js";
@@ -77,9 +77,6 @@ export async function rebuildMirror(dest: string, options: RebuildOptions): Prom
 }
 
 class SetRebuild {
-  /** The live entries of the set's latest tree, by path. */
-  private live = new Map<string, VersionRecord>();
-
   constructor(
     private readonly destination: Destination,
     private readonly set: string,
@@ -89,11 +86,10 @@ class SetRebuild {
   ) {}
 
   async run(): Promise<void> {
-    const tree = await this.destination.history.meta.listAt(this.set);
-    this.live = new Map(tree.map((v) => [v.path, v]));
     await this.removeExtras("");
-    // Sorted by path, so a folder comes before everything in it.
-    for (const version of tree) {
+    // Sorted by path, so a folder comes before everything in it; read a page at a time, so
+    // that what the rebuild holds does not grow with the set.
+    for await (const version of treeAt(this.destination.history.meta, this.set, undefined, "")) {
       if (version.kind === "dir") await this.rebuildFolder(version);
       else if (version.kind === "file") await this.rebuildFile(version);
     }
@@ -133,8 +129,10 @@ class SetRebuild {
     for (const name of names.sort()) {
       const path = rel === "" ? name : `${rel}/${name}`;
       const st = await lstat(join(abs, name));
-      const want = this.live.get(path);
-      const fits = want !== undefined && (want.kind === "dir" ? st.isDirectory() : st.isFile());
+      // The path's newest version, looked up one by one rather than a map of the whole tree.
+      const want = await this.destination.history.meta.versionAt(this.set, path);
+      const fits =
+        want !== null && want.kind !== "deleted" && (want.kind === "dir" ? st.isDirectory() : st.isFile());
       if (fits && st.isDirectory()) await this.removeExtras(path);
       if (fits) continue;
       // A file where a folder goes, a folder where a file goes, or no such path: it goes.

@@ -107,10 +107,11 @@ export interface MetadataStore {
   ): Promise<VersionRecord[]>;
 
   /**
-   * history of a whole set a page at a time (use `setHistory`): at most `limit` versions
-   * with an id above `after`, oldest first; a page shorter than `limit` is the last.
+   * history a page at a time (use `historyOf`): at most `limit` versions of `path` and below
+   * it ("" for the whole set) with an id above `after`, oldest first; a page shorter than
+   * `limit` is the last.
    */
-  historyPage(set: string, after: number, limit: number): Promise<VersionRecord[]>;
+  historyPage(set: string, path: string, after: number, limit: number): Promise<VersionRecord[]>;
 
   /** How many files the tree of `set` held at `time` (default: latest). */
   fileCountAt(set: string, time?: number): Promise<number>;
@@ -150,7 +151,7 @@ export interface MetadataStore {
   close(): Promise<void>;
 }
 
-/** Versions read at a time by `treeAt`, `setHistory` and `versionsByPath`. */
+/** Versions read at a time by `treeAt`, `historyOf` and `versionsByPath`. */
 export const PAGE = 1000;
 
 /**
@@ -190,7 +191,15 @@ export async function* treeAt(
   for await (const version of pages) if (version.kind !== "deleted") yield version;
 }
 
-/** Every version of `set`, oldest first, as history(set, "") gives them, read a page at a time. */
-export function setHistory(meta: MetadataStore, set: string, pageSize = PAGE): AsyncGenerator<VersionRecord> {
-  return inPages<VersionRecord>(pageSize, (last) => meta.historyPage(set, last?.id ?? 0, pageSize));
+/**
+ * Every version of `path` and below it ("" for the whole set), oldest first, as history
+ * gives them, read a page at a time.
+ */
+export function historyOf(
+  meta: MetadataStore,
+  set: string,
+  path: string,
+  pageSize = PAGE,
+): AsyncGenerator<VersionRecord> {
+  return inPages<VersionRecord>(pageSize, (last) => meta.historyPage(set, path, last?.id ?? 0, pageSize));
 }
