@@ -24,6 +24,7 @@ import type { VersionRecord } from "../store/metadata-store.js";
 import { RECORD_HEADER_BYTES } from "../store/pack-format.js";
 import { checkRecord, listPackFiles, PackWalker } from "../store/pack-scan.js";
 import { SqliteMetadataStore } from "../store/sqlite-metadata-store.js";
+import { applyPageCache } from "../store/sqlite-settings.js";
 import { DestLock } from "./dest-lock.js";
 import { CONTROL_DIR } from "./destination.js";
 
@@ -476,6 +477,9 @@ class Scratch {
     this.db = new Database("");
     this.db.pragma("journal_mode = OFF");
     this.db.pragma("synchronous = OFF");
+    // SQLite's 2 MiB page cache, as the history's databases: 149 and 148 MiB of RSS with
+    // better-sqlite3's 16 MiB on 400,081 versions, 134 and 135 MiB with 2 (ad hoc).
+    applyPageCache(this.db);
     this.db.exec(`
       CREATE TABLE versions (
         id INTEGER PRIMARY KEY, set_name TEXT NOT NULL, path TEXT NOT NULL, time INTEGER NOT NULL,

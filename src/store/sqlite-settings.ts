@@ -1,6 +1,7 @@
 // The settings keepwatch's SQLite databases share: the server's two of the history (the
 // history index, src/store/sqlite-metadata-store.ts, and the chunk index,
-// src/store/chunk-index.ts) and, for the page cache, the client's state (src/client/state.ts).
+// src/store/chunk-index.ts) and, for the page cache, the client's state (src/client/state.ts) and
+// verify's scratch database (src/server/verify.ts).
 
 import type Database from "better-sqlite3";
 
