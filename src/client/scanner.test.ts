@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { diskEntry, type Operation, type ScanSink, scan } from "./scanner.js";
+import { byUtf8, diskEntry, type Operation, type ScanSink, scan } from "./scanner.js";
 import { ClientState } from "./state.js";
 
 const CHILD = join(dirname(fileURLToPath(import.meta.url)), "scanner.child.ts");
@@ -32,18 +32,20 @@ after(async () => {
 });
 
 /** One scan, with every operation and problem it handed on listed in order. */
-async function scanAll(root: string, start: string, own: ClientState, force = false) {
+async function scanAll(root: string, start: string, own: ClientState, force = false, sliceSize?: number) {
   const operations: Operation[] = [];
+  const batches: number[] = [];
   const problems: { path: string; reason: string }[] = [];
   const sink: ScanSink = {
     operations: async (ops) => {
       for (const op of ops) operations.push(op);
+      batches.push(ops.length);
       return true;
     },
     problem: (path, reason) => problems.push({ path, reason }),
   };
-  const summary = await scan(root, start, own, sink, { force });
-  return { ...summary, operations, problems };
+  const summary = await scan(root, start, own, sink, { force, ...(sliceSize ? { sliceSize } : {}) });
+  return { ...summary, operations, problems, batches };
 }
 
 /** Record every operation as acknowledged, as the worker does after each ACK. */
@@ -291,4 +293,66 @@ test("paths sent without an answer are deleted once gone, each removed subtree a
   } finally {
     own.close();
   }
+});
+
+test("a folder larger than a slice is compared a slice at a time, with the same outcome", async () => {
+  // A folder of 200,000 files is not held as 200,000 records and operations: its names are
+  // compared with the records between the slice's first and last name. Names beyond U+FFFF
+  // sort differently in JavaScript and in SQLite, and must land in the right slice.
+  const root = join(base, "wide");
+  const names = ["a", "b", "c", "d", "e", "f", "g", "\u{1F600}", "\u{1F601}", "\uFF01", "\uFF02"];
+  await mkdir(join(root, "m"), { recursive: true });
+  await writeFile(join(root, "m/inner"), "i");
+  for (const name of names) await writeFile(join(root, name), name);
+  const own = ClientState.open(join(base, "state"), "store-1", "wide", root);
+  try {
+    const first = await scanAll(root, "", own);
+    for (const op of first.operations) {
+      if (op.op === "mkdir") own.recordFolder(op.path, op.mode);
+      if (op.op !== "put") continue;
+      const entry = diskEntry(op.path, await lstat(join(root, op.path)));
+      assert.ok(entry);
+      own.recordFile(op.path, { ...entry, sha256: Buffer.alloc(32), chunks: null, marks: null });
+    }
+    for (const gone of ["b", "e", "\uFF01", "\u{1F600}"]) await rm(join(root, gone));
+    await writeFile(join(root, "bb"), "new");
+    await writeFile(join(root, "h"), "new");
+    await writeFile(join(root, "c"), "changed!");
+    const whole = await scanAll(root, "", own);
+    const expected = [
+      "delete b",
+      "delete e",
+      "delete \uFF01",
+      "delete \u{1F600}",
+      "put bb",
+      "put c",
+      "put h",
+    ];
+    assert.deepEqual(
+      whole.operations.map((op) => `${op.op} ${op.path}`),
+      expected,
+    );
+    for (const sliceSize of [1, 2, 3]) {
+      const sliced = await scanAll(root, "", own, false, sliceSize);
+      assert.deepEqual(
+        sliced.operations.map((op) => `${op.op} ${op.path}`).sort(),
+        [...expected].sort(),
+        `slices of ${sliceSize}`,
+      );
+      assert.ok(Math.max(...sliced.batches) <= sliceSize + 2, `batches of ${sliced.batches.join(", ")}`);
+      assert.equal(sliced.files, whole.files);
+    }
+  } finally {
+    own.close();
+  }
+});
+
+test("names are ordered by their UTF-8 bytes, as SQLite orders paths", () => {
+  const names = ["\uFF01", "\u{1F600}", "z", "a", "\uE000", "\uD7FF", "ab", ""];
+  const sorted = [...names].sort(byUtf8);
+  assert.deepEqual(
+    sorted,
+    [...names].sort((x, y) => Buffer.compare(Buffer.from(x), Buffer.from(y))),
+  );
+  assert.deepEqual(sorted.slice(-2), ["\uFF01", "\u{1F600}"]);
 });

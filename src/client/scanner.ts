@@ -74,6 +74,32 @@ export function isUnchanged(entry: DiskEntry, record: EntryStats | undefined): b
   );
 }
 
+/**
+ * How many entries of a folder are compared and handed on at a time: a folder of 200,000
+ * files is not held as 200,000 records and operations (only its names are held whole).
+ */
+export const FOLDER_SLICE = 1024;
+
+/**
+ * Order of UTF-8 bytes (code points), as SQLite compares paths; JavaScript's own order is
+ * of UTF-16 units, which puts characters beyond U+FFFF before U+E000–U+FFFF.
+ */
+export function byUtf8(a: string, b: string): number {
+  const n = a.length < b.length ? a.length : b.length;
+  for (let i = 0; i < n; i++) {
+    const x = a.charCodeAt(i);
+    const y = b.charCodeAt(i);
+    if (x !== y) return utf8Rank(x) - utf8Rank(y);
+  }
+  return a.length - b.length;
+}
+
+/** A UTF-16 unit's place in code point order: surrogates (of U+10000 and above) go last. */
+function utf8Rank(unit: number): number {
+  if (unit < 0xd800) return unit;
+  return unit < 0xe000 ? unit + 0x2000 : unit - 0x800;
+}
+
 /** How many entries of a folder are lstat-ed at once. */
 const LSTAT_BATCH = 64;
 
@@ -96,9 +122,10 @@ export async function scan(
   start: string,
   state: ClientState,
   sink: ScanSink,
-  options: { force?: boolean; lock?: (path: string) => Promise<() => void> } = {},
+  options: { force?: boolean; lock?: (path: string) => Promise<() => void>; sliceSize?: number } = {},
 ): Promise<ScanSummary> {
   const force = options.force ?? false;
+  const sliceSize = options.sliceSize ?? FOLDER_SLICE;
   const lock = options.lock ?? (async () => () => {});
   const summary: ScanSummary = { files: 0, bytes: 0, changedFiles: 0, changedBytes: 0 };
   let stopped = false;
@@ -122,84 +149,114 @@ export async function scan(
     return entry;
   };
 
-  /** Compare the entries of `folder`, hand their operations on, then visit its subfolders. */
+  /**
+   * Compare `names` (a slice of the listing of `folder`, in order) with the records of the
+   * folder's entries named after `after` and up to `upTo` (null: from the first, to the
+   * last), adding their operations to `ops` and the subfolders found to `subfolders`.
+   */
+  const compareSlice = async (
+    folder: string,
+    names: string[],
+    after: string | null,
+    upTo: string | null,
+    ops: Operation[],
+    subfolders: string[],
+  ): Promise<void> => {
+    const records = state.children(folder, after, upTo);
+    // Records with nothing of that name on disk: each is deleted with all below it. (A
+    // name that stands for a link or an unsendable name is not deleted either: the
+    // worker leaves a delete alone while something stands at its path.)
+    const onDisk = new Set(names);
+    for (const [path] of records) {
+      if (!onDisk.has(path.slice(path.lastIndexOf("/") + 1))) ops.push({ op: "delete", path });
+    }
+    const mkdirs: Operation[] = [];
+    const puts: Operation[] = [];
+    const children: string[] = [];
+    for (const name of names) {
+      const child = joinRel(folder, name);
+      const problem = pathProblem(child);
+      if (problem !== null) sink.problem(child, `its name cannot be sent (${problem})`);
+      else children.push(child);
+    }
+    // A batch of lstat calls at a time: one by one, each would wait for its own round trip
+    // to the thread pool. The results are still taken in name order.
+    for (let from = 0; from < children.length; from += LSTAT_BATCH) {
+      const batch = children.slice(from, from + LSTAT_BATCH);
+      const stats = await Promise.all(
+        batch.map((child) =>
+          lstat(join(root, child)).then(
+            (st) => ({ st, error: null }),
+            (error: unknown) => ({ st: null, error }),
+          ),
+        ),
+      );
+      for (const [i, child] of batch.entries()) {
+        const { st, error } = stats[i] as { st: Stats | null; error: unknown };
+        if (!st) {
+          if (errnoCode(error) === "ENOENT") continue; // gone since readdir; its delete event follows
+          sink.problem(child, `it cannot be read (${errnoCode(error) ?? String(error)})`);
+          continue;
+        }
+        const entry = unsupported(child, st);
+        if (!entry) continue;
+        const record = records.get(child);
+        if (entry.kind === "dir") {
+          if (!isUnchanged(entry, record)) mkdirs.push({ op: "mkdir", path: child, mode: entry.mode });
+          subfolders.push(child);
+          continue;
+        }
+        summary.files++;
+        summary.bytes += entry.size;
+        // A file where a folder was: what the server has below it goes first.
+        if (record?.kind === "dir")
+          for (const path of state.topMostBelow(child)) ops.push({ op: "delete", path });
+        if (force || !isUnchanged(entry, record)) put(child, entry.size, puts);
+      }
+    }
+    for (const op of mkdirs) ops.push(op);
+    for (const op of puts) ops.push(op);
+  };
+
+  /**
+   * Compare the entries of `folder` a slice at a time, handing each slice's operations on,
+   * then visit its subfolders. The folder is locked while a slice is compared, not while
+   * its operations wait for room in the queue (they need the lock to run).
+   */
   const visitFolder = async (folder: string): Promise<void> => {
     const subfolders: string[] = [];
-    const ops: Operation[] = [];
-    const release = await lock(folder);
-    try {
-      let names: string[];
+    let names: string[] | null = null;
+    for (let from = 0; !stopped; from += sliceSize) {
+      const ops: Operation[] = [];
+      let last = true;
+      const release = await lock(folder);
       try {
-        names = await readdir(join(root, folder));
-      } catch (error) {
-        // Gone (or no longer a folder) since its lstat: its events follow; nothing to report.
-        const code = errnoCode(error);
-        if (code === "ENOENT" || code === "ENOTDIR") return;
-        // What the server has below an unreadable folder is kept, not deleted.
-        sink.problem(folder, `the folder cannot be read (${code ?? String(error)})`);
-        return;
-      }
-      names.sort();
-      const records = state.children(folder);
-      // Records with nothing of that name on disk: each is deleted with all below it. (A
-      // name that stands for a link or an unsendable name is not deleted either: the
-      // worker leaves a delete alone while something stands at its path.)
-      const onDisk = new Set(names);
-      for (const [path] of records) {
-        if (!onDisk.has(path.slice(path.lastIndexOf("/") + 1))) ops.push({ op: "delete", path });
-      }
-      onDisk.clear();
-      const mkdirs: Operation[] = [];
-      const puts: Operation[] = [];
-      const children: string[] = [];
-      for (const name of names) {
-        const child = joinRel(folder, name);
-        const problem = pathProblem(child);
-        if (problem !== null) sink.problem(child, `its name cannot be sent (${problem})`);
-        else children.push(child);
-      }
-      names = [];
-      // A batch of lstat calls at a time: one by one, each would wait for its own round trip
-      // to the thread pool. The results are still taken in name order.
-      for (let from = 0; from < children.length; from += LSTAT_BATCH) {
-        const batch = children.slice(from, from + LSTAT_BATCH);
-        const stats = await Promise.all(
-          batch.map((child) =>
-            lstat(join(root, child)).then(
-              (st) => ({ st, error: null }),
-              (error: unknown) => ({ st: null, error }),
-            ),
-          ),
-        );
-        for (const [i, child] of batch.entries()) {
-          const { st, error } = stats[i] as { st: Stats | null; error: unknown };
-          if (!st) {
-            if (errnoCode(error) === "ENOENT") continue; // gone since readdir; its delete event follows
-            sink.problem(child, `it cannot be read (${errnoCode(error) ?? String(error)})`);
-            continue;
+        if (names === null) {
+          try {
+            names = await readdir(join(root, folder));
+          } catch (error) {
+            // Gone (or no longer a folder) since its lstat: its events follow; nothing to report.
+            const code = errnoCode(error);
+            if (code === "ENOENT" || code === "ENOTDIR") return;
+            // What the server has below an unreadable folder is kept, not deleted.
+            sink.problem(folder, `the folder cannot be read (${code ?? String(error)})`);
+            return;
           }
-          const entry = unsupported(child, st);
-          if (!entry) continue;
-          const record = records.get(child);
-          if (entry.kind === "dir") {
-            if (!isUnchanged(entry, record)) mkdirs.push({ op: "mkdir", path: child, mode: entry.mode });
-            subfolders.push(child);
-            continue;
-          }
-          summary.files++;
-          summary.bytes += entry.size;
-          // A file where a folder was: what the server has below it goes first.
-          if (record?.kind === "dir")
-            for (const path of state.topMostBelow(child)) ops.push({ op: "delete", path });
-          if (force || !isUnchanged(entry, record)) put(child, entry.size, puts);
+          // In the state's order (SQLite compares UTF-8 bytes), so that each slice of names
+          // meets exactly the records between its first and its last.
+          names.sort(byUtf8);
         }
+        const slice = names.slice(from, from + sliceSize);
+        last = from + sliceSize >= names.length;
+        const after = from === 0 ? null : (names[from - 1] as string);
+        await compareSlice(folder, slice, after, last ? null : (slice.at(-1) as string), ops, subfolders);
+      } finally {
+        release();
       }
-      for (const op of mkdirs) ops.push(op);
-      for (const op of puts) ops.push(op);
-    } finally {
-      release();
+      await hand(ops);
+      if (last) break;
     }
-    await hand(ops);
+    names = null;
     for (const sub of subfolders) {
       if (stopped) return;
       await visitFolder(sub);

@@ -87,13 +87,17 @@ export class ClientState {
       get: db.prepare<[string], Row>("SELECT * FROM entries WHERE path = ?"),
       // The scan's queries leave out the hash and the chunk list: 20,000 rows' worth of
       // buffers made for nothing took a third of a scan's time.
-      // A folder's own entries: the range of everything below it, with no "/" after the
-      // folder's part (SQLite skips the deeper rows without handing them over).
-      topLevel: db.prepare<[], StatsRow>(
-        "SELECT path, kind, size, mtime_ms, mode, ino, ctime_ms FROM entries WHERE instr(path, '/') = 0",
+      // A folder's own entries, or a slice of them by name: a range of paths with no "/"
+      // after the folder's part (SQLite skips the deeper rows without handing them over).
+      // The last slice of a folder ends where the paths below it do; of SRC, at the end.
+      childrenUpTo: db.prepare<[string, string, string], StatsRow>(
+        "SELECT path, kind, size, mtime_ms, mode, ino, ctime_ms FROM entries WHERE path > ? AND path <= ? AND instr(substr(path, length(?) + 1), '/') = 0",
       ),
-      children: db.prepare<[string, string, string], StatsRow>(
-        "SELECT path, kind, size, mtime_ms, mode, ino, ctime_ms FROM entries WHERE path >= ? AND path < ? AND instr(substr(path, length(?) + 1), '/') = 0",
+      childrenToEnd: db.prepare<[string, string, string], StatsRow>(
+        "SELECT path, kind, size, mtime_ms, mode, ino, ctime_ms FROM entries WHERE path > ? AND path < ? AND instr(substr(path, length(?) + 1), '/') = 0",
+      ),
+      topLevelToEnd: db.prepare<[string], StatsRow>(
+        "SELECT path, kind, size, mtime_ms, mode, ino, ctime_ms FROM entries WHERE path > ? AND instr(path, '/') = 0",
       ),
       pathsBelow: db.prepare<[string, string], { path: string }>(
         "SELECT path FROM entries WHERE path >= ? AND path < ? ORDER BY path",
@@ -158,13 +162,20 @@ export class ClientState {
     return row ? toRecord(row) : undefined;
   }
 
-  /** The records of the entries of `folder` ("" for SRC itself), without hashes and chunk lists. */
-  children(folder: string): Map<string, EntryStats> {
-    const found = new Map<string, EntryStats>();
+  /**
+   * The records of the entries of `folder` ("" for SRC itself) named after `after` and up to
+   * `upTo` (null: from the first, to the last), without hashes and chunk lists.
+   */
+  children(folder: string, after: string | null = null, upTo: string | null = null): Map<string, EntryStats> {
+    const prefix = folder === "" ? "" : `${folder}/`;
+    const from = prefix + (after ?? "");
     const rows =
-      folder === ""
-        ? this.stmts.topLevel.iterate()
-        : this.stmts.children.iterate(`${folder}/`, `${folder}0`, `${folder}/`);
+      upTo !== null
+        ? this.stmts.childrenUpTo.iterate(from, prefix + upTo, prefix)
+        : folder === ""
+          ? this.stmts.topLevelToEnd.iterate(from)
+          : this.stmts.childrenToEnd.iterate(from, `${folder}0`, prefix);
+    const found = new Map<string, EntryStats>();
     for (const row of rows) found.set(row.path, toStats(row));
     return found;
   }
