@@ -356,3 +356,27 @@ test("names are ordered by their UTF-8 bytes, as SQLite orders paths", () => {
   );
   assert.deepEqual(sorted.slice(-2), ["\uFF01", "\u{1F600}"]);
 });
+
+test("a folder the server made on the way to a file is deleted once gone, though it was never sent itself", async () => {
+  // The chaos test found one: a watcher's event sent a file before the scan sent its
+  // folder, the client was killed, and the folder was renamed away; the server kept it.
+  const root = join(base, "implicit");
+  await mkdir(join(root, "x/y"), { recursive: true });
+  await writeFile(join(root, "x/y/f"), "f");
+  const own = ClientState.open(join(base, "state"), "store-1", "implicit", root);
+  try {
+    // What the worker does for such a file: mark it as sent, then record its answer.
+    own.markSent("x/y/f");
+    const entry = diskEntry("x/y/f", await lstat(join(root, "x/y/f")));
+    assert.ok(entry);
+    own.recordFile("x/y/f", { ...entry, sha256: Buffer.alloc(32), chunks: null, marks: null });
+    await rm(join(root, "x"), { recursive: true });
+    const result = await scanAll(root, "", own);
+    assert.deepEqual(
+      result.operations.map((op) => `${op.op} ${op.path}`),
+      ["delete x"],
+    );
+  } finally {
+    own.close();
+  }
+});

@@ -103,8 +103,32 @@ describe("client state", () => {
     assert.equal(record.marks, null);
     reopened.close();
     const check = new Database(join(stateDir, name as string), { readonly: true });
-    assert.equal(check.pragma("user_version", { simple: true }), 5);
+    assert.equal(check.pragma("user_version", { simple: true }), 6);
     check.close();
+  });
+
+  test("folders the server made on the way to a recorded file are marked as sent, also in an older state", async () => {
+    // A file sent before its folders' own requests makes the server create them; unless
+    // they are marked, no scan deletes them once they are gone (the walk never meets them).
+    const stateDir = join(dir, "e");
+    const state = ClientState.open(stateDir, "store", "set", "/src");
+    state.recordFolder("a", 0o755);
+    state.markSent("a/b/c/f");
+    state.recordFile("a/b/c/f", { ...file, marks: null });
+    assert.deepEqual(state.sentBelow("").sort(), ["a/b", "a/b/c"], "up to the first recorded folder");
+    state.recordFolder("a/b", 0o755);
+    assert.deepEqual(state.sentBelow(""), ["a/b/c"], "a folder's record takes its mark away");
+    // Schema 5 knew nothing of this: its records below unrecorded folders are marked on opening.
+    state.recordFile("p/q/g", { ...file, marks: null });
+    state.close();
+    const [name] = (await readdir(stateDir)).filter((n) => n.endsWith(".db"));
+    const raw = new Database(join(stateDir, name as string));
+    raw.exec("DELETE FROM sent");
+    raw.pragma("user_version = 5");
+    raw.close();
+    const reopened = ClientState.open(stateDir, "store", "set", "/src");
+    assert.deepEqual(reopened.sentBelow("").sort(), ["a/b/c", "p", "p/q"]);
+    reopened.close();
   });
 
   test("a state written by a newer keepwatch is refused, with what to do", async () => {

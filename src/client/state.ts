@@ -12,7 +12,7 @@ import { KeepwatchError } from "../errors.js";
 import { applyPageCache } from "../store/sqlite-settings.js";
 
 /** Bump with a migration below whenever the schema changes. */
-const SCHEMA_VERSION = 5;
+const SCHEMA_VERSION = 6;
 
 export interface FileRecord {
   kind: "file";
@@ -113,6 +113,9 @@ export class ClientState {
       removeBelow: db.prepare<[string, string]>("DELETE FROM entries WHERE path >= ? AND path < ?"),
       clear: db.prepare("DELETE FROM entries"),
       markSent: db.prepare<[string]>("INSERT OR IGNORE INTO sent (path) VALUES (?)"),
+      isFolder: db.prepare<[string], { path: string }>(
+        "SELECT path FROM entries WHERE path = ? AND kind = 'dir'",
+      ),
       unmarkSent: db.prepare<[string]>("DELETE FROM sent WHERE path = ?"),
       unmarkSentBelow: db.prepare<[string, string]>("DELETE FROM sent WHERE path >= ? AND path < ?"),
       sentAll: db.prepare<[], { path: string }>("SELECT path FROM sent"),
@@ -202,7 +205,10 @@ export class ClientState {
    * a crash right after the send must not forget it.
    */
   markSent(path: string): void {
-    this.write(() => this.stmts.markSent.run(path));
+    this.write(() => {
+      this.stmts.markSent.run(path);
+      this.markUnrecordedFolders(path);
+    });
     this.flush();
   }
 
@@ -294,6 +300,20 @@ export class ClientState {
     change();
   }
 
+  /**
+   * The server makes the folders on the way to a path it is sent, where it lacks them: a
+   * file can be sent before its folder's own request (a watcher's event for the file comes
+   * first). Until such a folder is recorded, it is marked as sent too, so that a scan that
+   * finds it gone deletes it; otherwise nothing on the client would know the server has it.
+   */
+  private markUnrecordedFolders(path: string): void {
+    for (let slash = path.lastIndexOf("/"); slash > 0; slash = path.lastIndexOf("/", slash - 1)) {
+      const folder = path.slice(0, slash);
+      if (this.stmts.isFolder.get(folder)) return;
+      this.stmts.markSent.run(folder);
+    }
+  }
+
   private removeChildren(path: string): void {
     // "0" is the character after "/", so the range holds exactly the paths below `path/`.
     this.stmts.removeBelow.run(`${path}/`, `${path}0`);
@@ -367,6 +387,25 @@ function migrate(db: Database.Database): void {
   if (version < 5) {
     // Version 5: the fingerprints of each file's chunks (src/chunking/fingerprint.ts).
     db.exec("ALTER TABLE entries ADD COLUMN marks BLOB");
+    db.pragma("user_version = 5");
+  }
+  if (version < 6) {
+    // Version 6: folders the server made on the way to a recorded path without a record of
+    // their own are marked as sent (see markUnrecordedFolders): a scan now walks the folders
+    // on disk and the records of their entries, so it would never meet such a record again
+    // once its folder is gone.
+    db.exec(`
+      INSERT OR IGNORE INTO sent (path)
+      WITH RECURSIVE up(folder) AS (
+        SELECT DISTINCT substr(path, 1, length(rtrim(path, replace(path, '/', ''))) - 1)
+          FROM entries WHERE instr(path, '/') > 0
+        UNION
+        SELECT substr(folder, 1, length(rtrim(folder, replace(folder, '/', ''))) - 1)
+          FROM up WHERE instr(folder, '/') > 0
+      )
+      SELECT folder FROM up
+      WHERE NOT EXISTS (SELECT 1 FROM entries e WHERE e.path = up.folder AND e.kind = 'dir');
+    `);
     db.pragma(`user_version = ${SCHEMA_VERSION}`);
   }
 }
