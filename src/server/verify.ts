@@ -477,8 +477,8 @@ class Scratch {
     this.db = new Database("");
     this.db.pragma("journal_mode = OFF");
     this.db.pragma("synchronous = OFF");
-    // SQLite's 2 MiB page cache, as the history's databases: 149 and 148 MiB of RSS with
-    // better-sqlite3's 16 MiB on 400,081 versions, 134 and 135 MiB with 2 (ad hoc).
+    // SQLite's 2 MiB page cache, as the history's databases: 141–146 MiB of RSS with
+    // better-sqlite3's 16 MiB on 400,081 versions, 131–132 MiB with 2 (ad hoc).
     applyPageCache(this.db);
     this.db.exec(`
       CREATE TABLE versions (
