@@ -49,14 +49,14 @@ async function scanAll(root: string, start: string, own: ClientState, force = fa
 }
 
 /** Record every operation as acknowledged, as the worker does after each ACK. */
-async function acknowledge(ops: Operation[]): Promise<void> {
+async function acknowledge(ops: Operation[], own = state, root = src): Promise<void> {
   for (const op of ops) {
-    if (op.op === "delete") state.removeTree(op.path);
-    else if (op.op === "mkdir") state.recordFolder(op.path, op.mode);
+    if (op.op === "delete") own.removeTree(op.path);
+    else if (op.op === "mkdir") own.recordFolder(op.path, op.mode);
     else {
-      const entry = diskEntry(op.path, await lstat(join(src, op.path)));
+      const entry = diskEntry(op.path, await lstat(join(root, op.path)));
       assert.ok(entry);
-      state.recordFile(op.path, { ...entry, sha256: Buffer.alloc(32), chunks: null, marks: null });
+      own.recordFile(op.path, { ...entry, sha256: Buffer.alloc(32), chunks: null, marks: null });
     }
   }
 }
@@ -137,13 +137,7 @@ test("a same-size rewrite whose mtime was set back is seen by its ctime", async 
   const own = ClientState.open(join(base, "state"), "store-1", "ctime", root);
   try {
     const first = await scanAll(root, "", own);
-    for (const op of first.operations) {
-      if (op.op === "mkdir") own.recordFolder(op.path, op.mode);
-      if (op.op !== "put") continue;
-      const entry = diskEntry(op.path, await lstat(join(root, op.path)));
-      assert.ok(entry);
-      own.recordFile(op.path, { ...entry, sha256: Buffer.alloc(32), chunks: null, marks: null });
-    }
+    await acknowledge(first.operations, own, root);
     assert.deepEqual((await scanAll(root, "", own)).operations, [], "nothing changed yet");
     const before = await stat(join(root, "note.txt"));
     await new Promise((resolve) => setTimeout(resolve, 20));
@@ -246,13 +240,7 @@ test("a file where a folder was: what was recorded below it is deleted first", a
   const own = ClientState.open(join(base, "state"), "store-1", "replaced", root);
   try {
     const first = await scanAll(root, "", own);
-    for (const op of first.operations) {
-      if (op.op === "mkdir") own.recordFolder(op.path, op.mode);
-      if (op.op !== "put") continue;
-      const entry = diskEntry(op.path, await lstat(join(root, op.path)));
-      assert.ok(entry);
-      own.recordFile(op.path, { ...entry, sha256: Buffer.alloc(32), chunks: null, marks: null });
-    }
+    await acknowledge(first.operations, own, root);
     await rm(join(root, "x"), { recursive: true });
     await writeFile(join(root, "x"), "now a file");
     const whole = await scanAll(root, "", own);
@@ -307,13 +295,7 @@ test("a folder larger than a slice is compared a slice at a time, with the same 
   const own = ClientState.open(join(base, "state"), "store-1", "wide", root);
   try {
     const first = await scanAll(root, "", own);
-    for (const op of first.operations) {
-      if (op.op === "mkdir") own.recordFolder(op.path, op.mode);
-      if (op.op !== "put") continue;
-      const entry = diskEntry(op.path, await lstat(join(root, op.path)));
-      assert.ok(entry);
-      own.recordFile(op.path, { ...entry, sha256: Buffer.alloc(32), chunks: null, marks: null });
-    }
+    await acknowledge(first.operations, own, root);
     for (const gone of ["b", "e", "\uFF01", "\u{1F600}"]) await rm(join(root, gone));
     await writeFile(join(root, "bb"), "new");
     await writeFile(join(root, "h"), "new");
