@@ -111,11 +111,12 @@ function joinRel(parent: string, name: string): string {
  * Compare `start` (a set-relative path, "" for all of SRC) on disk with the state, folder
  * by folder, and hand each folder's operations to `sink` as soon as they are known: its
  * deletes, then its new or changed folders, then its files, then its subfolders in turn.
- * `force` sends every file whatever the state says. `lock` is held on each folder while it
- * is compared, so that what runs there has recorded its answer first.
+ * `force` sends every file whatever the state says. `lock` is held on a folder while a
+ * slice of it is compared, so that what runs there has recorded its answer first.
  *
- * What the scan holds at once is one folder's listing and records, and the folders still
- * to visit on the way down: not the whole tree (the worker bounds its queue through `sink`).
+ * What the scan holds at once is one slice's records and operations, the names of the
+ * folders on the way down and the subfolders still to visit: not the whole tree (the worker
+ * bounds its queue through `sink`).
  */
 export async function scan(
   root: string,
@@ -132,13 +133,24 @@ export async function scan(
   const hand = async (ops: Operation[]): Promise<void> => {
     if (ops.length > 0 && !stopped) stopped = !(await sink.operations(ops));
   };
-  const put = (path: string, size: number, puts: Operation[]): void => {
+  /** A file on disk against its record: first what was recorded below it as a folder, then the file. */
+  const compareFile = (
+    entry: DiskEntry,
+    record: EntryStats | undefined,
+    deletes: Operation[],
+    puts: Operation[],
+  ): void => {
+    summary.files++;
+    summary.bytes += entry.size;
+    if (record?.kind === "dir")
+      for (const path of state.topMostBelow(entry.path)) deletes.push({ op: "delete", path });
+    if (!force && isUnchanged(entry, record)) return;
     summary.changedFiles++;
-    summary.changedBytes += size;
-    puts.push({ op: "put", path, size, force });
+    summary.changedBytes += entry.size;
+    puts.push({ op: "put", path: entry.path, size: entry.size, force });
   };
-  /** A disk entry that is not a regular file or a folder, as a problem; null otherwise. */
-  const unsupported = (path: string, st: Stats): DiskEntry | null => {
+  /** The disk entry of `path`; null, reported as a problem, when it is not a regular file or a folder. */
+  const entryOrProblem = (path: string, st: Stats): DiskEntry | null => {
     const entry = diskEntry(path, st);
     if (!entry) {
       sink.problem(
@@ -198,20 +210,15 @@ export async function scan(
           sink.problem(child, `it cannot be read (${errnoCode(error) ?? String(error)})`);
           continue;
         }
-        const entry = unsupported(child, st);
+        const entry = entryOrProblem(child, st);
         if (!entry) continue;
         const record = records.get(child);
-        if (entry.kind === "dir") {
-          if (!isUnchanged(entry, record)) mkdirs.push({ op: "mkdir", path: child, mode: entry.mode });
-          subfolders.push(child);
+        if (entry.kind === "file") {
+          compareFile(entry, record, ops, puts);
           continue;
         }
-        summary.files++;
-        summary.bytes += entry.size;
-        // A file where a folder was: what the server has below it goes first.
-        if (record?.kind === "dir")
-          for (const path of state.topMostBelow(child)) ops.push({ op: "delete", path });
-        if (force || !isUnchanged(entry, record)) put(child, entry.size, puts);
+        if (!isUnchanged(entry, record)) mkdirs.push({ op: "mkdir", path: child, mode: entry.mode });
+        subfolders.push(child);
       }
     }
     for (const op of mkdirs) ops.push(op);
@@ -284,18 +291,14 @@ export async function scan(
     // Paths sent whose answer was lost (the server may hold them) and that are gone now.
     // They are few: a mark lives from a request to its answer.
     for (const op of await lostSends(root, start, state)) ops.push(op);
-    const entry = startStat ? unsupported(start, startStat) : null;
+    const entry = startStat ? entryOrProblem(start, startStat) : null;
     const record = start === "" ? undefined : state.get(start);
     if (!startStat) {
       // Gone: delete it, or the top-most of what is recorded below it.
       if (record) ops.push({ op: "delete", path: start });
       else for (const path of state.topMostBelow(start)) ops.push({ op: "delete", path });
     } else if (entry?.kind === "file") {
-      summary.files++;
-      summary.bytes += entry.size;
-      if (record?.kind === "dir")
-        for (const path of state.topMostBelow(start)) ops.push({ op: "delete", path });
-      if (force || !isUnchanged(entry, record)) put(start, entry.size, ops);
+      compareFile(entry, record, ops, ops);
     } else if (entry?.kind === "dir") {
       if (start !== "" && !isUnchanged(entry, record))
         ops.push({ op: "mkdir", path: start, mode: entry.mode });
