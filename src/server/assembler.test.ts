@@ -56,3 +56,28 @@ test("a file of 1-byte chunks is written out as the parts gather, not held until
   await pending.handle.close();
   assert.deepEqual(await readFile(pending.tempPath), data);
 });
+
+test("a chunk that waits for the data budget while its assembly is discarded gives the budget back", async (t) => {
+  // Before, the chunk took its share once room came and kept it for ever: the budget shrank
+  // with each such chunk, and work waiting on it never ended (a server that did not stop).
+  const dir = await mkdtemp(join(tmpdir(), "kw-assembler-"));
+  const temp = join(dir, "tmp");
+  await mkdir(join(dir, "set"));
+  await mkdir(temp);
+  const history = new History(new MemoryChunkStore(), SqliteMetadataStore.open(join(dir, "index.db")));
+  t.after(async () => {
+    await history.meta.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+  const data = randomBytes(100);
+  const chunks = new ChunkList();
+  chunks.push(sha256(data), data.length);
+  const budget = new ByteBudget(100);
+  const assembler = new Assembler(new Mirror(join(dir, "set"), temp), history, chunks, budget);
+  assert.ok(budget.take(100), "another transfer holds the whole budget");
+  const adding = assembler.add(0, [data]);
+  await assembler.discard();
+  budget.give(100);
+  await adding;
+  assert.equal(budget.inUse, 0, "nothing is held by the discarded assembly");
+});

@@ -103,6 +103,11 @@ export class Assembler {
     if (this.failure !== null) return;
     const length = bytesOf(data);
     await this.budget.acquire(length);
+    if (this.failure !== null) {
+      // Discarded while this waited for room: discard gave back what it held, not this.
+      this.budget.give(length);
+      return;
+    }
     this.held += length;
     this.enqueue(async () => {
       await this.fillUpTo(index);
