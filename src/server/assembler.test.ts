@@ -7,7 +7,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { mkdir, mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { test } from "node:test";
+import { type TestContext, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { ChunkList } from "../chunking/chunk-list.js";
 import { MemoryChunkStore } from "../store/memory-chunk-store.js";
@@ -19,7 +19,8 @@ import { History } from "./history.js";
 
 const sha256 = (data: Uint8Array): Buffer => createHash("sha256").update(data).digest();
 
-test("a file of 1-byte chunks is written out as the parts gather, not held until a MiB has", async (t) => {
+/** A temporary DEST-like folder (a set's mirror, its tmp/, a history), removed after the test. */
+async function scratchPlace(t: TestContext): Promise<{ dir: string; temp: string; history: History }> {
   const dir = await mkdtemp(join(tmpdir(), "kw-assembler-"));
   const temp = join(dir, "tmp");
   await mkdir(join(dir, "set"));
@@ -29,6 +30,11 @@ test("a file of 1-byte chunks is written out as the parts gather, not held until
     await history.meta.close();
     await rm(dir, { recursive: true, force: true });
   });
+  return { dir, temp, history };
+}
+
+test("a file of 1-byte chunks is written out as the parts gather, not held until a MiB has", async (t) => {
+  const { dir, temp, history } = await scratchPlace(t);
 
   const data = randomBytes(1000);
   const chunks = new ChunkList();
@@ -60,15 +66,7 @@ test("a file of 1-byte chunks is written out as the parts gather, not held until
 test("a chunk that waits for the data budget while its assembly is discarded gives the budget back", async (t) => {
   // Before, the chunk took its share once room came and kept it for ever: the budget shrank
   // with each such chunk, and work waiting on it never ended (a server that did not stop).
-  const dir = await mkdtemp(join(tmpdir(), "kw-assembler-"));
-  const temp = join(dir, "tmp");
-  await mkdir(join(dir, "set"));
-  await mkdir(temp);
-  const history = new History(new MemoryChunkStore(), SqliteMetadataStore.open(join(dir, "index.db")));
-  t.after(async () => {
-    await history.meta.close();
-    await rm(dir, { recursive: true, force: true });
-  });
+  const { dir, temp, history } = await scratchPlace(t);
   const data = randomBytes(100);
   const chunks = new ChunkList();
   chunks.push(sha256(data), data.length);
