@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { MessageType } from "../src/protocol/messages.js";
+import { treeAt } from "../src/store/metadata-store.js";
 import { SqliteMetadataStore } from "../src/store/sqlite-metadata-store.js";
 import { readTree, Sandbox } from "./helpers.js";
 import {
@@ -96,12 +97,10 @@ describe("two connections changing the same paths of one set at once", { timeout
     const meta = SqliteMetadataStore.openReadOnly(join(dest, ".keepwatch", "index.db"));
     let latest: Map<string, string>;
     try {
-      latest = new Map(
-        (await meta.listAt(SET)).map((v) => [
-          v.path,
-          v.kind === "file" ? `file ${v.sha256?.toString("hex")}` : v.kind,
-        ]),
-      );
+      latest = new Map();
+      for await (const v of treeAt(meta, SET, undefined, "")) {
+        latest.set(v.path, v.kind === "file" ? `file ${v.sha256?.toString("hex")}` : v.kind);
+      }
     } finally {
       await meta.close();
     }

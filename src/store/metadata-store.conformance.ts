@@ -20,6 +20,22 @@ export interface OpenedMetadataStore {
   cleanup(): Promise<void>;
 }
 
+async function collect<T>(items: AsyncIterable<T>): Promise<T[]> {
+  const all: T[] = [];
+  for await (const item of items) all.push(item);
+  return all;
+}
+
+/** The tree of `set` at `time` at or below `prefix`, read in one page. */
+function listAll(store: MetadataStore, set: string, time?: number, prefix = ""): Promise<VersionRecord[]> {
+  return collect(treeAt(store, set, time, prefix, Number.MAX_SAFE_INTEGER));
+}
+
+/** Every version of `path` and below it ("" for the whole set), oldest first, read in one page. */
+function historyAll(store: MetadataStore, set: string, path: string): Promise<VersionRecord[]> {
+  return collect(historyOf(store, set, path, Number.MAX_SAFE_INTEGER));
+}
+
 function sha(text: string): Buffer {
   return createHash("sha256").update(text).digest();
 }
@@ -112,14 +128,14 @@ export function runMetadataStoreConformance(name: string, open: () => Promise<Op
           "ids grow in the order given",
         );
         assert.deepEqual(
-          (await store.listAt("s")).map((v) => [v.path, v.kind]),
+          (await listAll(store, "s")).map((v) => [v.path, v.kind]),
           [
             ["c.txt", "file"],
             ["d", "dir"],
           ],
           "a.txt deleted after it was written, b.txt never committed",
         );
-        assert.equal((await store.history("s", "a.txt")).length, 2);
+        assert.equal((await historyAll(store, "s", "a.txt")).length, 2);
         assert.deepEqual(await store.commitVersions([]), []);
       } finally {
         await cleanup();
@@ -155,7 +171,7 @@ export function runMetadataStoreConformance(name: string, open: () => Promise<Op
       }
     });
 
-    test("versionAt, history and listAt see the tree as it was at any moment", async () => {
+    test("versionAt, historyOf and treeAt see the tree as it was at any moment", async () => {
       const { store, cleanup } = await open();
       try {
         await store.commitVersion(file("s", "a.txt", "one", 1000));
@@ -195,26 +211,26 @@ export function runMetadataStoreConformance(name: string, open: () => Promise<Op
         );
 
         const paths = async (time?: number, prefix?: string) =>
-          (await store.listAt("s", time, prefix)).map((v) => `${v.path}:${v.kind}`);
+          (await listAll(store, "s", time, prefix)).map((v) => `${v.path}:${v.kind}`);
         assert.deepEqual(await paths(1150), ["a.txt:file", "dir:dir", "dir/b.txt:file"]);
         assert.deepEqual(await paths(1150, "dir"), ["dir:dir", "dir/b.txt:file"]);
         assert.deepEqual(await paths(1350), ["a.txt:file"]);
         assert.deepEqual(await paths(), ["a.txt:file", "dir b:file"]);
         assert.deepEqual(await paths(1400, "dir"), [], "a sibling sharing the prefix is not below it");
 
-        const history = await store.history("s", "dir");
+        const history = await historyAll(store, "s", "dir");
         assert.deepEqual(
           history.map((v) => `${v.path}:${v.kind}@${v.time}`),
           ["dir:dir@1000", "dir/b.txt:file@1100", "dir/b.txt:deleted@1300", "dir:deleted@1300"],
         );
         assert.deepEqual(
-          (await store.history("s", "a.txt")).map((v) => v.time),
+          (await historyAll(store, "s", "a.txt")).map((v) => v.time),
           [1000, 1200],
         );
         assert.deepEqual(
-          (await store.history("s", "")).map((v) => v.id),
-          (await store.history("s", "a.txt"))
-            .concat(history, await store.history("s", "dir b"))
+          (await historyAll(store, "s", "")).map((v) => v.id),
+          (await historyAll(store, "s", "a.txt"))
+            .concat(history, await historyAll(store, "s", "dir b"))
             .map((v) => v.id)
             .sort((a, b) => a - b),
           '"" is the whole set',
@@ -245,18 +261,18 @@ export function runMetadataStoreConformance(name: string, open: () => Promise<Op
           file("s", "c", "c", 1000),
         ]);
         const paths = async (prefix: string) =>
-          (await store.listAt("s", undefined, prefix)).map((v) => v.path);
+          (await listAll(store, "s", undefined, prefix)).map((v) => v.path);
         assert.deepEqual(await paths("d"), ["d", "d/a", "d/e", "d/e/f"]);
         assert.deepEqual(await paths("d/e"), ["d/e", "d/e/f"]);
         assert.deepEqual(
-          (await store.history("s", "d")).map((v) => v.path),
+          (await historyAll(store, "s", "d")).map((v) => v.path),
           ["d", "d/a", "d/e", "d/e/f"],
         );
         await store.commitVersion(deleted("s", "d", 1100));
         assert.deepEqual(await paths("d"), []);
         assert.deepEqual(await paths(""), ["c", "d!", "d-x", "d-x/y", "d.txt", "d0"]);
         assert.deepEqual(
-          (await store.history("s", "d")).map((v) => `${v.path}:${v.kind}`),
+          (await historyAll(store, "s", "d")).map((v) => `${v.path}:${v.kind}`),
           [
             "d:dir",
             "d/a:file",
@@ -273,7 +289,7 @@ export function runMetadataStoreConformance(name: string, open: () => Promise<Op
       }
     });
 
-    test("treeAt and historyOf, a page at a time, give what listAt and history give", async () => {
+    test("treeAt and historyOf, a page at a time, give what one page gives", async () => {
       const { store, cleanup } = await open();
       try {
         const paths = ["a", "b/c", "b/d", "b!", "b.txt", "c", "d/e/f", "d/g", "e", "f"];
@@ -291,11 +307,6 @@ export function runMetadataStoreConformance(name: string, open: () => Promise<Op
         await store.commitVersion(file("s", "zz", "late", 3000));
         await store.commitVersion(file("t", "a", "other set", 1000));
 
-        const collect = async <T>(items: AsyncIterable<T>): Promise<T[]> => {
-          const all: T[] = [];
-          for await (const item of items) all.push(item);
-          return all;
-        };
         for (const pageSize of [1, 2, 3, 1000]) {
           for (const [time, prefix] of [
             [undefined, ""],
@@ -308,7 +319,7 @@ export function runMetadataStoreConformance(name: string, open: () => Promise<Op
           ] as const) {
             assert.deepEqual(
               (await collect(treeAt(store, "s", time, prefix, pageSize))).map((v) => v.id),
-              (await store.listAt("s", time, prefix)).map((v) => v.id),
+              (await listAll(store, "s", time, prefix)).map((v) => v.id),
               `time ${time}, prefix ${JSON.stringify(prefix)}, pages of ${pageSize}`,
             );
           }
@@ -317,7 +328,7 @@ export function runMetadataStoreConformance(name: string, open: () => Promise<Op
           for (const path of ["", "a", "b", "d", "d/e", "zz", "nothing"]) {
             assert.deepEqual(
               (await collect(historyOf(store, "s", path, pageSize))).map((v) => v.id),
-              (await store.history("s", path)).map((v) => v.id),
+              (await historyAll(store, "s", path)).map((v) => v.id),
               `history of ${JSON.stringify(path)} in pages of ${pageSize}`,
             );
           }

@@ -79,21 +79,11 @@ export interface MetadataStore {
   /** The newest version of exactly `path` committed at or before `time` (default: latest). */
   versionAt(set: string, path: string, time?: number): Promise<VersionRecord | null>;
 
-  /** Every version of `path` and of everything below it ("" for the whole set), oldest first. */
-  history(set: string, path: string): Promise<VersionRecord[]>;
-
   /** The newest version of any path of `set` committed at or before `time` (default: latest), or null. */
   newestVersion(set: string, time?: number): Promise<VersionRecord | null>;
 
   /**
-   * The tree of `set` as it was at `time` (default: latest): for each path at or below
-   * `prefix` ("" for all) its newest version at or before `time`, leaving out paths
-   * whose newest version is a delete. Sorted by path.
-   */
-  listAt(set: string, time?: number, prefix?: string): Promise<VersionRecord[]>;
-
-  /**
-   * listAt a page at a time, for trees too large to hold at once (use `treeAt`): the newest
+   * The tree of `set` a page at a time (use `treeAt`, which leaves out the deletes): the newest
    * version at or before `time` of each of at most `limit` paths at or below `prefix` that
    * sort after `after` (null: from the first), in path order. Deletes are included, so that
    * a page of them still moves on; a page shorter than `limit` is the last.
@@ -172,8 +162,9 @@ export async function* inPages<T>(
 }
 
 /**
- * The tree of `set` at `time` (default: latest) at or below `prefix`, as listAt gives it,
- * read a page at a time: what a listing or a restore holds does not grow with the set. For
+ * The tree of `set` at `time` (default: latest) at or below `prefix`: for each path its newest
+ * version at or before `time`, leaving out paths whose newest version is a delete, sorted by
+ * path, read a page at a time: what a listing or a restore holds does not grow with the set. For
  * "latest", a version committed while the pages are read shows in a later page when its
  * path comes later, as in a listing of a live folder; a past moment's tree never changes.
  */
@@ -192,8 +183,8 @@ export async function* treeAt(
 }
 
 /**
- * Every version of `path` and below it ("" for the whole set), oldest first, as history
- * gives them, read a page at a time.
+ * Every version of `path` and below it ("" for the whole set), oldest first, read a page at
+ * a time.
  */
 export function historyOf(
   meta: MetadataStore,

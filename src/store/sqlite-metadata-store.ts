@@ -129,7 +129,7 @@ export class SqliteMetadataStore implements MetadataStore {
                GROUP BY path ORDER BY path LIMIT ?) newest ON newest.id = v.id
          ORDER BY v.path`,
       ),
-      // A set's history, or a page of it (LIMIT -1: all). "+v.set_id" keeps SQLite off the
+      // A page of a set's history. "+v.set_id" keeps SQLite off the
       // index by set and on the ids' own order: by the index it sorted the whole set for
       // every page (7.3 s for 208,374 versions, 1.2 s so).
       historyPage: db.prepare<[number, number, number], VersionRow>(
@@ -284,29 +284,11 @@ export class SqliteMetadataStore implements MetadataStore {
     return row ? toRecord(row) : null;
   }
 
-  async history(set: string, path: string): Promise<VersionRecord[]> {
-    const setId = this.stmt.setId.get(set)?.id;
-    if (setId === undefined) return [];
-    const rows =
-      path === ""
-        ? this.stmt.historyPage.all(0, setId, -1)
-        : this.stmt.historyAt.all(setId, ...atOrBelow(path));
-    return rows.map(toRecord);
-  }
-
   async newestVersion(set: string, time = Number.MAX_SAFE_INTEGER): Promise<VersionRecord | null> {
     const setId = this.stmt.setId.get(set)?.id;
     if (setId === undefined) return null;
     const row = this.stmt.newest.get(setId, time);
     return row ? toRecord(row) : null;
-  }
-
-  async listAt(set: string, time = Number.MAX_SAFE_INTEGER, prefix = ""): Promise<VersionRecord[]> {
-    const setId = this.stmt.setId.get(set)?.id;
-    if (setId === undefined) return [];
-    return this.tree(setId, time, prefix, null, -1)
-      .filter((row) => row.kind !== "deleted")
-      .map(toRecord);
   }
 
   async treePage(
