@@ -5,9 +5,9 @@ import { type Command, InvalidArgumentError } from "commander";
 import type { ClientSecurity } from "../client/security.js";
 import { readSecret } from "../client/security.js";
 import { ExitCode, KeepwatchError } from "../errors.js";
+import { DEFAULT_PORT } from "../protocol/messages.js";
 import { defaultConfigDir } from "../security/config-dir.js";
 import { parseFingerprint } from "../security/fingerprint.js";
-import { DEFAULT_PORT } from "../server/server.js";
 import type { Reporter } from "../ui/events.js";
 import { chooseMode, createPrinter, type Side } from "../ui/index.js";
 

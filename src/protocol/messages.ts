@@ -6,6 +6,8 @@ import { type ErrorCode, isErrorCode, ProtocolError } from "../errors.js";
 import { FieldReader, FieldWriter } from "./fields.js";
 import { MAX_FRAME_PAYLOAD } from "./frame.js";
 
+/** The TCP port both sides use unless told otherwise. */
+export const DEFAULT_PORT = 7468;
 export const PROTOCOL_VERSION = 5;
 export const MIN_PROTOCOL_VERSION = 3;
 

@@ -4,7 +4,7 @@
 import { randomBytes } from "node:crypto";
 import { mkdir, open, rename, rm } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
-import { syncFolder } from "../store/pack-writer.js";
+import { syncFolder } from "../store/path-syncer.js";
 
 export async function writePrivateFile(path: string, data: string | Buffer): Promise<void> {
   const folder = dirname(path);

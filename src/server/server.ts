@@ -17,7 +17,7 @@ import { Destination } from "./destination.js";
 import { MANIFEST_MEMORY } from "./manifest.js";
 import { Session, type SessionLimits } from "./session.js";
 
-export const DEFAULT_PORT = 7468;
+export { DEFAULT_PORT } from "../protocol/messages.js";
 
 export interface ServerOptions {
   dest: string;

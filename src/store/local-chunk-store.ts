@@ -22,7 +22,8 @@ import {
   RECORD_HEADER_BYTES,
 } from "./pack-format.js";
 import { PackReaders } from "./pack-readers.js";
-import { PackWriter, packIdFromName, type RecordPlace, syncFolder } from "./pack-writer.js";
+import { PackWriter, packIdFromName, type RecordPlace } from "./pack-writer.js";
+import { syncFolder } from "./path-syncer.js";
 
 /** The index's file name in the store folder. */
 export const INDEX_FILE = "chunks.db";

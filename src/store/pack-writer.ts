@@ -17,6 +17,7 @@ import {
   PACK_ID_BYTES,
   RECORD_HEADER_BYTES,
 } from "./pack-format.js";
+import { syncFolder } from "./path-syncer.js";
 
 /** Where a record sits in its pack. */
 export interface RecordPlace {
@@ -37,16 +38,6 @@ export function packPath(packId: Buffer): string {
 export function packIdFromName(name: string): Buffer | undefined {
   const match = /^([0-9a-f]{32})\.pack$/.exec(name);
   return match ? Buffer.from(match[1] as string, "hex") : undefined;
-}
-
-/** fsync a folder, so the entries created or removed in it are durable. */
-export async function syncFolder(path: string): Promise<void> {
-  const handle = await open(path, constants.O_RDONLY | constants.O_DIRECTORY);
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }
 
 export class PackWriter {

@@ -42,3 +42,13 @@ export class PathSyncer {
     return tracked;
   }
 }
+
+/** fsync a folder, so the entries created or removed in it are durable. */
+export async function syncFolder(path: string): Promise<void> {
+  const handle = await open(path, constants.O_RDONLY | constants.O_DIRECTORY);
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
