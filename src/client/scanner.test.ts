@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { closeSync, mkdirSync, openSync } from "node:fs";
-import { lstat, mkdir, mkdtemp, rm, stat, symlink, utimes, writeFile } from "node:fs/promises";
+import { lstat, mkdir, mkdtemp, readdir, rm, stat, symlink, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { after, before, test } from "node:test";
@@ -32,7 +32,13 @@ after(async () => {
 });
 
 /** One scan, with every operation and problem it handed on listed in order. */
-async function scanAll(root: string, start: string, own: ClientState, force = false, sliceSize?: number) {
+async function scanAll(
+  root: string,
+  start: string,
+  own: ClientState,
+  force = false,
+  sizes: { sliceSize?: number; runSize?: number; spillMemory?: number } = {},
+) {
   const operations: Operation[] = [];
   const batches: number[] = [];
   const problems: { path: string; reason: string }[] = [];
@@ -44,7 +50,7 @@ async function scanAll(root: string, start: string, own: ClientState, force = fa
     },
     problem: (path, reason) => problems.push({ path, reason }),
   };
-  const summary = await scan(root, start, own, sink, { force, ...(sliceSize ? { sliceSize } : {}) });
+  const summary = await scan(root, start, own, sink, { force, ...sizes });
   return { ...summary, operations, problems, batches };
 }
 
@@ -314,15 +320,47 @@ test("a folder larger than a slice is compared a slice at a time, with the same 
       whole.operations.map((op) => `${op.op} ${op.path}`),
       expected,
     );
-    for (const sliceSize of [1, 2, 3]) {
-      const sliced = await scanAll(root, "", own, false, sliceSize);
+    // Also with the listing sorted in runs of 2 on disk, and subfolders waiting on disk.
+    for (const sizes of [{}, { runSize: 2, spillMemory: 1 }]) {
+      for (const sliceSize of [1, 2, 3]) {
+        const sliced = await scanAll(root, "", own, false, { sliceSize, ...sizes });
+        assert.deepEqual(
+          sliced.operations.map((op) => `${op.op} ${op.path}`).sort(),
+          [...expected].sort(),
+          `slices of ${sliceSize}, ${JSON.stringify(sizes)}`,
+        );
+        assert.ok(Math.max(...sliced.batches) <= sliceSize + 2, `batches of ${sliced.batches.join(", ")}`);
+        assert.equal(sliced.files, whole.files);
+      }
+    }
+    const left = (await readdir(own.scratchFolder)).filter((name) => name.startsWith(".keepwatch-scratch"));
+    assert.deepEqual(left, [], "scratch files are unlinked");
+  } finally {
+    own.close();
+  }
+});
+
+test("many records between two names (files deleted since) are compared a slice at a time", async () => {
+  // 50 files deleted between "a" and "z": their records are not read, nor deleted, at once.
+  const root = join(base, "thinned");
+  await mkdir(root, { recursive: true });
+  const gone = Array.from({ length: 50 }, (_, i) => `m${String(i).padStart(3, "0")}`);
+  for (const name of ["a", ...gone, "z"]) await writeFile(join(root, name), name);
+  const own = ClientState.open(join(base, "state"), "store-1", "thinned", root);
+  try {
+    await acknowledge((await scanAll(root, "", own)).operations, own, root);
+    for (const name of gone) await rm(join(root, name));
+    await writeFile(join(root, "n"), "new");
+    await writeFile(join(root, "zz"), "new");
+    for (const sliceSize of [1, 4, 1024]) {
+      const scanned = await scanAll(root, "", own, false, { sliceSize });
       assert.deepEqual(
-        sliced.operations.map((op) => `${op.op} ${op.path}`).sort(),
-        [...expected].sort(),
+        scanned.operations.map((op) => `${op.op} ${op.path}`).sort(),
+        [...gone.map((name) => `delete ${name}`), "put n", "put zz"].sort(),
         `slices of ${sliceSize}`,
       );
-      assert.ok(Math.max(...sliced.batches) <= sliceSize + 2, `batches of ${sliced.batches.join(", ")}`);
-      assert.equal(sliced.files, whole.files);
+      // A slice: at most sliceSize records (deletes) and sliceSize names (puts).
+      assert.ok(Math.max(...scanned.batches) <= 2 * sliceSize, `batches of ${scanned.batches.join(", ")}`);
     }
   } finally {
     own.close();

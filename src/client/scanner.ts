@@ -2,11 +2,14 @@
 // server acknowledged, producing the operations that bring the server up to date.
 
 import type { Stats } from "node:fs";
-import { lstat, readdir } from "node:fs/promises";
+import { lstat } from "node:fs/promises";
 import { join } from "node:path";
 import { errnoCode, KeepwatchError } from "../errors.js";
 import { pathProblem } from "../protocol/paths.js";
+import { byUtf8, FolderListing, LISTING_RUN, SpillList } from "./listing.js";
 import { type ClientState, type EntryStats, hasAncestorIn } from "./state.js";
+
+export { byUtf8 };
 
 export interface DiskEntry {
   path: string;
@@ -75,30 +78,11 @@ export function isUnchanged(entry: DiskEntry, record: EntryStats | undefined): b
 }
 
 /**
- * How many entries of a folder are compared and handed on at a time: a folder of 200,000
- * files is not held as 200,000 records and operations (only its names are held whole).
+ * How many entries of a folder are compared and handed on at a time, at most: names on disk,
+ * and records of the state alike. A folder of 200,000 files is not held as 200,000 records
+ * and operations, nor are 200,000 records of files deleted since.
  */
 export const FOLDER_SLICE = 1024;
-
-/**
- * Order of UTF-8 bytes (code points), as SQLite compares paths; JavaScript's own order is
- * of UTF-16 units, which puts characters beyond U+FFFF before U+E000–U+FFFF.
- */
-export function byUtf8(a: string, b: string): number {
-  const n = a.length < b.length ? a.length : b.length;
-  for (let i = 0; i < n; i++) {
-    const x = a.charCodeAt(i);
-    const y = b.charCodeAt(i);
-    if (x !== y) return utf8Rank(x) - utf8Rank(y);
-  }
-  return a.length - b.length;
-}
-
-/** A UTF-16 unit's place in code point order: surrogates (of U+10000 and above) go last. */
-function utf8Rank(unit: number): number {
-  if (unit < 0xd800) return unit;
-  return unit < 0xe000 ? unit + 0x2000 : unit - 0x800;
-}
 
 /** How many entries of a folder are lstat-ed at once. */
 const LSTAT_BATCH = 64;
@@ -114,19 +98,27 @@ function joinRel(parent: string, name: string): string {
  * `force` sends every file whatever the state says. `lock` is held on a folder while a
  * slice of it is compared, so that what runs there has recorded its answer first.
  *
- * What the scan holds at once is one slice's records and operations, the names of the
- * folders on the way down and the subfolders still to visit: not the whole tree (the worker
- * bounds its queue through `sink`).
+ * What the scan holds at once is one slice's records and operations, and for each folder on
+ * the way down its listing and the subfolders still to visit, each bounded: a folder's names
+ * beyond `runSize` are sorted in runs on disk, and its subfolders beyond a few thousand wait
+ * there too (listing.ts). Not the whole tree: the worker bounds its queue through `sink`.
  */
 export async function scan(
   root: string,
   start: string,
   state: ClientState,
   sink: ScanSink,
-  options: { force?: boolean; lock?: (path: string) => Promise<() => void>; sliceSize?: number } = {},
+  options: {
+    force?: boolean;
+    lock?: (path: string) => Promise<() => void>;
+    sliceSize?: number;
+    runSize?: number;
+    spillMemory?: number;
+  } = {},
 ): Promise<ScanSummary> {
   const force = options.force ?? false;
   const sliceSize = options.sliceSize ?? FOLDER_SLICE;
+  const runSize = options.runSize ?? LISTING_RUN;
   const lock = options.lock ?? (async () => () => {});
   const summary: ScanSummary = { files: 0, bytes: 0, changedFiles: 0, changedBytes: 0 };
   let stopped = false;
@@ -162,19 +154,17 @@ export async function scan(
   };
 
   /**
-   * Compare `names` (a slice of the listing of `folder`, in order) with the records of the
-   * folder's entries named after `after` and up to `upTo` (null: from the first, to the
-   * last), adding their operations to `ops` and the subfolders found to `subfolders`.
+   * Compare `names` (a slice of the listing of `folder`, in order) with `records`, the
+   * records of the folder's entries in the same range of names, adding their operations to
+   * `ops` and the subfolders found to `subfolders`.
    */
   const compareSlice = async (
     folder: string,
     names: string[],
-    after: string | null,
-    upTo: string | null,
+    records: Map<string, EntryStats>,
     ops: Operation[],
-    subfolders: string[],
+    subfolders: SpillList,
   ): Promise<void> => {
-    const records = state.children(folder, after, upTo);
     // Records with nothing of that name on disk: each is deleted with all below it. (A
     // name that stands for a link or an unsendable name is not deleted either: the
     // worker leaves a delete alone while something stands at its path.)
@@ -206,7 +196,7 @@ export async function scan(
       for (const [i, child] of batch.entries()) {
         const { st, error } = stats[i] as { st: Stats | null; error: unknown };
         if (!st) {
-          if (errnoCode(error) === "ENOENT") continue; // gone since readdir; its delete event follows
+          if (errnoCode(error) === "ENOENT") continue; // gone since it was listed; its delete event follows
           sink.problem(child, `it cannot be read (${errnoCode(error) ?? String(error)})`);
           continue;
         }
@@ -218,55 +208,90 @@ export async function scan(
           continue;
         }
         if (!isUnchanged(entry, record)) mkdirs.push({ op: "mkdir", path: child, mode: entry.mode });
-        subfolders.push(child);
+        await subfolders.push(child);
       }
     }
     for (const op of mkdirs) ops.push(op);
     for (const op of puts) ops.push(op);
   };
 
+  /** The listing of `folder`; null, reported as a problem where one is due, when it cannot be read. */
+  const listFolder = async (folder: string): Promise<FolderListing | null> => {
+    try {
+      return await FolderListing.open(join(root, folder), state.scratchFolder, runSize);
+    } catch (error) {
+      // Gone (or no longer a folder) since its lstat: its events follow; nothing to report.
+      const code = errnoCode(error);
+      if (code === "ENOENT" || code === "ENOTDIR") return null;
+      // What the server has below an unreadable folder is kept, not deleted.
+      sink.problem(folder, `the folder cannot be read (${code ?? String(error)})`);
+      return null;
+    }
+  };
+
   /**
    * Compare the entries of `folder` a slice at a time, handing each slice's operations on,
-   * then visit its subfolders. The folder is locked while a slice is compared, not while
-   * its operations wait for room in the queue (they need the lock to run).
+   * and add its subfolders to `subfolders`; false when it cannot be listed. A slice holds at
+   * most `sliceSize` names and `sliceSize` records: where more records than that lie
+   * between two names (files deleted since), the slice ends at the last record it holds,
+   * and the names after it wait for the next. The folder is locked while a slice is
+   * compared, not while its operations wait for room in the queue (they need the lock).
    */
-  const visitFolder = async (folder: string): Promise<void> => {
-    const subfolders: string[] = [];
-    let names: string[] | null = null;
-    for (let from = 0; !stopped; from += sliceSize) {
-      const ops: Operation[] = [];
-      let last = true;
-      const release = await lock(folder);
-      try {
-        if (names === null) {
-          try {
-            names = await readdir(join(root, folder));
-          } catch (error) {
-            // Gone (or no longer a folder) since its lstat: its events follow; nothing to report.
-            const code = errnoCode(error);
-            if (code === "ENOENT" || code === "ENOTDIR") return;
-            // What the server has below an unreadable folder is kept, not deleted.
-            sink.problem(folder, `the folder cannot be read (${code ?? String(error)})`);
-            return;
+  const compareFolder = async (folder: string, subfolders: SpillList): Promise<boolean> => {
+    let listing: FolderListing | null = null;
+    try {
+      let waiting: string[] = []; // names read from the listing that belong to the next slice
+      let after: string | null = null; // the last name of the slices compared so far
+      for (let first = true; !stopped; first = false) {
+        const ops: Operation[] = [];
+        let last: boolean;
+        const release = await lock(folder);
+        try {
+          if (first) {
+            listing = await listFolder(folder);
+            if (listing === null) return false;
           }
-          // In the state's order (SQLite compares UTF-8 bytes), so that each slice of names
-          // meets exactly the records between its first and its last.
-          names.sort(byUtf8);
+          const current = listing as FolderListing;
+          const names = waiting.concat(await current.next(sliceSize - waiting.length));
+          // Up to the last name read, or to the end once the listing is read to its end.
+          let upTo = current.exhausted ? null : (names.at(-1) as string);
+          const records = state.children(folder, after, upTo, sliceSize + 1);
+          waiting = [];
+          if (records.size > sliceSize) {
+            const paths = [...records.keys()];
+            const lastPath = paths[sliceSize - 1] as string;
+            const end = lastPath.slice(lastPath.lastIndexOf("/") + 1);
+            records.delete(paths[sliceSize] as string);
+            const cut = names.findIndex((name) => byUtf8(name, end) > 0);
+            if (cut >= 0) waiting = names.splice(cut);
+            upTo = end;
+          }
+          last = upTo === null;
+          await compareSlice(folder, names, records, ops, subfolders);
+          after = upTo;
+        } finally {
+          release();
         }
-        const slice = names.slice(from, from + sliceSize);
-        last = from + sliceSize >= names.length;
-        const after = from === 0 ? null : (names[from - 1] as string);
-        await compareSlice(folder, slice, after, last ? null : (slice.at(-1) as string), ops, subfolders);
-      } finally {
-        release();
+        await hand(ops);
+        if (last) break;
       }
-      await hand(ops);
-      if (last) break;
+      return true;
+    } finally {
+      await (listing as FolderListing | null)?.close();
     }
-    names = null;
-    for (const sub of subfolders) {
-      if (stopped) return;
-      await visitFolder(sub);
+  };
+
+  /** `folder`'s entries, then its subfolders in turn. */
+  const visitFolder = async (folder: string): Promise<void> => {
+    const subfolders = new SpillList(state.scratchFolder, options.spillMemory);
+    try {
+      if (!(await compareFolder(folder, subfolders))) return;
+      for await (const sub of subfolders.drain()) {
+        if (stopped) break;
+        await visitFolder(sub);
+      }
+    } finally {
+      await subfolders.close();
     }
   };
 

@@ -81,8 +81,15 @@ export class ClientState {
   private readonly stmts;
   private commitTimer: NodeJS.Timeout | null = null;
 
-  private constructor(db: Database.Database) {
+  /**
+   * Where the scan writes the sorted names of a folder too large to hold in memory (in
+   * unlinked files): the state's own folder, private to its user and on disk.
+   */
+  readonly scratchFolder: string;
+
+  private constructor(db: Database.Database, scratchFolder: string) {
     this.db = db;
+    this.scratchFolder = scratchFolder;
     this.stmts = {
       get: db.prepare<[string], Row>("SELECT * FROM entries WHERE path = ?"),
       // The scan's queries leave out the hash and the chunk list: 20,000 rows' worth of
@@ -90,14 +97,14 @@ export class ClientState {
       // A folder's own entries, or a slice of them by name: a range of paths with no "/"
       // after the folder's part (SQLite skips the deeper rows without handing them over).
       // The last slice of a folder ends where the paths below it do; of SRC, at the end.
-      childrenUpTo: db.prepare<[string, string, string], StatsRow>(
-        "SELECT path, kind, size, mtime_ms, mode, ino, ctime_ms FROM entries WHERE path > ? AND path <= ? AND instr(substr(path, length(?) + 1), '/') = 0",
+      childrenUpTo: db.prepare<[string, string, string, number], StatsRow>(
+        "SELECT path, kind, size, mtime_ms, mode, ino, ctime_ms FROM entries WHERE path > ? AND path <= ? AND instr(substr(path, length(?) + 1), '/') = 0 ORDER BY path LIMIT ?",
       ),
-      childrenToEnd: db.prepare<[string, string, string], StatsRow>(
-        "SELECT path, kind, size, mtime_ms, mode, ino, ctime_ms FROM entries WHERE path > ? AND path < ? AND instr(substr(path, length(?) + 1), '/') = 0",
+      childrenToEnd: db.prepare<[string, string, string, number], StatsRow>(
+        "SELECT path, kind, size, mtime_ms, mode, ino, ctime_ms FROM entries WHERE path > ? AND path < ? AND instr(substr(path, length(?) + 1), '/') = 0 ORDER BY path LIMIT ?",
       ),
-      topLevelToEnd: db.prepare<[string], StatsRow>(
-        "SELECT path, kind, size, mtime_ms, mode, ino, ctime_ms FROM entries WHERE path > ? AND instr(path, '/') = 0",
+      topLevelToEnd: db.prepare<[string, number], StatsRow>(
+        "SELECT path, kind, size, mtime_ms, mode, ino, ctime_ms FROM entries WHERE path > ? AND instr(path, '/') = 0 ORDER BY path LIMIT ?",
       ),
       pathsBelow: db.prepare<[string, string], { path: string }>(
         "SELECT path FROM entries WHERE path >= ? AND path < ? ORDER BY path",
@@ -157,7 +164,7 @@ export class ClientState {
         { cause: error },
       );
     }
-    return new ClientState(db);
+    return new ClientState(db, stateDir);
   }
 
   get(path: string): EntryRecord | undefined {
@@ -167,17 +174,23 @@ export class ClientState {
 
   /**
    * The records of the entries of `folder` ("" for SRC itself) named after `after` and up to
-   * `upTo` (null: from the first, to the last), without hashes and chunk lists.
+   * `upTo` (null: from the first, to the last), at most `limit` of them, in order of their
+   * names, without hashes and chunk lists.
    */
-  children(folder: string, after: string | null = null, upTo: string | null = null): Map<string, EntryStats> {
+  children(
+    folder: string,
+    after: string | null = null,
+    upTo: string | null = null,
+    limit = Number.MAX_SAFE_INTEGER,
+  ): Map<string, EntryStats> {
     const prefix = folder === "" ? "" : `${folder}/`;
     const from = prefix + (after ?? "");
     const rows =
       upTo !== null
-        ? this.stmts.childrenUpTo.iterate(from, prefix + upTo, prefix)
+        ? this.stmts.childrenUpTo.iterate(from, prefix + upTo, prefix, limit)
         : folder === ""
-          ? this.stmts.topLevelToEnd.iterate(from)
-          : this.stmts.childrenToEnd.iterate(from, `${folder}0`, prefix);
+          ? this.stmts.topLevelToEnd.iterate(from, limit)
+          : this.stmts.childrenToEnd.iterate(from, `${folder}0`, prefix, limit);
     const found = new Map<string, EntryStats>();
     for (const row of rows) found.set(row.path, toStats(row));
     return found;
