@@ -37,6 +37,16 @@ async function readAll(listing: FolderListing, sizes: number[]): Promise<string[
   return out;
 }
 
+/** The whole listing of `dir`, read in slices of `sizes`, and how many runs went to disk. */
+async function listFolder(dir: string, scratchFolder: string, runSize: number, sizes: number[]) {
+  const listing = await FolderListing.open(dir, scratchFolder, runSize);
+  try {
+    return { runsOnDisk: listing.runsOnDisk, names: await readAll(listing, sizes) };
+  } finally {
+    await listing.close();
+  }
+}
+
 let folders = 0;
 async function folderOf(names: string[]): Promise<string> {
   const dir = join(base, `f${folders++}`);
@@ -80,14 +90,10 @@ test("long names across the merge's read blocks, and many runs", async () => {
     { length: 3000 },
     (_, i) => `${"é".repeat(50)}-${(i * 7919) % 3000}-${"x".repeat(i % 17)}`,
   );
-  const dir = await folderOf(names);
-  const listing = await FolderListing.open(dir, scratch, 700);
-  try {
-    assert.equal(listing.runsOnDisk, 5);
-    assert.deepEqual(await readAll(listing, [1024]), [...names].sort(byBytes));
-  } finally {
-    await listing.close();
-  }
+  assert.deepEqual(await listFolder(await folderOf(names), scratch, 700, [1024]), {
+    runsOnDisk: 5,
+    names: [...names].sort(byBytes),
+  });
 });
 
 test("a missing folder is an error of opendir, and leaves nothing behind", async () => {
@@ -118,14 +124,10 @@ test("where no scratch file can be written, the names are held in memory instead
   // A scratch folder that does not exist stands for one on a full disk: open fails alike.
   const nowhere = join(base, "no-such-scratch-folder");
   const names = Array.from({ length: 50 }, (_, i) => `n${i}-\uFF01`).concat(["\u{1F600}", "\uE000"]);
-  const dir = await folderOf(names);
-  const listing = await FolderListing.open(dir, nowhere, 4);
-  try {
-    assert.equal(listing.runsOnDisk, 0);
-    assert.deepEqual(await readAll(listing, [3]), [...names].sort(byBytes));
-  } finally {
-    await listing.close();
-  }
+  assert.deepEqual(await listFolder(await folderOf(names), nowhere, 4, [3]), {
+    runsOnDisk: 0,
+    names: [...names].sort(byBytes),
+  });
   const list = new SpillList(nowhere, 4);
   for (const name of names) await list.push(name);
   const drained: string[] = [];
