@@ -12,7 +12,7 @@ import { EXIT_CODES_HELP } from "./common.js";
 
 /**
  * Each command's module, loaded only when needed: `keepwatch push` does not load the server,
- * verify or prune (about 0.1 s of start-up on this machine, docs/performance.md). The order is
+ * verify or prune (0.05 s of a push's start-up here, docs/performance.md). The order is
  * the order of `--help`.
  */
 const COMMANDS: Record<string, () => Promise<(program: Command) => void>> = {
