@@ -22,8 +22,18 @@ import {
 import { applyHistorySettings } from "./sqlite-settings.js";
 import { WalSync } from "./wal-sync.js";
 
+/**
+ * How many files the tree of a set held at a time: the newest version of each path, read
+ * from the index alone (it holds time and kind). SQLite takes a bare column of a MAX()
+ * aggregate from the row with the maximum. Joining back to the table for each path took
+ * 13.6 s on 3,000,001 versions, this 0.9 s (docs/performance.md).
+ */
+export const FILE_COUNT_SQL = `SELECT COUNT(*) AS files FROM (
+  SELECT kind, MAX(id) FROM versions WHERE set_id = ? AND time <= ? GROUP BY path
+) WHERE kind = 'file'`;
+
 /** Bump, with a migration in `migrate`, whenever the schema changes. */
-const SCHEMA_VERSION = 1;
+const SCHEMA_VERSION = 2;
 
 interface VersionRow {
   id: number;
@@ -39,6 +49,14 @@ interface VersionRow {
 
 const VERSION_COLUMNS = `v.id, s.name AS set_name, v.path, v.time, v.kind, v.size, v.mtime_ms, v.mode, c.sha256`;
 const VERSION_JOINS = `FROM versions v JOIN sets s ON s.id = v.set_id LEFT JOIN contents c ON c.id = v.content_id`;
+
+/**
+ * The newest version of a set at or before a time: its id from the index alone (it holds
+ * time), then that one row. Sorting the set's versions by id instead took 13.1 s on
+ * 3,000,001 versions, this 0.4 s.
+ */
+export const NEWEST_VERSION_SQL = `SELECT ${VERSION_COLUMNS} ${VERSION_JOINS}
+  WHERE v.id = (SELECT MAX(id) FROM versions WHERE set_id = ? AND time <= ?)`;
 
 function toRecord(row: VersionRow): VersionRecord {
   return {
@@ -111,9 +129,7 @@ export class SqliteMetadataStore implements MetadataStore {
       historyAt: db.prepare<[number, ...PathRange], VersionRow>(
         `SELECT ${VERSION_COLUMNS} ${VERSION_JOINS} WHERE v.set_id = ? AND ${atOrBelowSql("v.path")} ORDER BY v.id`,
       ),
-      newest: db.prepare<[number, number], VersionRow>(
-        `SELECT ${VERSION_COLUMNS} ${VERSION_JOINS} WHERE v.set_id = ? AND v.time <= ? ORDER BY v.id DESC LIMIT 1`,
-      ),
+      newest: db.prepare<[number, number], VersionRow>(NEWEST_VERSION_SQL),
       // The tree, or a page of it: the newest version of each of at most LIMIT paths (-1: all)
       // from a first one on, deletes included. GROUP BY and LIMIT inside, so that SQLite walks
       // the index (set_id, path, id) in order and stops after the page.
@@ -141,12 +157,7 @@ export class SqliteMetadataStore implements MetadataStore {
       historyBelowSpan: db.prepare<[number, ...PathRange], { versions: number; first: number | null }>(
         `SELECT COUNT(*) AS versions, MIN(id) AS first FROM versions WHERE set_id = ? AND ${atOrBelowSql("path")}`,
       ),
-      fileCount: db.prepare<[number, number], { files: number }>(
-        `SELECT COUNT(*) AS files FROM versions v
-         JOIN (SELECT MAX(id) AS id FROM versions WHERE set_id = ? AND time <= ? GROUP BY path) newest
-           ON newest.id = v.id
-         WHERE v.kind = 'file'`,
-      ),
+      fileCount: db.prepare<[number, number], { files: number }>(FILE_COUNT_SQL),
       // Versions of one set by path, then commit order, a page at a time after (path, id).
       byPathPage: db.prepare<[number, string, number, number], VersionRow>(
         `SELECT ${VERSION_COLUMNS} ${VERSION_JOINS}
@@ -480,9 +491,21 @@ function migrate(db: Database.Database): void {
         mode INTEGER NOT NULL,
         content_id INTEGER REFERENCES contents (id)
       );
-      CREATE INDEX versions_by_path ON versions (set_id, path, id);
+      CREATE INDEX versions_by_path ON versions (set_id, path, id, time, kind);
       CREATE INDEX versions_by_content ON versions (content_id);
     `);
     db.pragma(`user_version = ${SCHEMA_VERSION}`);
+    return;
+  }
+  if (version < 2) {
+    // Schema 2: the index by path also holds each version's time and kind, so that a set's
+    // file count is read from the index alone (about 4 s once on 3,000,000 versions).
+    db.transaction(() => {
+      db.exec(`
+        DROP INDEX versions_by_path;
+        CREATE INDEX versions_by_path ON versions (set_id, path, id, time, kind);
+      `);
+      db.pragma("user_version = 2");
+    })();
   }
 }
