@@ -106,7 +106,6 @@ test("a spill list gives back what was pushed, in order, from memory and disk", 
   const list = new SpillList(scratch, 7);
   const pushed = Array.from({ length: 1000 }, (_, i) => `sub/${i}-\u{1F600}`);
   for (const name of pushed) await list.push(name);
-  assert.equal(list.length, 1000);
   assert.deepEqual(await readdir(scratch), [], "the scratch file is unlinked at once");
   const drained: string[] = [];
   for await (const name of list.drain()) drained.push(name);

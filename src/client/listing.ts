@@ -276,7 +276,6 @@ export class SpillList {
   private held: string[] = [];
   private scratch: ScratchFile | null = null;
   private onDisk: { start: number; end: number } | null = null;
-  private count = 0;
   private failed = false;
 
   constructor(
@@ -284,17 +283,12 @@ export class SpillList {
     private readonly memory = SPILL_LIST_MEMORY,
   ) {}
 
-  get length(): number {
-    return this.count;
-  }
-
   /**
    * Where the scratch file cannot be opened or written (a full disk, say), the names stay in
    * memory from then on: a backup that takes more memory, rather than none.
    */
   async push(name: string): Promise<void> {
     this.held.push(name);
-    this.count++;
     if (this.held.length < this.memory || this.failed) return;
     try {
       this.scratch ??= await ScratchFile.open(this.scratchFolder);

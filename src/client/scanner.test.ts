@@ -54,6 +54,20 @@ async function scanAll(
   return { ...summary, operations, problems, batches };
 }
 
+/** Runs `check` with a state of its own for the set `name` of `root`, closed after. */
+async function withState(
+  name: string,
+  root: string,
+  check: (own: ClientState) => Promise<void>,
+): Promise<void> {
+  const own = ClientState.open(join(base, "state"), "store-1", name, root);
+  try {
+    await check(own);
+  } finally {
+    own.close();
+  }
+}
+
 /** Record every operation as acknowledged, as the worker does after each ACK. */
 async function acknowledge(ops: Operation[], own = state, root = src): Promise<void> {
   for (const op of ops) {
@@ -140,8 +154,7 @@ test("a same-size rewrite whose mtime was set back is seen by its ctime", async 
   const root = join(base, "ctime");
   await mkdir(join(root, "d"), { recursive: true });
   await writeFile(join(root, "note.txt"), "version 1");
-  const own = ClientState.open(join(base, "state"), "store-1", "ctime", root);
-  try {
+  await withState("ctime", root, async (own) => {
     const first = await scanAll(root, "", own);
     await acknowledge(first.operations, own, root);
     assert.deepEqual((await scanAll(root, "", own)).operations, [], "nothing changed yet");
@@ -156,9 +169,7 @@ test("a same-size rewrite whose mtime was set back is seen by its ctime", async 
       "the rewrite is found although size and mtime are as before",
     );
     assert.deepEqual(after.problems, []);
-  } finally {
-    own.close();
-  }
+  });
 });
 
 test("a tree of many files, and as many deletes, are listed without overflowing the stack", async () => {
@@ -198,8 +209,7 @@ test("operations are handed on a folder at a time, and the scan waits for the si
     await mkdir(join(root, d), { recursive: true });
     for (let i = 0; i < 3; i++) await writeFile(join(root, d, `f${i}`), d);
   }
-  const own = ClientState.open(join(base, "state"), "store-1", "waits", root);
-  try {
+  await withState("waits", root, async (own) => {
     const batches: string[][] = [];
     let letGo: (goOn: boolean) => void = () => {};
     let arrived: () => void = () => {};
@@ -233,9 +243,7 @@ test("operations are handed on a folder at a time, and the scan waits for the si
     const summary = await running;
     assert.equal(batches.length, 2, "a sink that says stop ends the scan");
     assert.equal(summary.files, 3, "folders b and c were not visited");
-  } finally {
-    own.close();
-  }
+  });
 });
 
 test("a file where a folder was: what was recorded below it is deleted first", async () => {
@@ -243,8 +251,7 @@ test("a file where a folder was: what was recorded below it is deleted first", a
   await mkdir(join(root, "x/deep"), { recursive: true });
   await writeFile(join(root, "x/deep/f"), "f");
   await writeFile(join(root, "x/g"), "g");
-  const own = ClientState.open(join(base, "state"), "store-1", "replaced", root);
-  try {
+  await withState("replaced", root, async (own) => {
     const first = await scanAll(root, "", own);
     await acknowledge(first.operations, own, root);
     await rm(join(root, "x"), { recursive: true });
@@ -267,26 +274,21 @@ test("a file where a folder was: what was recorded below it is deleted first", a
       ["delete x"],
       "a path gone: its top only",
     );
-  } finally {
-    own.close();
-  }
+  });
 });
 
 test("paths sent without an answer are deleted once gone, each removed subtree at its top", async () => {
   const root = join(base, "lost");
   await mkdir(join(root, "kept"), { recursive: true });
   await writeFile(join(root, "kept/here"), "h");
-  const own = ClientState.open(join(base, "state"), "store-1", "lost", root);
-  try {
+  await withState("lost", root, async (own) => {
     for (const path of ["kept/here", "old", "old/a", "old/a/b", "other"]) own.markSent(path);
     const result = await scanAll(root, "", own);
     assert.deepEqual(
       result.operations.map((op) => `${op.op} ${op.path}`),
       ["delete old", "delete other", "mkdir kept", "put kept/here"],
     );
-  } finally {
-    own.close();
-  }
+  });
 });
 
 test("a folder larger than a slice is compared a slice at a time, with the same outcome", async () => {
@@ -298,8 +300,7 @@ test("a folder larger than a slice is compared a slice at a time, with the same 
   await mkdir(join(root, "m"), { recursive: true });
   await writeFile(join(root, "m/inner"), "i");
   for (const name of names) await writeFile(join(root, name), name);
-  const own = ClientState.open(join(base, "state"), "store-1", "wide", root);
-  try {
+  await withState("wide", root, async (own) => {
     const first = await scanAll(root, "", own);
     await acknowledge(first.operations, own, root);
     for (const gone of ["b", "e", "\uFF01", "\u{1F600}"]) await rm(join(root, gone));
@@ -335,9 +336,7 @@ test("a folder larger than a slice is compared a slice at a time, with the same 
     }
     const left = (await readdir(own.scratchFolder)).filter((name) => name.startsWith(".keepwatch-scratch"));
     assert.deepEqual(left, [], "scratch files are unlinked");
-  } finally {
-    own.close();
-  }
+  });
 });
 
 test("many records between two names (files deleted since) are compared a slice at a time", async () => {
@@ -346,8 +345,7 @@ test("many records between two names (files deleted since) are compared a slice 
   await mkdir(root, { recursive: true });
   const gone = Array.from({ length: 50 }, (_, i) => `m${String(i).padStart(3, "0")}`);
   for (const name of ["a", ...gone, "z"]) await writeFile(join(root, name), name);
-  const own = ClientState.open(join(base, "state"), "store-1", "thinned", root);
-  try {
+  await withState("thinned", root, async (own) => {
     await acknowledge((await scanAll(root, "", own)).operations, own, root);
     for (const name of gone) await rm(join(root, name));
     await writeFile(join(root, "n"), "new");
@@ -362,9 +360,7 @@ test("many records between two names (files deleted since) are compared a slice 
       // A slice: at most sliceSize records (deletes) and sliceSize names (puts).
       assert.ok(Math.max(...scanned.batches) <= 2 * sliceSize, `batches of ${scanned.batches.join(", ")}`);
     }
-  } finally {
-    own.close();
-  }
+  });
 });
 
 test("names are ordered by their UTF-8 bytes, as SQLite orders paths", () => {
@@ -383,8 +379,7 @@ test("a folder the server made on the way to a file is deleted once gone, though
   const root = join(base, "implicit");
   await mkdir(join(root, "x/y"), { recursive: true });
   await writeFile(join(root, "x/y/f"), "f");
-  const own = ClientState.open(join(base, "state"), "store-1", "implicit", root);
-  try {
+  await withState("implicit", root, async (own) => {
     // What the worker does for such a file: mark it as sent, then record its answer.
     own.markSent("x/y/f");
     const entry = diskEntry("x/y/f", await lstat(join(root, "x/y/f")));
@@ -396,7 +391,5 @@ test("a folder the server made on the way to a file is deleted once gone, though
       result.operations.map((op) => `${op.op} ${op.path}`),
       ["delete x"],
     );
-  } finally {
-    own.close();
-  }
+  });
 });

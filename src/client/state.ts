@@ -179,9 +179,9 @@ export class ClientState {
    */
   children(
     folder: string,
-    after: string | null = null,
-    upTo: string | null = null,
-    limit = Number.MAX_SAFE_INTEGER,
+    after: string | null,
+    upTo: string | null,
+    limit: number,
   ): Map<string, EntryStats> {
     const prefix = folder === "" ? "" : `${folder}/`;
     const from = prefix + (after ?? "");

@@ -132,7 +132,7 @@ export class SqliteMetadataStore implements MetadataStore {
       newest: db.prepare<[number, number], VersionRow>(NEWEST_VERSION_SQL),
       // The tree, or a page of it: the newest version of each of at most LIMIT paths (-1: all)
       // from a first one on, deletes included. GROUP BY and LIMIT inside, so that SQLite walks
-      // the index (set_id, path, id) in order and stops after the page.
+      // the index by (set_id, path, id) in order and stops after the page.
       treePage: db.prepare<[number, number, string, number], VersionRow>(
         `SELECT ${VERSION_COLUMNS} ${VERSION_JOINS}
          JOIN (SELECT MAX(id) AS id FROM versions WHERE set_id = ? AND time <= ? AND path >= ?
