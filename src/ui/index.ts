@@ -38,7 +38,8 @@ export function createPrinter(options: PrinterOptions): Printer {
   switch (options.mode) {
     case "json": {
       const stream = options.stream ?? process.stdout;
-      // A real descriptor is written synchronously so the last lines survive process.exit().
+      // A real descriptor is written at the end of each turn of the event loop, and at
+      // process.exit() (see TurnWriter).
       const fd = (stream as { fd?: unknown }).fd;
       return wrap(new JsonPrinter({ dest: typeof fd === "number" ? fd : stream }));
     }
