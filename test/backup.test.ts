@@ -8,6 +8,7 @@ import { chmod, mkdir, readdir, stat, utimes, writeFile } from "node:fs/promises
 import { join } from "node:path";
 import { test } from "node:test";
 import { QUEUE_LIMIT } from "../src/client/worker.js";
+import { DEFAULT_WINDOW } from "../src/server/server.js";
 import { compareTrees, type KwEvent, type RunResult, readTree, Sandbox, stackLines } from "./helpers.js";
 
 /** Files of the awkward tree (set-relative), with content; folders are made as needed. */
@@ -175,9 +176,8 @@ test("a first push queues a tree folder by folder: what waits to be sent does no
   }
   assert.equal(putPaths(result.events).length, folders * perFolder, "every file was sent");
   assert.equal(waiting, 0, "every file announced was acknowledged");
-  const window = 64; // the server's window of requests in flight (welcome)
   assert.ok(
-    most <= QUEUE_LIMIT + perFolder + window,
+    most <= QUEUE_LIMIT + perFolder + DEFAULT_WINDOW,
     `at most the queue, one folder and the window wait at once; ${most} did, of ${folders * perFolder}`,
   );
   assert.deepEqual(await compareTrees(src, join(box.path("dest"), "many")), [], box.report());

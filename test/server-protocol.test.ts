@@ -13,6 +13,7 @@ import { after, afterEach, before, beforeEach, describe, it } from "node:test";
 import { encodeFrame, HEADER_SIZE } from "../src/protocol/frame.js";
 import { decode, encode, MessageType, PROTOCOL_VERSION } from "../src/protocol/messages.js";
 import { SMALL_FILE_BYTES } from "../src/server/put.js";
+import { DEFAULT_WINDOW } from "../src/server/server.js";
 import { exists, readTree, Sandbox, type ServerHandle, sleep, stackLines } from "./helpers.js";
 import {
   ANSWER_MS,
@@ -732,21 +733,22 @@ describe("the server against a hand-made protocol client", { timeout: 90_000 }, 
     await assertCleanAfter("vanished clients");
   });
 
-  it("14. more requests than the window: the 65th gets KW_WINDOW_EXCEEDED, close, temporary files removed", async () => {
+  it("14. more requests than the window: the 129th gets KW_WINDOW_EXCEEDED, close, temporary files removed", async () => {
     const set = "window";
     const client = await rawClient(server.port);
     const welcome = await client.hello(set);
-    assert.equal(welcome.window, 64, "the v1 server's window");
+    assert.equal(welcome.window, DEFAULT_WINDOW, "the server's window");
+    assert.equal(DEFAULT_WINDOW, 128);
     const begins: Buffer[] = [];
     for (let id = 1; id <= welcome.window; id++)
       begins.push(putBegin(id, `f${id}.bin`, SMALL_FILE_BYTES + 1));
     client.write(Buffer.concat(begins));
-    await waitTmpCount(welcome.window, "64 large PUTs begun");
-    await expectSilence(client, 100, "64 PUTs in flight");
+    await waitTmpCount(welcome.window, "128 large PUTs begun");
+    await expectSilence(client, 100, "128 PUTs in flight");
     client.write(putBegin(welcome.window + 1, "one-too-many.bin", SMALL_FILE_BYTES + 1));
-    await expectError(client, 0, "KW_WINDOW_EXCEEDED", "the 65th request");
+    await expectError(client, 0, "KW_WINDOW_EXCEEDED", "the 129th request");
     await expectClosed(client, "window exceeded");
-    await assertTmpEmpty("the 64 open PUTs of a closed connection");
+    await assertTmpEmpty("the 128 open PUTs of a closed connection");
 
     // PUTs refused at PUT_BEGIN and not ended count against the window too (7.1).
     const refused = await rawClient(server.port);
@@ -756,7 +758,7 @@ describe("the server against a hand-made protocol client", { timeout: 90_000 }, 
       await expectError(refused, id, "KW_BAD_PATH", `refused PUT ${id}`);
     }
     refused.write(mkdirFrame(welcome.window + 1, "one-too-many"));
-    await expectError(refused, 0, "KW_WINDOW_EXCEEDED", "a MKDIR with 64 refused PUTs not ended");
+    await expectError(refused, 0, "KW_WINDOW_EXCEEDED", "a MKDIR with 128 refused PUTs not ended");
     await expectClosed(refused, "window exceeded by refused PUTs");
 
     assert.deepEqual(await mirrorPaths(set), [], "nothing stored");
