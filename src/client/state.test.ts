@@ -131,6 +131,40 @@ describe("client state", () => {
     reopened.close();
   });
 
+  test("marks made in one turn are committed together at its end, before their promises resolve", async () => {
+    const stateDir = join(dir, "m");
+    const state = ClientState.open(stateDir, "store", "set", "/src");
+    try {
+      const [name] = (await readdir(stateDir)).filter((n) => n.endsWith(".db"));
+      const other = new Database(join(stateDir, name as string), { readonly: true });
+      const committed = () =>
+        (other.prepare("SELECT path FROM sent ORDER BY path").all() as { path: string }[]).map((r) => r.path);
+      try {
+        let resolved = 0;
+        const marks = ["one", "two"].map((path) =>
+          state.markSent(path).then(() => {
+            resolved++;
+            assert.deepEqual(committed(), ["one", "two"], "committed before any promise resolves");
+          }),
+        );
+        assert.deepEqual(state.sentBelow(""), ["one", "two"], "this connection sees them at once");
+        assert.deepEqual(committed(), [], "not yet committed: the turn goes on");
+        assert.equal(resolved, 0);
+        await Promise.all(marks);
+        assert.equal(resolved, 2);
+        // A mark still waiting when the state closes is committed by the close.
+        const last = state.markSent("three");
+        state.close();
+        await last;
+        assert.deepEqual(committed(), ["one", "three", "two"]);
+      } finally {
+        other.close();
+      }
+    } finally {
+      state.close();
+    }
+  });
+
   test("a state written by a newer keepwatch is refused, with what to do", async () => {
     const stateDir = join(dir, "d");
     ClientState.open(stateDir, "store", "set", "/src").close();

@@ -80,6 +80,8 @@ export class ClientState {
   private readonly db: Database.Database;
   private readonly stmts;
   private commitTimer: NodeJS.Timeout | null = null;
+  /** Callers of `markSent` waiting for the commit at the end of this turn. */
+  private markWaiters: { resolve: () => void; reject: (error: unknown) => void }[] = [];
 
   /**
    * Where the scan writes the sorted names of a folder too large to hold in memory (in
@@ -214,15 +216,22 @@ export class ClientState {
 
   /**
    * About to send `path` (a file or a folder): until its answer is recorded, the server
-   * may hold it, so a later scan that finds it gone deletes it there. Committed at once:
-   * a crash right after the send must not forget it.
+   * may hold it, so a later scan that finds it gone deletes it there. Send only once the
+   * promise resolves: the mark is then committed, and a crash right after the send cannot
+   * forget it. Reads on this connection see the mark at once. The marks made in one turn of
+   * the event loop share one commit, at the end of that turn: with a file's request
+   * waiting for its own, 20,000 small files made 20,000 commits, 2.2 s of the client's
+   * main thread in a profile (docs/performance.md).
    */
-  markSent(path: string): void {
+  markSent(path: string): Promise<void> {
     this.write(() => {
       this.stmts.markSent.run(path);
       this.markUnrecordedFolders(path);
     });
-    this.flush();
+    return new Promise((resolve, reject) => {
+      this.markWaiters.push({ resolve, reject });
+      if (this.markWaiters.length === 1) setImmediate(() => this.commitMarks());
+    });
   }
 
   /** Paths at `path` or below ("" for all) sent without a recorded answer. */
@@ -295,8 +304,22 @@ export class ClientState {
   }
 
   close(): void {
+    this.commitMarks();
     this.flush();
     this.db.close();
+  }
+
+  /** Commit the marks of this turn (and whatever else is open) and tell their callers. */
+  private commitMarks(): void {
+    const waiters = this.markWaiters.splice(0);
+    if (waiters.length === 0) return;
+    try {
+      this.flush();
+    } catch (error) {
+      for (const waiter of waiters) waiter.reject(error);
+      return;
+    }
+    for (const waiter of waiters) waiter.resolve();
   }
 
   /**

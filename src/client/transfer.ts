@@ -71,10 +71,11 @@ export type PutOutcome =
 
 export interface FileTransfer {
   /**
-   * Send the file at `path` (set-relative) unless `skipIf(entry)` says the server has it.
-   * Resolves once the server acknowledged; rejects with the server's error or a local one.
+   * Send the file at `path` (set-relative) unless `skipIf(entry)` says the server has it;
+   * nothing is sent before it resolves. Resolves once the server acknowledged; rejects
+   * with the server's error or a local one.
    */
-  put(path: string, skipIf: (entry: DiskEntry) => boolean): Promise<PutOutcome>;
+  put(path: string, skipIf: (entry: DiskEntry) => Promise<boolean>): Promise<PutOutcome>;
   mkdir(path: string, mode: number): Promise<void>;
   delete(path: string): Promise<void>;
 }
@@ -256,7 +257,7 @@ export class ChunkedTransfer implements FileTransfer {
     this.pieceSize = Math.min(PIECE_SIZE, link.welcome.maxFrame - 4);
   }
 
-  async put(path: string, skipIf: (entry: DiskEntry) => boolean): Promise<PutOutcome> {
+  async put(path: string, skipIf: (entry: DiskEntry) => Promise<boolean>): Promise<PutOutcome> {
     // Opening and stat-ing are single quick syscalls: done synchronously, they cost far
     // less than a round trip through the thread pool, which dominates for small files.
     let fd: number;
@@ -272,7 +273,7 @@ export class ChunkedTransfer implements FileTransfer {
       if (!before) return { status: "changed" };
       const entry = diskEntry(path, before);
       if (entry?.kind !== "file") return { status: "vanished" };
-      if (skipIf(entry)) return { status: "unchanged" };
+      if (await skipIf(entry)) return { status: "unchanged" };
       return entry.size <= this.pieceSize
         ? await this.sendSmall(fd, entry, before)
         : await this.sendLarge(fd, entry, before);

@@ -154,10 +154,10 @@ export class Worker {
   }
 
   private async put(path: string, force: boolean): Promise<void> {
-    const outcome = await this.transfer.put(path, (entry) => {
+    const outcome = await this.transfer.put(path, async (entry) => {
       if (!force && isUnchanged(entry, this.state.get(path))) return true;
       // From here on the server may hold the file even if its answer never arrives.
-      this.state.markSent(path);
+      await this.state.markSent(path);
       return false;
     });
     if (outcome.status === "stored") {
@@ -178,7 +178,7 @@ export class Worker {
     const entry = st ? diskEntry(path, st) : null;
     // Gone or no longer a folder: the event that changed it brings the right operation.
     if (entry?.kind !== "dir" || isUnchanged(entry, this.state.get(path))) return;
-    this.state.markSent(path);
+    await this.state.markSent(path);
     await this.transfer.mkdir(path, entry.mode);
     this.state.recordFolder(path, entry.mode);
     this.reporter.emit({ kind: "file-done", path, op: "mkdir", size: 0 });
