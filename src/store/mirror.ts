@@ -16,7 +16,7 @@ import {
   futimesSync,
   linkSync,
   lstatSync,
-  openSync,
+  open as openCallback,
   renameSync,
   writeSync,
 } from "node:fs";
@@ -134,11 +134,18 @@ export class Mirror {
    * Write a small file whose bytes are in memory to a durable temporary file with its
    * attributes, ready to be put in place with `installPrepared` (the server does this while
    * the version is committed to the history). The quick syscalls are made synchronously
-   * (a thread-pool round trip costs more than they do); fsync is not.
+   * (a thread-pool round trip costs more than they do). Creating the file and fsync are
+   * not: a create waits for the file system's journal while other files are fsynced (3.2 s
+   * of the main thread for the bench's 20,000 small files in a profile; made on the thread
+   * pool, the push took 14.27 s against 15.55 s, medians of 10 alternating pairs).
    */
   async prepareBytes(data: Buffer[], attrs: FileAttributes): Promise<PreparedFile> {
     const tempPath = this.tempName();
-    const fd = openSync(tempPath, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
+    const fd = await new Promise<number>((resolve, reject) =>
+      openCallback(tempPath, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600, (error, fd) =>
+        error ? reject(error) : resolve(fd),
+      ),
+    );
     try {
       try {
         for (const part of data) {
