@@ -137,7 +137,7 @@ export class Mirror {
    * (a thread-pool round trip costs more than they do). Creating the file and fsync are
    * not: a create waits for the file system's journal while other files are fsynced (3.2 s
    * of the main thread for the bench's 20,000 small files in a profile; made on the thread
-   * pool, the push took 14.27 s against 15.55 s, medians of 10 alternating pairs).
+   * pool, the push took 14.29 s against 15.56 s, medians of 10 alternating pairs).
    */
   async prepareBytes(data: Buffer[], attrs: FileAttributes): Promise<PreparedFile> {
     const tempPath = this.tempName();
