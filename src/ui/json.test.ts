@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -133,6 +133,41 @@ describe("JsonPrinter", () => {
     const { code, stderr } = await runChild(["50", "2000"], "hang up");
     assert.equal(code, 7, "it ran to its end");
     assert.equal(stderr, "done\n", "no error, no sentence: a reader that left is not a failure");
+  });
+
+  it("says so in one sentence when its output cannot be written, and the program goes on", async (t) => {
+    // A full disk needs a small filesystem: a tmpfs, which only root may mount.
+    if (process.getuid?.() !== 0) return t.skip("mounting a small tmpfs needs root");
+    const dir = mkdtempSync(join(tmpdir(), "keepwatch-json-full-"));
+    const mounted = spawnSync("mount", ["-t", "tmpfs", "-o", "size=64k", "tmpfs", dir], { encoding: "utf8" });
+    if (mounted.status !== 0) {
+      rmSync(dir, { recursive: true, force: true });
+      return t.skip(`mounting a tmpfs is not allowed here: ${mounted.stderr.trim()}`);
+    }
+    try {
+      const out = openSync(join(dir, "out.jsonl"), "w");
+      // 20 turns of 200 lines, about 440 KB: the 64 KiB disk fills in the first turns.
+      const child = spawn(process.execPath, ["--import", "tsx", CHILD, "20", "200"], {
+        stdio: ["ignore", out, "pipe"],
+      });
+      closeSync(out);
+      let stderr = "";
+      child.stderr?.setEncoding("utf8").on("data", (part: string) => {
+        stderr += part;
+      });
+      const code = await new Promise<number | null>((resolve) => child.once("close", resolve));
+      assert.equal(code, 7, "it ran to its end");
+      const lines = stderr.split("\n").filter((line) => line !== "");
+      assert.equal(lines.length, 2, stderr);
+      assert.match(
+        lines[0] ?? "",
+        /^keepwatch: writing the --json output failed \(ENOSPC.*\), so no more of it is written while the backup goes on; free space where it goes, or send it elsewhere\.$/,
+      );
+      assert.equal(lines[1], "done");
+    } finally {
+      if (spawnSync("umount", [dir]).status !== 0) spawnSync("umount", ["-l", dir]);
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it("drops events after close", () => {

@@ -50,9 +50,9 @@ export class JsonPrinter implements Reporter {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    const destination = this.destination as { flushSync?: () => void; close?: () => void };
+    const destination = this.destination;
     if (destination instanceof TurnWriter) destination.close();
-    else destination.flushSync?.call(destination);
+    else (destination as { flushSync?: () => void }).flushSync?.call(destination);
   }
 }
 
@@ -108,7 +108,7 @@ export class TurnWriter implements DestinationStream {
         this.stop();
         if (code !== "EPIPE") {
           process.stderr.write(
-            `keepwatch: stopped writing --json output, which failed: ${(error as Error).message}\n`,
+            `keepwatch: writing the --json output failed (${(error as Error).message}), so no more of it is written while the backup goes on; free space where it goes, or send it elsewhere.\n`,
           );
         }
         return;
