@@ -40,7 +40,7 @@ const RECHECK_MS = 1000;
  * request record, a chunk's bytes carried by its chunker and an open temporary file; a
  * small file's bytes count against the server's budget besides. 128 rather than 64: the
  * bench's 20,000 small files took about a quarter less time, because more versions wait
- * for each group commit, for about 10 MiB more on each side (docs/performance.md).
+ * for each group commit, for 5–10 MiB more on each side (docs/performance.md).
  */
 export const DEFAULT_WINDOW = 128;
 
