@@ -277,6 +277,33 @@ test("a file where a folder was: what was recorded below it is deleted first", a
   });
 });
 
+test("a file where a large folder was: what was recorded below it is deleted a page at a time", async () => {
+  const root = join(base, "replaced-paged");
+  await mkdir(join(root, "x/b"), { recursive: true });
+  await mkdir(join(root, "x/f"), { recursive: true });
+  for (const path of ["x/a", "x/b/c", "x/b/d", "x/e", "x/f/g", "x!y"])
+    await writeFile(join(root, path), path);
+  await withState("replaced-paged", root, async (own) => {
+    const first = await scanAll(root, "", own);
+    // x/f/g is recorded, its folder is not (a file sent before its folder's own request).
+    await acknowledge(
+      first.operations.filter((op) => !(op.op === "mkdir" && op.path === "x/f")),
+      own,
+      root,
+    );
+    await rm(join(root, "x"), { recursive: true });
+    await writeFile(join(root, "x"), "now a file");
+    // Pages of 2 records: [x/a, x/b], [x/b/c, x/b/d] (below the recorded x/b: none),
+    // [x/e, x/f/g], then the put.
+    const paged = await scanAll(root, "", own, false, { sliceSize: 2 });
+    assert.deepEqual(
+      paged.operations.map((op) => `${op.op} ${op.path}`),
+      ["delete x/a", "delete x/b", "delete x/e", "delete x/f/g", "put x"],
+    );
+    assert.deepEqual(paged.batches, [2, 2, 1], "handed a page at a time, never the folder whole");
+  });
+});
+
 test("paths sent without an answer are deleted once gone, each removed subtree at its top", async () => {
   const root = join(base, "lost");
   await mkdir(join(root, "kept"), { recursive: true });

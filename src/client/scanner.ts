@@ -125,17 +125,32 @@ export async function scan(
   const hand = async (ops: Operation[]): Promise<void> => {
     if (ops.length > 0 && !stopped) stopped = !(await sink.operations(ops));
   };
-  /** A file on disk against its record: first what was recorded below it as a folder, then the file. */
+  /**
+   * Hand on deletes of everything recorded below `path` (a folder that is now a file, or
+   * gone), a page at a time.
+   */
+  const handBelow = async (path: string): Promise<void> => {
+    for (let after: string | null = null; !stopped; ) {
+      const page = state.topMostBelow(path, after, sliceSize);
+      await hand(page.paths.map((below): Operation => ({ op: "delete", path: below })));
+      if (page.next === null) return;
+      after = page.next;
+    }
+  };
+  /**
+   * A file on disk against its record. Where a folder was recorded at its path, the path
+   * goes to `replaced`: what was recorded below it is deleted (handBelow) before the file
+   * is sent.
+   */
   const compareFile = (
     entry: DiskEntry,
     record: EntryStats | undefined,
-    deletes: Operation[],
     puts: Operation[],
+    replaced: string[],
   ): void => {
     summary.files++;
     summary.bytes += entry.size;
-    if (record?.kind === "dir")
-      for (const path of state.topMostBelow(entry.path)) deletes.push({ op: "delete", path });
+    if (record?.kind === "dir") replaced.push(entry.path);
     if (!force && isUnchanged(entry, record)) return;
     summary.changedFiles++;
     summary.changedBytes += entry.size;
@@ -156,13 +171,15 @@ export async function scan(
   /**
    * Compare `names` (a slice of the listing of `folder`, in order) with `records`, the
    * records of the folder's entries in the same range of names, adding their operations to
-   * `ops` and the subfolders found to `subfolders`.
+   * `ops`, the files that replace a recorded folder to `replaced` and the subfolders found
+   * to `subfolders`.
    */
   const compareSlice = async (
     folder: string,
     names: string[],
     records: Map<string, EntryStats>,
     ops: Operation[],
+    replaced: string[],
     subfolders: SpillList,
   ): Promise<void> => {
     // Records with nothing of that name on disk: each is deleted with all below it. (A
@@ -204,7 +221,7 @@ export async function scan(
         if (!entry) continue;
         const record = records.get(child);
         if (entry.kind === "file") {
-          compareFile(entry, record, ops, puts);
+          compareFile(entry, record, puts, replaced);
           continue;
         }
         if (!isUnchanged(entry, record)) mkdirs.push({ op: "mkdir", path: child, mode: entry.mode });
@@ -244,6 +261,7 @@ export async function scan(
       let after: string | null = null; // the last name of the slices compared so far
       for (let first = true; !stopped; first = false) {
         const ops: Operation[] = [];
+        const replaced: string[] = [];
         let last: boolean;
         const release = await lock(folder);
         try {
@@ -267,11 +285,12 @@ export async function scan(
             upTo = end;
           }
           last = upTo === null;
-          await compareSlice(folder, names, records, ops, subfolders);
+          await compareSlice(folder, names, records, ops, replaced, subfolders);
           after = upTo;
         } finally {
           release();
         }
+        for (const path of replaced) await handBelow(path);
         await hand(ops);
         if (last) break;
       }
@@ -297,6 +316,7 @@ export async function scan(
 
   // `start` itself, and the marks of what was sent below it, under a lock of its own.
   const ops: Operation[] = [];
+  const replaced: string[] = [];
   let startIsFolder = false;
   const release = await lock(start);
   try {
@@ -321,9 +341,9 @@ export async function scan(
     if (!startStat) {
       // Gone: delete it, or the top-most of what is recorded below it.
       if (record) ops.push({ op: "delete", path: start });
-      else for (const path of state.topMostBelow(start)) ops.push({ op: "delete", path });
+      else replaced.push(start);
     } else if (entry?.kind === "file") {
-      compareFile(entry, record, ops, ops);
+      compareFile(entry, record, ops, replaced);
     } else if (entry?.kind === "dir") {
       if (start !== "" && !isUnchanged(entry, record))
         ops.push({ op: "mkdir", path: start, mode: entry.mode });
@@ -332,6 +352,7 @@ export async function scan(
   } finally {
     release();
   }
+  for (const path of replaced) await handBelow(path);
   await hand(ops);
   if (startIsFolder && !stopped) await visitFolder(start);
   return summary;

@@ -108,9 +108,10 @@ export class ClientState {
       topLevelToEnd: db.prepare<[string, number], StatsRow>(
         "SELECT path, kind, size, mtime_ms, mode, ino, ctime_ms FROM entries WHERE path > ? AND instr(path, '/') = 0 ORDER BY path LIMIT ?",
       ),
-      pathsBelow: db.prepare<[string, string], { path: string }>(
-        "SELECT path FROM entries WHERE path >= ? AND path < ? ORDER BY path",
+      pathsAfter: db.prepare<[string, string, number], { path: string }>(
+        "SELECT path FROM entries WHERE path > ? AND path < ? ORDER BY path LIMIT ?",
       ),
+      recorded: db.prepare<[string], { path: string }>("SELECT path FROM entries WHERE path = ?"),
       upsert: db.prepare(
         "INSERT OR REPLACE INTO entries (path, kind, size, mtime_ms, mode, ino, sha256, chunks, ctime_ms, marks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
       ),
@@ -200,18 +201,27 @@ export class ClientState {
 
   /**
    * The paths recorded below `path`, leaving out those below another of them: what deletes
-   * everything recorded there. Usually the entries of the folder `path` was.
+   * everything recorded there. Usually the entries of the folder `path` was. A page at a
+   * time, so that a folder of any size is never held whole: of the `limit` recorded paths
+   * after `after` (null: from the first), those with no recorded folder between them and
+   * `path`, and the `after` of the next page (null: this was the last).
    */
-  topMostBelow(path: string): string[] {
-    const top: string[] = [];
-    const kept = new Set<string>();
+  topMostBelow(path: string, after: string | null, limit: number): { paths: string[]; next: string | null } {
     // "0" is the character after "/", so the range holds exactly the paths below `path/`.
-    for (const { path: below } of this.stmts.pathsBelow.iterate(`${path}/`, `${path}0`)) {
-      if (hasAncestorIn(below, kept, path.length + 1)) continue;
-      top.push(below);
-      kept.add(below);
+    const rows = this.stmts.pathsAfter.all(after ?? `${path}/`, `${path}0`, limit);
+    const paths: string[] = [];
+    for (const { path: below } of rows) {
+      if (!this.hasRecordedFolder(below, path.length + 1)) paths.push(below);
     }
-    return top;
+    return { paths, next: rows.length < limit ? null : (rows.at(-1)?.path ?? null) };
+  }
+
+  /** True when a folder of `path` (from the "/" at `from` or after) has a record. */
+  private hasRecordedFolder(path: string, from: number): boolean {
+    for (let slash = path.indexOf("/", from); slash >= 0; slash = path.indexOf("/", slash + 1)) {
+      if (this.stmts.recorded.get(path.slice(0, slash))) return true;
+    }
+    return false;
   }
 
   /**
