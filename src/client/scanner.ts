@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { errnoCode, KeepwatchError } from "../errors.js";
 import { pathProblem } from "../protocol/paths.js";
 import { byUtf8, FolderListing, LISTING_RUN, SpillList } from "./listing.js";
-import { type ClientState, type EntryStats, hasAncestorIn } from "./state.js";
+import { type ClientState, type EntryStats, hasAncestor } from "./state.js";
 
 export { byUtf8 };
 
@@ -363,7 +363,7 @@ async function lostSends(root: string, start: string, state: ClientState): Promi
   const deletes: Operation[] = [];
   const deleted = new Set<string>();
   for (const path of state.sentBelow(start).sort()) {
-    if (state.get(path) || hasAncestorIn(path, deleted)) continue; // recorded: the walk decides
+    if (state.get(path) || hasAncestor(path, (folder) => deleted.has(folder))) continue; // recorded: the walk decides
     try {
       await lstat(join(root, path));
       continue;

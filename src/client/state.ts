@@ -111,7 +111,6 @@ export class ClientState {
       pathsAfter: db.prepare<[string, string, number], { path: string }>(
         "SELECT path FROM entries WHERE path > ? AND path < ? ORDER BY path LIMIT ?",
       ),
-      recorded: db.prepare<[string], { path: string }>("SELECT path FROM entries WHERE path = ?"),
       upsert: db.prepare(
         "INSERT OR REPLACE INTO entries (path, kind, size, mtime_ms, mode, ino, sha256, chunks, ctime_ms, marks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
       ),
@@ -210,18 +209,11 @@ export class ClientState {
     // "0" is the character after "/", so the range holds exactly the paths below `path/`.
     const rows = this.stmts.pathsAfter.all(after ?? `${path}/`, `${path}0`, limit);
     const paths: string[] = [];
+    const recorded = (folder: string) => this.stmts.get.get(folder) !== undefined;
     for (const { path: below } of rows) {
-      if (!this.hasRecordedFolder(below, path.length + 1)) paths.push(below);
+      if (!hasAncestor(below, recorded, path.length + 1)) paths.push(below);
     }
     return { paths, next: rows.length < limit ? null : (rows.at(-1)?.path ?? null) };
-  }
-
-  /** True when a folder of `path` (from the "/" at `from` or after) has a record. */
-  private hasRecordedFolder(path: string, from: number): boolean {
-    for (let slash = path.indexOf("/", from); slash >= 0; slash = path.indexOf("/", slash + 1)) {
-      if (this.stmts.recorded.get(path.slice(0, slash))) return true;
-    }
-    return false;
   }
 
   /**
@@ -366,10 +358,10 @@ export class ClientState {
   }
 }
 
-/** True when a folder of `path` (from the "/" at `from` or after) is in `paths`. */
-export function hasAncestorIn(path: string, paths: Set<string>, from = 0): boolean {
+/** True when `test` holds for a folder of `path` (from the "/" at `from` or after). */
+export function hasAncestor(path: string, test: (folder: string) => boolean, from = 0): boolean {
   for (let slash = path.indexOf("/", from); slash >= 0; slash = path.indexOf("/", slash + 1)) {
-    if (paths.has(path.slice(0, slash))) return true;
+    if (test(path.slice(0, slash))) return true;
   }
   return false;
 }
