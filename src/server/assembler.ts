@@ -16,6 +16,7 @@ import type { FileHandle } from "node:fs/promises";
 import { bytesOf } from "../bytes.js";
 import type { ChunkList } from "../chunking/chunk-list.js";
 import { KeepwatchError } from "../errors.js";
+import { type AppendTarget, BlockAppender, openDirect, SLAB_BYTES } from "../store/block-appender.js";
 import type { Mirror, PendingFile } from "../store/mirror.js";
 import type { ByteBudget } from "./budget.js";
 import type { History } from "./history.js";
@@ -37,6 +38,13 @@ const READ_BYTES = 2 * 1024 * 1024;
  * little left to do (for a 1 GiB file it took 1.5 s at the end on this machine's disk).
  */
 const FLUSH_EVERY_BYTES = 64 * 1024 * 1024;
+/**
+ * A file at least this large is written with its whole blocks past the page cache, from a
+ * slab of aligned memory, when one is free (block-appender.ts); the flushes above are then
+ * not needed. Smaller files, or with no slab free, are written from the arrived chunks as
+ * they are, through the page cache.
+ */
+const DIRECT_FILE_BYTES = 8 * 1024 * 1024;
 
 /** Where a manifest's base is likely to be found in the mirror. */
 export interface BaseSource {
@@ -84,6 +92,8 @@ export class Assembler {
   /** The flush to disk under way, if any, and where the next one is due. */
   private flushing: Promise<void> | null = null;
   private flushAt = FLUSH_EVERY_BYTES;
+  /** The direct writer and its file, for a large file while a slab was free; else null. */
+  private direct: { out: BlockAppender; target: AppendTarget } | null = null;
 
   constructor(
     private readonly mirror: Mirror,
@@ -147,7 +157,9 @@ export class Assembler {
         this.written = 0;
         this.flushAt = FLUSH_EVERY_BYTES;
         const pending = await this.ensurePending();
+        await this.direct?.out.settle();
         await pending.handle.truncate(0);
+        this.direct?.out.reset();
         await this.fillUpTo(this.chunks.length);
         if (!this.hash.digest().equals(sha256)) throw mismatch();
       } else if (!sound) {
@@ -157,12 +169,21 @@ export class Assembler {
     await this.tail;
     await this.closeOld();
     await this.settleFlush();
+    if (this.failure === null && this.direct) {
+      try {
+        await this.direct.out.spill(this.direct.target);
+        await this.direct.out.settle();
+      } catch (error) {
+        this.failure = error;
+      }
+    }
     if (this.failure !== null) {
       const failure = this.failure;
       await this.discard();
       throw failure;
     }
     const pending = await this.ensurePending();
+    await this.closeDirect();
     this.pending = null;
     return pending;
   }
@@ -177,6 +198,7 @@ export class Assembler {
     this.gatheredBytes = 0;
     this.budget.give(this.held);
     this.held = 0;
+    await this.closeDirect();
     const pending = this.pending;
     this.pending = null;
     if (pending) await this.mirror.discard(pending);
@@ -312,6 +334,12 @@ export class Assembler {
 
   /** writev at the end of what is written, until every byte is (a full disk writes short). */
   private async writeAt(pending: PendingFile, buffers: Buffer[]): Promise<void> {
+    if (this.direct) {
+      // Copied into the aligned buffer, written out whenever it is full.
+      await this.direct.out.write(this.direct.target, buffers);
+      this.written = this.direct.out.size;
+      return;
+    }
     let rest = buffers;
     while (rest.length > 0) {
       const { bytesWritten } = await pending.handle.writev(rest, this.written);
@@ -347,8 +375,29 @@ export class Assembler {
   }
 
   private async ensurePending(): Promise<PendingFile> {
-    this.pending ??= await this.mirror.createPending();
-    return this.pending;
+    if (this.pending) return this.pending;
+    const pending = await this.mirror.createPending();
+    this.pending = pending;
+    if (this.chunks.totalLength() >= DIRECT_FILE_BYTES) {
+      // Two buffers: one is written while the other fills.
+      const out = BlockAppender.ifAligned(SLAB_BYTES, 2);
+      if (out) {
+        const direct = await openDirect(pending.tempPath);
+        if (direct) this.direct = { out, target: { handle: pending.handle, direct } };
+        else out.release();
+      }
+    }
+    return pending;
+  }
+
+  /** Close the direct descriptor and give the slab back (no write is under way). */
+  private async closeDirect(): Promise<void> {
+    const direct = this.direct;
+    this.direct = null;
+    if (!direct) return;
+    await direct.out.settle().catch(() => {});
+    await direct.target.direct?.close().catch(() => {});
+    direct.out.release();
   }
 }
 

@@ -10,6 +10,7 @@ import { mkdir, open, readdir, rm, stat, unlink } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { type Bytes, bytesOf, partsOf } from "../bytes.js";
 import { errnoCode, KeepwatchError } from "../errors.js";
+import { SLAB_BYTES } from "./block-appender.js";
 import { ChunkCodecContext, ChunkDecodeError, DEFAULT_ZSTD_LEVEL } from "./chunk-codec.js";
 import { ChunkIndex, type ChunkRow, type PackRow } from "./chunk-index.js";
 import type { ChunkId, ChunkStore, ChunkStoreStats } from "./chunk-store.js";
@@ -75,7 +76,8 @@ export interface StoredChunk {
 }
 
 const DEFAULT_PACK_TARGET = 32 * 1024 * 1024;
-const DEFAULT_BUFFER = 4 * 1024 * 1024;
+/** One slab of aligned memory, so that the pack's whole blocks are written directly (block-appender.ts). */
+const DEFAULT_BUFFER = SLAB_BYTES;
 const LIST_PAGE = 1000;
 
 interface Pending extends RecordPlace {
@@ -102,8 +104,6 @@ export class LocalChunkStore implements ChunkStore {
 
   /** The pack new chunks go to; created by the first put after open or after a seal. */
   private writer: PackWriter | undefined;
-  /** The buffer of the last pack writer sealed, for the next one. */
-  private spareBuffer: Buffer | undefined;
   /** Of the writer's pack: bytes, chunks and raw bytes the index has committed. */
   private committed = { size: 0, chunks: 0, rawBytes: 0 };
   /** Chunks put since the last commit, by hex id. */
@@ -173,8 +173,7 @@ export class LocalChunkStore implements ChunkStore {
     await this.exclusive(async () => {
       if (this.pending.has(key) || this.index.has(id)) return;
       if (!this.writer) {
-        this.writer = new PackWriter(this.folder, this.bufferBytes, this.spareBuffer);
-        this.spareBuffer = undefined;
+        this.writer = new PackWriter(this.folder, this.bufferBytes);
       }
       const writer = this.writer;
       let place: RecordPlace;
@@ -367,7 +366,7 @@ export class LocalChunkStore implements ChunkStore {
     if (seal) {
       this.writer = undefined;
       this.committed = { size: 0, chunks: 0, rawBytes: 0 };
-      this.spareBuffer = await writer.close();
+      await writer.close();
     }
   }
 

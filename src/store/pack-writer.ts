@@ -1,12 +1,14 @@
 // Appends records to one new pack file through a buffer of a few MiB, so the disk sees big
-// sequential writes. Bytes once written are never rewritten: the file only grows, and
-// `sync` makes everything appended so far durable, file and folder entry alike.
+// sequential writes, their whole blocks past the page cache (block-appender.ts). Bytes once
+// written are never rewritten: the file only grows, and `sync` makes everything appended so
+// far durable, file and folder entry alike.
 
 import { randomBytes } from "node:crypto";
 import { constants } from "node:fs";
-import { type FileHandle, mkdir, open } from "node:fs/promises";
+import { mkdir, open } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { type Bytes, bytesOf, partsOf } from "../bytes.js";
+import { type AppendTarget, BlockAppender, openDirect } from "./block-appender.js";
 import { ChunkCodecContext } from "./chunk-codec.js";
 import {
   type ChunkCodecValue,
@@ -45,47 +47,41 @@ export class PackWriter {
   /** Relative to the store folder. */
   readonly path: string;
   private readonly absPath: string;
-  private handle: FileHandle | undefined;
-  private readonly buffer: Buffer;
-  /** Bytes at the start of `buffer` not yet written to the file. */
-  private used = 0;
-  /** Bytes already written to the file. */
-  private written = 0;
+  private target: AppendTarget | undefined;
+  /** The records not yet written, and where the file stands. */
+  private readonly out: BlockAppender;
   /** True once the file and its folder entry have been fsynced. */
   private synced = false;
   private closed = false;
 
-  /**
-   * `reuse`, when given, is the buffer of a pack writer closed before (see `close`), of
-   * `bufferBytes` or more: a new 4 MiB buffer per pack is 128 MiB of garbage per GiB stored.
-   */
   constructor(
     private readonly storeFolder: string,
     bufferBytes: number,
-    reuse?: Buffer,
   ) {
     this.id = randomBytes(PACK_ID_BYTES);
     this.path = packPath(this.id);
     this.absPath = join(storeFolder, this.path);
-    const size = Math.max(bufferBytes, PACK_HEADER_BYTES);
-    this.buffer = reuse && reuse.length >= size ? reuse : Buffer.allocUnsafe(size);
-    encodePackHeader(this.id, this.buffer, 0);
-    this.used = PACK_HEADER_BYTES;
+    // Two buffers when two slabs are free: one is written while records go into the other.
+    const bytes = Math.max(bufferBytes, PACK_HEADER_BYTES);
+    this.out = BlockAppender.ifAligned(bytes, 2) ?? new BlockAppender(bytes, true);
+    encodePackHeader(this.id, this.out.buffer, 0);
+    this.out.advance(PACK_HEADER_BYTES);
   }
 
   /** Bytes the pack holds: written to the file and still buffered. */
   get size(): number {
-    return this.written + this.used;
+    return this.out.size;
   }
 
   /** Compress and append a chunk (whole or in parts); returns where its record starts. */
   async appendChunk(id: Buffer, data: Bytes, codec: ChunkCodecContext): Promise<RecordPlace> {
     const length = bytesOf(partsOf(data));
     const room = RECORD_HEADER_BYTES + ChunkCodecContext.bound(length);
-    if (room > this.buffer.length - this.used) await this.spill();
+    if (room > this.out.room) await this.out.spill(await this.file());
     // A chunk bigger than the buffer goes through a buffer of its own ("plus one chunk").
-    const target = room <= this.buffer.length ? this.buffer : Buffer.allocUnsafe(room);
-    const at = target === this.buffer ? this.used : 0;
+    const inPlace = room <= this.out.room;
+    const target = inPlace ? this.out.buffer : Buffer.allocUnsafe(room);
+    const at = inPlace ? this.out.used : 0;
     const encoded = codec.encode(data, target, at + RECORD_HEADER_BYTES);
     const stored = target.subarray(at + RECORD_HEADER_BYTES, at + RECORD_HEADER_BYTES + encoded.storedLength);
     encodeRecordHeader(
@@ -101,22 +97,33 @@ export class PackWriter {
     );
     const offset = this.size;
     const recordLength = RECORD_HEADER_BYTES + encoded.storedLength;
-    if (target === this.buffer) this.used += recordLength;
-    else await this.writeOut(target.subarray(0, recordLength));
+    if (inPlace) this.out.advance(recordLength);
+    else await this.writeWhole(target.subarray(0, recordLength));
     return { offset, codec: encoded.codec, rawLength: length, storedLength: encoded.storedLength };
   }
 
   /** Append a record exactly as read from another pack (repacking); returns its offset. */
   async appendRecord(record: Buffer): Promise<number> {
-    if (record.length > this.buffer.length - this.used) await this.spill();
+    if (record.length > this.out.room) await this.out.spill(await this.file());
     const offset = this.size;
-    if (record.length <= this.buffer.length - this.used) {
-      record.copy(this.buffer, this.used);
-      this.used += record.length;
+    if (record.length <= this.out.room) {
+      record.copy(this.out.buffer, this.out.used);
+      this.out.advance(record.length);
     } else {
-      await this.writeOut(record);
+      await this.writeWhole(record);
     }
     return offset;
+  }
+
+  /**
+   * Append a record larger than the buffer and wait until all of it is in the file: a
+   * record partly written and partly in memory could not be read back (see `buffered`).
+   */
+  private async writeWhole(record: Buffer): Promise<void> {
+    const target = await this.file();
+    await this.out.write(target, [record]);
+    await this.out.spill(target);
+    await this.out.settle();
   }
 
   /**
@@ -124,16 +131,15 @@ export class PackWriter {
    * undefined. A copy: the buffer is reused.
    */
   buffered(offset: number, length: number): Buffer | undefined {
-    if (offset < this.written) return undefined;
-    const start = offset - this.written;
-    return Buffer.from(this.buffer.subarray(start, start + length));
+    return this.out.held(offset, length);
   }
 
   /** Write out the buffer, fsync the file and, the first time, its folder entries. */
   async sync(): Promise<void> {
-    await this.spill();
-    const handle = await this.file();
-    await handle.sync();
+    const target = await this.file();
+    await this.out.spill(target);
+    await this.out.settle();
+    await target.handle.sync();
     if (!this.synced) {
       await syncFolder(dirname(this.absPath));
       await syncFolder(join(this.storeFolder, "packs"));
@@ -141,45 +147,30 @@ export class PackWriter {
     }
   }
 
-  /**
-   * Release the file; what was not synced may or may not be on disk. Returns the buffer, free
-   * for the next pack writer: every write from it has finished, and `buffered` copies.
-   */
-  async close(): Promise<Buffer | undefined> {
-    if (this.closed) return undefined;
+  /** Release the file and the buffer; what was not synced may or may not be on disk. */
+  async close(): Promise<void> {
+    if (this.closed) return;
     this.closed = true;
-    await this.handle?.close();
-    this.handle = undefined;
-    return this.buffer;
+    const target = this.target;
+    this.target = undefined;
+    // A write that failed was the caller's to hear of (sync); only its end matters here.
+    await this.out.settle().catch(() => {});
+    await target?.direct?.close();
+    await target?.handle.close();
+    this.out.release();
   }
 
-  private async spill(): Promise<void> {
-    if (this.used === 0) return;
-    await this.writeOut(this.buffer.subarray(0, this.used));
-    this.used = 0;
-  }
-
-  /** Write `bytes` at the end of the file (the buffer must be empty or be `bytes`). */
-  private async writeOut(bytes: Buffer): Promise<void> {
-    const handle = await this.file();
-    let done = 0;
-    while (done < bytes.length) {
-      const { bytesWritten } = await handle.write(bytes, done, bytes.length - done, this.written + done);
-      done += bytesWritten;
-    }
-    this.written += bytes.length;
-  }
-
-  private async file(): Promise<FileHandle> {
+  private async file(): Promise<AppendTarget> {
     if (this.closed) throw new Error("the pack writer is closed");
-    if (!this.handle) {
+    if (!this.target) {
       await mkdir(dirname(this.absPath), { recursive: true });
-      this.handle = await open(
+      const handle = await open(
         this.absPath,
         constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL,
         0o600,
       );
+      this.target = { handle, direct: this.out.aligned ? await openDirect(this.absPath) : null };
     }
-    return this.handle;
+    return this.target;
   }
 }
