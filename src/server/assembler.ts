@@ -12,11 +12,22 @@
 // is assembled again from the history alone.
 
 import { createHash, type Hash } from "node:crypto";
+import { constants } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
 import { bytesOf } from "../bytes.js";
 import type { ChunkList } from "../chunking/chunk-list.js";
 import { KeepwatchError } from "../errors.js";
-import { type AppendTarget, BlockAppender, openDirect, SLAB_BYTES } from "../store/block-appender.js";
+import {
+  type AppendTarget,
+  alignDown,
+  alignUp,
+  BLOCK_BYTES,
+  BlockAppender,
+  giveSlab,
+  openDirect,
+  SLAB_BYTES,
+  takeSlab,
+} from "../store/block-appender.js";
 import type { Mirror, PendingFile } from "../store/mirror.js";
 import type { ByteBudget } from "./budget.js";
 import type { History } from "./history.js";
@@ -32,6 +43,10 @@ const WRITE_BYTES = 1024 * 1024;
 const WRITE_PARTS = 256;
 /** Bytes read from the mirror's old file at once (a run of chunks stops short of this). */
 const READ_BYTES = 2 * 1024 * 1024;
+/** The same for direct reads: half a slab, less the partial blocks at both ends of a run. */
+const DIRECT_READ_BYTES = SLAB_BYTES / 2 - 2 * BLOCK_BYTES;
+/** Slabs taken for direct reads: four runs in buffers, three of them read ahead. */
+const READ_SLABS = 2;
 /**
  * Bytes written between two flushes to disk started while the file is still being written:
  * the disk then works while the rest is assembled, and the fsync before the install finds
@@ -87,8 +102,10 @@ export class Assembler {
   /** The two buffers reads from the mirror's old file take in turn, and how many reads there were. */
   private readonly readBuffers: Buffer[] = [];
   private reads = 0;
+  /** Slabs for direct reads of the old file (none when it is read through the page cache). */
+  private readSlabs: Buffer[] = [];
   /** The next run's read from the mirror's old file, started while the one before is written. */
-  private ahead: OldRun | null = null;
+  private ahead: OldRun[] = [];
   /** The flush to disk under way, if any, and where the next one is due. */
   private flushing: Promise<void> | null = null;
   private flushAt = FLUSH_EVERY_BYTES;
@@ -249,18 +266,17 @@ export class Assembler {
     if (!offsets || (offsets[this.next] ?? -1) < 0) return false;
     const old = await this.openOld();
     if (!old) return false;
-    let run = this.ahead;
-    this.ahead = null;
-    if (run?.first !== this.next) {
-      await run?.read.catch(() => {});
-      run = this.readRun(old, offsets, this.next, end);
+    if (this.ahead.length > 0 && this.ahead[0]?.first !== this.next) await this.dropAhead();
+    const run = this.ahead.shift() ?? this.readRun(old, offsets, this.next, end);
+    // The next runs are read while this one is hashed and written: one buffer is this run's.
+    let tail = this.ahead.at(-1) ?? run;
+    while (this.ahead.length < this.readSlots() - 1 && tail.last < end && (offsets[tail.last] ?? -1) >= 0) {
+      tail = this.readRun(old, offsets, tail.last, end);
+      this.ahead.push(tail);
     }
-    // The next run is read while this one is hashed and written.
-    const following = offsets[run.last] ?? -1;
-    if (following >= 0 && run.last < end) this.ahead = this.readRun(old, offsets, run.last, end);
     const { bytesRead } = await run.read;
     if (bytesRead !== run.data.length) {
-      // Shorter than the base: not the base. The history has every chunk.
+      // Shorter than the base (or unreadable): not the base. The history has every chunk.
       await this.closeOld();
       return false;
     }
@@ -272,30 +288,64 @@ export class Assembler {
     return true;
   }
 
+  /**
+   * Buffers for runs of the old file, taken in turn: two halves of each read slab (direct
+   * reads, where the disk does better with several under way), else two plain buffers.
+   */
+  private readSlots(): number {
+    return this.readSlabs.length > 0 ? 2 * this.readSlabs.length : 2;
+  }
+
   /** Start reading the run of neighbouring base chunks from `first` (not reaching `end`). */
   private readRun(old: FileHandle, offsets: Float64Array, first: number, end: number): OldRun {
+    const direct = this.readSlabs.length > 0;
+    const limit = direct ? DIRECT_READ_BYTES : READ_BYTES;
     const start = offsets[first] as number;
     let length = this.chunks.at(first).length;
     let last = first + 1;
     while (last < end && offsets[last] === start + length) {
       const more = this.chunks.at(last).length;
-      if (length + more > READ_BYTES) break;
+      if (length + more > limit) break;
       length += more;
       last++;
     }
-    // Two buffers in turn, one read while the other is written: one allocation per read
+    // Buffers in turn, one read into while another is written: one allocation per read
     // was garbage at disk speed.
-    const slot = this.reads++ % 2;
+    const slot = this.reads++ % this.readSlots();
+    if (direct && length <= limit) {
+      // Whole blocks around the run, into half a slab.
+      const half = SLAB_BYTES / 2;
+      const slab = this.readSlabs[slot >> 1] as Buffer;
+      const space = slab.subarray((slot & 1) * half, ((slot & 1) + 1) * half);
+      const from = alignDown(start);
+      const skip = start - from;
+      const read = old
+        .read(space, 0, alignUp(start + length) - from, from)
+        .then(({ bytesRead }) => ({ bytesRead: Math.max(0, Math.min(length, bytesRead - skip)) }));
+      return { first, last, data: space.subarray(skip, skip + length), read: read.catch(() => ({ bytesRead: -1 })) };
+    }
     this.readBuffers[slot] ??= Buffer.allocUnsafe(READ_BYTES);
     const buffer = this.readBuffers[slot] as Buffer;
     const data = length <= READ_BYTES ? buffer.subarray(0, length) : Buffer.allocUnsafe(length);
-    return { first, last, data, read: old.read(data, 0, length, start) };
+    const read = old.read(data, 0, length, start).catch(() => ({ bytesRead: -1 }));
+    return { first, last, data, read };
   }
 
   private async openOld(): Promise<FileHandle | null> {
     if (this.old !== undefined) return this.old;
     const base = this.base as BaseSource;
-    const handle = await this.mirror.openExisting(base.path);
+    // A large base is read past the page cache too, when slabs are free for it: it was
+    // written so, and reading it through the cache would fill the cache at the same cost.
+    let handle: FileHandle | null = null;
+    if (base.size >= DIRECT_FILE_BYTES) {
+      for (let i = 0; i < READ_SLABS; i++) {
+        const slab = takeSlab();
+        if (slab) this.readSlabs.push(slab);
+      }
+      if (this.readSlabs.length > 0) handle = await this.mirror.openExisting(base.path, constants.O_DIRECT ?? 0);
+      if (!handle) this.giveReadSlabs();
+    }
+    handle ??= await this.mirror.openExisting(base.path);
     if (handle && (await handle.stat()).size !== base.size) {
       await handle.close();
       this.old = null;
@@ -305,12 +355,21 @@ export class Assembler {
     return this.old;
   }
 
+  /** Wait for the reads on their way and forget them. */
+  private async dropAhead(): Promise<void> {
+    for (const run of this.ahead.splice(0)) await run.read;
+  }
+
   private async closeOld(): Promise<void> {
     const old = this.old;
     this.old = null;
-    await this.ahead?.read.catch(() => {});
-    this.ahead = null;
+    await this.dropAhead();
     await old?.close().catch(() => {});
+    this.giveReadSlabs();
+  }
+
+  private giveReadSlabs(): void {
+    for (const slab of this.readSlabs.splice(0)) giveSlab(slab);
   }
 
   private gather(data: readonly Buffer[]): void {
