@@ -12,22 +12,10 @@
 // is assembled again from the history alone.
 
 import { createHash, type Hash } from "node:crypto";
-import { constants } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
 import { bytesOf } from "../bytes.js";
 import type { ChunkList } from "../chunking/chunk-list.js";
 import { KeepwatchError } from "../errors.js";
-import {
-  type AppendTarget,
-  alignDown,
-  alignUp,
-  BLOCK_BYTES,
-  BlockAppender,
-  giveSlab,
-  openDirect,
-  SLAB_BYTES,
-  takeSlab,
-} from "../store/block-appender.js";
 import type { Mirror, PendingFile } from "../store/mirror.js";
 import type { ByteBudget } from "./budget.js";
 import type { History } from "./history.js";
@@ -43,23 +31,12 @@ const WRITE_BYTES = 1024 * 1024;
 const WRITE_PARTS = 256;
 /** Bytes read from the mirror's old file at once (a run of chunks stops short of this). */
 const READ_BYTES = 2 * 1024 * 1024;
-/** The same for direct reads: half a slab, less the partial blocks at both ends of a run. */
-const DIRECT_READ_BYTES = SLAB_BYTES / 2 - 2 * BLOCK_BYTES;
-/** Slabs taken for direct reads: four runs in buffers, three of them read ahead. */
-const READ_SLABS = 2;
 /**
  * Bytes written between two flushes to disk started while the file is still being written:
  * the disk then works while the rest is assembled, and the fsync before the install finds
  * little left to do (for a 1 GiB file it took 1.5 s at the end on this machine's disk).
  */
 const FLUSH_EVERY_BYTES = 64 * 1024 * 1024;
-/**
- * A file at least this large is written with its whole blocks past the page cache, from a
- * slab of aligned memory, when one is free (block-appender.ts); the flushes above are then
- * not needed. Smaller files, or with no slab free, are written from the arrived chunks as
- * they are, through the page cache.
- */
-const DIRECT_FILE_BYTES = 8 * 1024 * 1024;
 
 /** Where a manifest's base is likely to be found in the mirror. */
 export interface BaseSource {
@@ -102,15 +79,11 @@ export class Assembler {
   /** The two buffers reads from the mirror's old file take in turn, and how many reads there were. */
   private readonly readBuffers: Buffer[] = [];
   private reads = 0;
-  /** Slabs for direct reads of the old file (none when it is read through the page cache). */
-  private readSlabs: Buffer[] = [];
   /** The next run's read from the mirror's old file, started while the one before is written. */
-  private ahead: OldRun[] = [];
+  private ahead: OldRun | null = null;
   /** The flush to disk under way, if any, and where the next one is due. */
   private flushing: Promise<void> | null = null;
   private flushAt = FLUSH_EVERY_BYTES;
-  /** The direct writer and its file, for a large file while a slab was free; else null. */
-  private direct: { out: BlockAppender; target: AppendTarget } | null = null;
 
   constructor(
     private readonly mirror: Mirror,
@@ -174,9 +147,7 @@ export class Assembler {
         this.written = 0;
         this.flushAt = FLUSH_EVERY_BYTES;
         const pending = await this.ensurePending();
-        await this.direct?.out.settle();
         await pending.handle.truncate(0);
-        this.direct?.out.reset();
         await this.fillUpTo(this.chunks.length);
         if (!this.hash.digest().equals(sha256)) throw mismatch();
       } else if (!sound) {
@@ -186,21 +157,12 @@ export class Assembler {
     await this.tail;
     await this.closeOld();
     await this.settleFlush();
-    if (this.failure === null && this.direct) {
-      try {
-        await this.direct.out.spill(this.direct.target);
-        await this.direct.out.settle();
-      } catch (error) {
-        this.failure = error;
-      }
-    }
     if (this.failure !== null) {
       const failure = this.failure;
       await this.discard();
       throw failure;
     }
     const pending = await this.ensurePending();
-    await this.closeDirect();
     this.pending = null;
     return pending;
   }
@@ -215,7 +177,6 @@ export class Assembler {
     this.gatheredBytes = 0;
     this.budget.give(this.held);
     this.held = 0;
-    await this.closeDirect();
     const pending = this.pending;
     this.pending = null;
     if (pending) await this.mirror.discard(pending);
@@ -266,17 +227,18 @@ export class Assembler {
     if (!offsets || (offsets[this.next] ?? -1) < 0) return false;
     const old = await this.openOld();
     if (!old) return false;
-    if (this.ahead.length > 0 && this.ahead[0]?.first !== this.next) await this.dropAhead();
-    const run = this.ahead.shift() ?? this.readRun(old, offsets, this.next, end);
-    // The next runs are read while this one is hashed and written: one buffer is this run's.
-    let tail = this.ahead.at(-1) ?? run;
-    while (this.ahead.length < this.readSlots() - 1 && tail.last < end && (offsets[tail.last] ?? -1) >= 0) {
-      tail = this.readRun(old, offsets, tail.last, end);
-      this.ahead.push(tail);
+    let run = this.ahead;
+    this.ahead = null;
+    if (run?.first !== this.next) {
+      await run?.read.catch(() => {});
+      run = this.readRun(old, offsets, this.next, end);
     }
+    // The next run is read while this one is hashed and written.
+    const following = offsets[run.last] ?? -1;
+    if (following >= 0 && run.last < end) this.ahead = this.readRun(old, offsets, run.last, end);
     const { bytesRead } = await run.read;
     if (bytesRead !== run.data.length) {
-      // Shorter than the base (or unreadable): not the base. The history has every chunk.
+      // Shorter than the base: not the base. The history has every chunk.
       await this.closeOld();
       return false;
     }
@@ -288,64 +250,30 @@ export class Assembler {
     return true;
   }
 
-  /**
-   * Buffers for runs of the old file, taken in turn: two halves of each read slab (direct
-   * reads, where the disk does better with several under way), else two plain buffers.
-   */
-  private readSlots(): number {
-    return this.readSlabs.length > 0 ? 2 * this.readSlabs.length : 2;
-  }
-
   /** Start reading the run of neighbouring base chunks from `first` (not reaching `end`). */
   private readRun(old: FileHandle, offsets: Float64Array, first: number, end: number): OldRun {
-    const direct = this.readSlabs.length > 0;
-    const limit = direct ? DIRECT_READ_BYTES : READ_BYTES;
     const start = offsets[first] as number;
     let length = this.chunks.at(first).length;
     let last = first + 1;
     while (last < end && offsets[last] === start + length) {
       const more = this.chunks.at(last).length;
-      if (length + more > limit) break;
+      if (length + more > READ_BYTES) break;
       length += more;
       last++;
     }
-    // Buffers in turn, one read into while another is written: one allocation per read
+    // Two buffers in turn, one read while the other is written: one allocation per read
     // was garbage at disk speed.
-    const slot = this.reads++ % this.readSlots();
-    if (direct && length <= limit) {
-      // Whole blocks around the run, into half a slab.
-      const half = SLAB_BYTES / 2;
-      const slab = this.readSlabs[slot >> 1] as Buffer;
-      const space = slab.subarray((slot & 1) * half, ((slot & 1) + 1) * half);
-      const from = alignDown(start);
-      const skip = start - from;
-      const read = old
-        .read(space, 0, alignUp(start + length) - from, from)
-        .then(({ bytesRead }) => ({ bytesRead: Math.max(0, Math.min(length, bytesRead - skip)) }));
-      return { first, last, data: space.subarray(skip, skip + length), read: read.catch(() => ({ bytesRead: -1 })) };
-    }
+    const slot = this.reads++ % 2;
     this.readBuffers[slot] ??= Buffer.allocUnsafe(READ_BYTES);
     const buffer = this.readBuffers[slot] as Buffer;
     const data = length <= READ_BYTES ? buffer.subarray(0, length) : Buffer.allocUnsafe(length);
-    const read = old.read(data, 0, length, start).catch(() => ({ bytesRead: -1 }));
-    return { first, last, data, read };
+    return { first, last, data, read: old.read(data, 0, length, start) };
   }
 
   private async openOld(): Promise<FileHandle | null> {
     if (this.old !== undefined) return this.old;
     const base = this.base as BaseSource;
-    // A large base is read past the page cache too, when slabs are free for it: it was
-    // written so, and reading it through the cache would fill the cache at the same cost.
-    let handle: FileHandle | null = null;
-    if (base.size >= DIRECT_FILE_BYTES) {
-      for (let i = 0; i < READ_SLABS; i++) {
-        const slab = takeSlab();
-        if (slab) this.readSlabs.push(slab);
-      }
-      if (this.readSlabs.length > 0) handle = await this.mirror.openExisting(base.path, constants.O_DIRECT ?? 0);
-      if (!handle) this.giveReadSlabs();
-    }
-    handle ??= await this.mirror.openExisting(base.path);
+    const handle = await this.mirror.openExisting(base.path);
     if (handle && (await handle.stat()).size !== base.size) {
       await handle.close();
       this.old = null;
@@ -355,21 +283,12 @@ export class Assembler {
     return this.old;
   }
 
-  /** Wait for the reads on their way and forget them. */
-  private async dropAhead(): Promise<void> {
-    for (const run of this.ahead.splice(0)) await run.read;
-  }
-
   private async closeOld(): Promise<void> {
     const old = this.old;
     this.old = null;
-    await this.dropAhead();
+    await this.ahead?.read.catch(() => {});
+    this.ahead = null;
     await old?.close().catch(() => {});
-    this.giveReadSlabs();
-  }
-
-  private giveReadSlabs(): void {
-    for (const slab of this.readSlabs.splice(0)) giveSlab(slab);
   }
 
   private gather(data: readonly Buffer[]): void {
@@ -393,12 +312,6 @@ export class Assembler {
 
   /** writev at the end of what is written, until every byte is (a full disk writes short). */
   private async writeAt(pending: PendingFile, buffers: Buffer[]): Promise<void> {
-    if (this.direct) {
-      // Copied into the aligned buffer, written out whenever it is full.
-      await this.direct.out.write(this.direct.target, buffers);
-      this.written = this.direct.out.size;
-      return;
-    }
     let rest = buffers;
     while (rest.length > 0) {
       const { bytesWritten } = await pending.handle.writev(rest, this.written);
@@ -434,29 +347,8 @@ export class Assembler {
   }
 
   private async ensurePending(): Promise<PendingFile> {
-    if (this.pending) return this.pending;
-    const pending = await this.mirror.createPending();
-    this.pending = pending;
-    if (this.chunks.totalLength() >= DIRECT_FILE_BYTES) {
-      // Two buffers: one is written while the other fills.
-      const out = BlockAppender.ifAligned(SLAB_BYTES, 2);
-      if (out) {
-        const direct = await openDirect(pending.tempPath);
-        if (direct) this.direct = { out, target: { handle: pending.handle, direct } };
-        else out.release();
-      }
-    }
-    return pending;
-  }
-
-  /** Close the direct descriptor and give the slab back (no write is under way). */
-  private async closeDirect(): Promise<void> {
-    const direct = this.direct;
-    this.direct = null;
-    if (!direct) return;
-    await direct.out.settle().catch(() => {});
-    await direct.target.direct?.close().catch(() => {});
-    direct.out.release();
+    this.pending ??= await this.mirror.createPending();
+    return this.pending;
   }
 }
 

@@ -70,16 +70,6 @@ function slabs(): Buffer[] | null {
   return pool;
 }
 
-/** A slab of aligned memory for the caller's own direct reads or writes, or null when none is free. */
-export function takeSlab(): Buffer | null {
-  return takeSlabs(1)?.[0] ?? null;
-}
-
-/** Give back a slab from `takeSlab`; nothing may use it afterwards. */
-export function giveSlab(slab: Buffer): void {
-  slabs()?.push(slab);
-}
-
 /** `count` slabs, or null when fewer are free. */
 function takeSlabs(count: number): Buffer[] | null {
   const free = slabs();
@@ -87,11 +77,11 @@ function takeSlabs(count: number): Buffer[] | null {
   return free.splice(free.length - count, count);
 }
 
-export function alignDown(n: number): number {
+function alignDown(n: number): number {
   return n - (n % BLOCK_BYTES);
 }
 
-export function alignUp(n: number): number {
+function alignUp(n: number): number {
   return alignDown(n + BLOCK_BYTES - 1);
 }
 

@@ -182,9 +182,8 @@ export class Mirror {
    * The mirror's file at `path` opened for reading, or null when there is none (or it is
    * not a plain file, or a folder on its way is not a plain folder: links are never
    * followed). What it holds is only a guess at a content: the caller checks it.
-   * `flags` are added to the open's (O_DIRECT, say: null too when the file system refuses it).
    */
-  async openExisting(path: string, flags = 0): Promise<FileHandle | null> {
+  async openExisting(path: string): Promise<FileHandle | null> {
     assertValidPath(path);
     const parts = path.split("/");
     for (let i = 1; i < parts.length; i++) {
@@ -193,7 +192,7 @@ export class Mirror {
     }
     let handle: FileHandle;
     try {
-      handle = await open(join(this.root, path), constants.O_RDONLY | constants.O_NOFOLLOW | flags);
+      handle = await open(join(this.root, path), constants.O_RDONLY | constants.O_NOFOLLOW);
     } catch {
       return null;
     }
