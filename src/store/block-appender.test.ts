@@ -54,7 +54,7 @@ test("the file holds exactly the bytes given, and those not yet written are read
   await fc.assert(
     fc.asyncProperty(
       fc.record({
-        buffers: fc.constantFrom(0, 1, 2, 4),
+        buffers: fc.constantFrom<0 | 1 | 2>(0, 1, 2),
         direct: fc.boolean(),
         bufferBytes: fc.integer({ min: 1, max: 24 * 1024 }),
         steps: fc.array(

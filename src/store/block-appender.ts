@@ -92,39 +92,30 @@ function alignUp(n: number): number {
   return alignDown(n + BLOCK_BYTES - 1);
 }
 
-/** A spilled buffer whose writes are under way: it holds the file's bytes [base, end). */
-interface InFlight {
-  buffer: Buffer;
-  base: number;
-  end: number;
-  done: Promise<void>;
-}
-
 /**
  * The bytes of a file being written from its start, held in a buffer until `spill` writes
  * them. Callers put bytes either with `write` (copied) or straight into `buffer` at `used`
- * (then `advance`). With more than one buffer, a spill only starts its writes: bytes go into
- * the next buffer meanwhile, and a spill waits only when every other buffer is still being
- * written (`settle` waits for all). One caller at a time: `write`, `spill` and `settle` must
- * not overlap.
+ * (then `advance`). With a second buffer, a spill only starts its writes: bytes go into the
+ * other buffer meanwhile, and the next spill (or `settle`) waits for them. One caller at a
+ * time: `write`, `spill` and `settle` must not overlap.
  */
 export class BlockAppender {
   /** Holds the file's bytes from `base` on; the buffer callers write into. */
   buffer: Buffer;
-  /** The other buffers, free to take. */
-  private readonly free: Buffer[];
-  /** Spilled buffers whose writes are under way, oldest first. */
-  private readonly inFlight: InFlight[] = [];
+  /** The other buffer, whose writes may be under way; null with one buffer. */
+  private spare: Buffer | null;
   /** Whether the buffers are slabs (aligned, given back by `release`). */
   private readonly slab: boolean;
   /** File position of buffer[0], a multiple of BLOCK_BYTES. */
   private base = 0;
   /** Bytes in the buffer from `base`. */
   private filled = 0;
-  /** Bytes of the file written so far, by writes that are over (the rest is in the buffers). */
+  /** Bytes of the file written so far (the rest is in the buffers). */
   private onDisk = 0;
-  /** Where the writes started so far end (onDisk once they are all over). */
-  private spilled = 0;
+  /** The writes under way from `spare`, which holds [spareBase, spareEnd); null when none. */
+  private writing: Promise<void> | null = null;
+  private spareBase = 0;
+  private spareEnd = 0;
   /** Bytes written with O_DIRECT (for tests and measurements). */
   directBytes = 0;
 
@@ -140,15 +131,15 @@ export class BlockAppender {
     if (aligned === true && size <= SLAB_BYTES) given = takeSlabs(1) ?? [];
     this.slab = given.length > 0;
     this.buffer = given[0]?.subarray(0, size) ?? Buffer.allocUnsafe(size);
-    this.free = given.slice(1).map((slab) => slab.subarray(0, size));
+    this.spare = given[1]?.subarray(0, size) ?? null;
   }
 
   /**
-   * An appender with `buffers` aligned buffers of `bytes` (at most SLAB_BYTES), or null when
-   * not that many slabs are free: for a caller that would rather write its own way than hold
-   * more memory.
+   * An appender with `buffers` aligned buffers (1 or 2) of `bytes` (at most SLAB_BYTES), or
+   * null when not that many slabs are free: for a caller that would rather write its own way
+   * than hold more memory.
    */
-  static ifAligned(bytes: number, buffers: number): BlockAppender | null {
+  static ifAligned(bytes: number, buffers: 1 | 2): BlockAppender | null {
     const taken = bytes <= SLAB_BYTES ? takeSlabs(buffers) : null;
     return taken ? new BlockAppender(bytes, taken) : null;
   }
@@ -193,58 +184,46 @@ export class BlockAppender {
 
   /**
    * Write out everything given so far. With one buffer it is written when this resolves;
-   * with more, only once `settle` resolves. The last partial block stays in the buffer, so
-   * that later bytes join it.
+   * with two, only once `settle` (or the next spill) resolves. The last partial block stays
+   * in the buffer, so that later bytes join it.
    */
   async spill(target: AppendTarget): Promise<void> {
+    await this.settle();
     const end = this.size;
     const keep = alignDown(end);
+    const from = this.onDisk;
     const source = this.buffer;
     const sourceBase = this.base;
-    if (this.spilled < end) {
-      const done = this.writeOut(target, source, sourceBase, this.spilled, end);
-      this.spilled = end;
-      if (this.inFlight.length === 0 && this.free.length === 0) {
-        // One buffer: write, then go on in the same buffer.
-        await done;
+    const writes = from < end ? this.writeOut(target, source, sourceBase, from, end) : null;
+    if (this.spare && writes) {
+      // The other buffer takes the last partial block and what comes next.
+      source.copy(this.spare, 0, keep - sourceBase, this.filled);
+      this.buffer = this.spare;
+      this.spare = source;
+      this.spareBase = sourceBase;
+      this.spareEnd = end;
+      this.writing = writes.then(() => {
         this.onDisk = end;
-      } else {
-        const flight: InFlight = { buffer: source, base: sourceBase, end, done: done.then(() => {}) };
-        this.inFlight.push(flight);
-        // The oldest write must be over before its buffer is taken again.
-        if (this.free.length === 0) await this.finishOldest();
-        const next = this.free.shift() as Buffer;
-        source.copy(next, 0, keep - sourceBase, this.filled);
-        this.buffer = next;
-      }
+      });
+      // Its failure is heard when it is waited for (the next spill, settle), not before.
+      this.writing.catch(() => {});
+    } else {
+      if (writes) await writes;
+      this.onDisk = end;
+      source.copy(source, 0, keep - sourceBase, this.filled);
     }
-    if (this.buffer === source) source.copy(source, 0, keep - sourceBase, this.filled);
     this.filled = end - keep;
     this.base = keep;
   }
 
-  /** Wait for every write under way (a failed one throws here, and the rest are still waited for). */
+  /** Wait for the writes under way (a failed one throws here). */
   async settle(): Promise<void> {
-    let failure: unknown = null;
-    while (this.inFlight.length > 0) {
-      try {
-        await this.finishOldest();
-      } catch (error) {
-        failure ??= error;
-      }
-    }
-    if (failure !== null) throw failure;
-  }
-
-  /** Wait for the oldest write under way; its buffer is free again, whatever the outcome. */
-  private async finishOldest(): Promise<void> {
-    const oldest = this.inFlight[0] as InFlight;
+    const writing = this.writing;
+    if (!writing) return;
     try {
-      await oldest.done;
-      this.onDisk = Math.max(this.onDisk, oldest.end);
+      await writing;
     } finally {
-      this.inFlight.shift();
-      this.free.push(oldest.buffer);
+      this.writing = null;
     }
   }
 
@@ -256,18 +235,12 @@ export class BlockAppender {
   held(offset: number, length: number): Buffer | undefined {
     const end = offset + length;
     if (offset >= this.base) return Buffer.from(this.buffer.subarray(offset - this.base, end - this.base));
-    const first = this.inFlight.findIndex((flight) => offset >= flight.base && offset < flight.end);
-    if (first < 0) return undefined;
-    // Being written from spilled buffers right now: from those, and the rest from this one.
+    if (!this.writing || !this.spare || offset < this.spareBase) return undefined;
+    // Written from the other buffer right now: from there, and the rest from this one.
     const copy = Buffer.allocUnsafe(length);
-    let at = offset;
-    for (const flight of this.inFlight.slice(first)) {
-      if (at >= end) break;
-      const to = Math.min(end, flight.end);
-      flight.buffer.copy(copy, at - offset, at - flight.base, to - flight.base);
-      at = to;
-    }
-    if (at < end) this.buffer.copy(copy, at - offset, at - this.base, end - this.base);
+    const fromSpare = Math.min(end, this.spareEnd) - offset;
+    this.spare.copy(copy, 0, offset - this.spareBase, offset - this.spareBase + fromSpare);
+    if (fromSpare < length) this.buffer.copy(copy, fromSpare, this.spareEnd - this.base, end - this.base);
     return copy;
   }
 
@@ -276,17 +249,14 @@ export class BlockAppender {
     this.base = 0;
     this.filled = 0;
     this.onDisk = 0;
-    this.spilled = 0;
   }
 
   /** Give the buffers back; nothing may use them afterwards (no write may be under way). */
   release(): void {
     if (!this.slab) return;
-    for (const buffer of [this.buffer, ...this.free, ...this.inFlight.map((flight) => flight.buffer)]) {
-      slabs()?.push(Buffer.from(buffer.buffer, buffer.byteOffset, SLAB_BYTES));
+    for (const buffer of [this.buffer, this.spare]) {
+      if (buffer) slabs()?.push(Buffer.from(buffer.buffer, buffer.byteOffset, SLAB_BYTES));
     }
-    this.free.length = 0;
-    this.inFlight.length = 0;
   }
 
   /**

@@ -61,8 +61,10 @@ export class PackWriter {
     this.id = randomBytes(PACK_ID_BYTES);
     this.path = packPath(this.id);
     this.absPath = join(storeFolder, this.path);
-    // Two buffers when two slabs are free: one is written while records go into the other
-    // (four were faster still, ad hoc, but took the server's peak to 133–145 MiB).
+    // Two buffers when two slabs are free: one is written while records go into the other.
+    // Writes stay one at a time: a ring of buffers that let two writes of one pack run at
+    // once failed the repack kill test (a committed pack without its first record), for a
+    // reason not found (docs/performance.md).
     const bytes = Math.max(bufferBytes, PACK_HEADER_BYTES);
     this.out = BlockAppender.ifAligned(bytes, 2) ?? new BlockAppender(bytes, true);
     encodePackHeader(this.id, this.out.buffer, 0);
