@@ -30,6 +30,19 @@ async function closeTarget(t: AppendTarget): Promise<void> {
   await t.handle.close();
 }
 
+/** A new file opened both ways in a scratch folder, or null (the test skipped) where O_DIRECT is refused. */
+async function directFile(
+  t: TestContext,
+  name: string,
+): Promise<{ path: string; file: AppendTarget } | null> {
+  const path = join(await scratch(t), name);
+  const file = await target(path, true);
+  if (file.direct) return { path, file };
+  await closeTarget(file);
+  t.skip("this file system does not take O_DIRECT");
+  return null;
+}
+
 /**
  * Records put the way the pack writer puts them: in place when they fit, after a spill when
  * they do not, and past a buffer too small for them with a write that is then settled.
@@ -107,14 +120,9 @@ test("the file holds exactly the bytes given, and those not yet written are read
 });
 
 test("whole blocks go past the page cache where the file system takes O_DIRECT", async (t) => {
-  const dir = await scratch(t);
-  const path = join(dir, "big");
-  const file = await target(path, true);
-  if (!file.direct) {
-    await closeTarget(file);
-    t.skip("this file system does not take O_DIRECT");
-    return;
-  }
+  const opened = await directFile(t, "big");
+  if (!opened) return;
+  const { path, file } = opened;
   const out = BlockAppender.ifAligned(SLAB_BYTES, 2);
   assert.ok(out);
   const data = randomBytes(3 * SLAB_BYTES + 1234);
@@ -134,14 +142,9 @@ test("whole blocks go past the page cache where the file system takes O_DIRECT",
 });
 
 test("a direct write the kernel refuses goes through the page cache instead", async (t) => {
-  const dir = await scratch(t);
-  const path = join(dir, "refused");
-  const file = await target(path, true);
-  if (!file.direct) {
-    await closeTarget(file);
-    t.skip("this file system does not take O_DIRECT");
-    return;
-  }
+  const opened = await directFile(t, "refused");
+  if (!opened) return;
+  const { path, file } = opened;
   // Memory one byte off alignment: the kernel answers EINVAL to a direct write from it.
   const unaligned = Buffer.alloc(64 * 1024 + 1).subarray(1);
   const out = new BlockAppender(unaligned.length, [unaligned]);
