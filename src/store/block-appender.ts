@@ -30,8 +30,11 @@ import { errnoCode } from "../errors.js";
 export const BLOCK_BYTES = 4096;
 /** Bytes of one slab of aligned memory. */
 export const SLAB_BYTES = 4 * 1024 * 1024;
-/** Slabs in the process (32 MiB), taken on first use; memory only as they are touched. */
-const SLAB_COUNT = 8;
+/**
+ * Slabs in the process (16 MiB), made on first use; memory only as they are touched. Two
+ * for the pack being filled, two for the one a repack writes.
+ */
+export const SLAB_COUNT = 4;
 
 /** The file an appender writes to. */
 export interface AppendTarget {
@@ -242,13 +245,6 @@ export class BlockAppender {
     this.spare.copy(copy, 0, offset - this.spareBase, offset - this.spareBase + fromSpare);
     if (fromSpare < length) this.buffer.copy(copy, fromSpare, this.spareEnd - this.base, end - this.base);
     return copy;
-  }
-
-  /** Start again from an empty file (which the caller truncated; no write may be under way). */
-  reset(): void {
-    this.base = 0;
-    this.filled = 0;
-    this.onDisk = 0;
   }
 
   /** Give the buffers back; nothing may use them afterwards (no write may be under way). */
